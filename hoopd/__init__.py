@@ -1,0 +1,1 @@
+"""hoopd: a Layer 7 gateway for PostgreSQL."""

@@ -1,0 +1,233 @@
+"""TOML -> typed, validated, immutable configuration.
+
+``load(path)`` is the one entry point (twistd, ``hoopd check-config`` and reload use it).
+Errors are ConfigError with the key path: ``connections.shop.port: expected an integer
+1-65535, got "x"``. Secrets are read here (files, environment) and kept out of repr().
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from hoopd.confkit import ConfigError, Table
+
+LEVELS = ("read_only", "read_write", "admin")
+LEVEL_RANK = {name: i for i, name in enumerate(LEVELS)}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value that never shows itself in repr/str/logs."""
+
+    value: str = field(repr=False)
+    origin: str = ""  # where it came from, e.g. "file /etc/hoopd/secrets/shop" (safe to show)
+
+    def __str__(self) -> str:
+        return "<secret>"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    node: str = "gw-1"
+    state_dir: str = "/var/lib/hoopd"
+    login_timeout: float = 30.0
+    max_sessions: int = 1000
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    postgres: str = "tcp:6432:interface=127.0.0.1"
+    http: str | None = None
+    ssh: str | None = None
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    mode: str = "disable"  # disable | allow | require
+    cert: str | None = None
+    key: str | None = None
+    allow_cleartext_loopback: bool = False  # cleartext passwords over plaintext from 127.0.0.0/8, ::1
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    levels: Mapping[str, str] = field(default_factory=dict)  # namespace -> level
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    name: str
+    password_hash: str = field(repr=False)
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Credential:
+    user: str
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    name: str
+    host: str
+    port: int = 5432
+    database: str = "postgres"
+    tls: str = "verify-full"  # disable | require | verify-full
+    ca_file: str | None = None
+    connect_timeout: float = 10.0
+    credentials: Mapping[str, Credential] = field(default_factory=dict)  # default | read_only | ...
+    access: Mapping[str, str] = field(default_factory=dict)  # group -> level
+
+    def credential_for(self, level: str) -> Credential:
+        return self.credentials.get(level) or self.credentials["default"]
+
+    def level_for(self, groups: frozenset[str]) -> str | None:
+        """The highest level any of the groups grants, or None."""
+        levels = [self.access[g] for g in groups if g in self.access]
+        return max(levels, key=LEVEL_RANK.__getitem__) if levels else None
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    dir: str | None = None  # None: no journal
+    fsync: str = "interval"
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig
+    listen: ListenConfig
+    tls: TLSConfig
+    logging: LoggingConfig
+    journal: JournalConfig
+    users: Mapping[str, UserConfig]
+    connections: Mapping[str, ConnectionConfig]
+    source: str = ""
+
+
+LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
+
+
+def _name(t: Table, name: str, what: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError(t.key(name), f"{what} names are letters, digits, _ . - (at most 63), got {name!r}")
+    return name
+
+
+def _secret(t: Table, base: Path) -> Secret | None:
+    sources = [k for k in ("password", "password_file", "password_env") if t.has(k)]
+    if len(sources) > 1:
+        raise ConfigError(t.path, f"give only one of password, password_file, password_env (got {', '.join(sources)})")
+    if not sources:
+        return None
+    kind = sources[0]
+    val = t.str(kind, required=True)
+    if kind == "password":
+        return Secret(val, "inline")
+    if kind == "password_env":
+        if val not in os.environ:
+            raise ConfigError(t.key(kind), f"environment variable {val} is not set")
+        return Secret(os.environ[val], f"env {val}")
+    p = (base / val) if not os.path.isabs(val) else Path(val)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(t.key(kind), f"cannot read {p}: {e.strerror}") from None
+    return Secret(text.rstrip("\r\n"), f"file {p}")
+
+
+def _connection(name: str, t: Table, base: Path) -> ConnectionConfig:
+    host = t.str("host", required=True)
+    port = t.int("port", 5432, lo=1, hi=65535)
+    database = t.str("database", name)
+    tls = t.str("tls", "verify-full", choices=("disable", "require", "verify-full"))
+    ca_file = t.str("ca_file")
+    connect_timeout = t.duration("connect_timeout", 10.0)
+    creds: dict[str, Credential] = {}
+    ct = t.table("credentials", required=True)
+    for level, _ in list(ct.items()):
+        if level not in ("default",) + LEVELS:
+            raise ConfigError(ct.key(level), "expected default, read_only, read_write or admin")
+        c = ct.table(level)
+        creds[level] = Credential(c.str("user", required=True), _secret(c, base))
+        c.done()
+    if "default" not in creds:
+        raise ConfigError(ct.key("default"), "is required (the credential used for levels without their own)")
+    at = t.table("access")
+    access = {g: at.str(g, choices=LEVELS) for g, _ in list(at.items())}
+    t.done()
+    return ConnectionConfig(name, host, port, database, tls, ca_file, connect_timeout, creds, access)
+
+
+def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
+    """Validate a decoded TOML document."""
+    root = Table(data, "")
+    g = root.table("gateway")
+    gateway = GatewayConfig(
+        node=_name(g, g.str("node", "gw-1"), "node"),
+        state_dir=g.str("state_dir", "/var/lib/hoopd"),
+        login_timeout=g.duration("login_timeout", 30.0),
+        max_sessions=g.int("max_sessions", 1000, lo=1),
+    )
+    g.done()
+    li = root.table("listen")
+    listen = ListenConfig(li.str("postgres", ListenConfig.postgres), li.str("http"), li.str("ssh"))
+    li.done()
+    tt = root.table("tls")
+    tls = TLSConfig(tt.str("mode", "disable", choices=("disable", "allow", "require")),
+                    tt.str("cert"), tt.str("key"), tt.bool("allow_cleartext_loopback", False))
+    tt.done()
+    if tls.mode != "disable":
+        for k in ("cert", "key"):
+            path = getattr(tls, k)
+            if path is None:
+                raise ConfigError(f"tls.{k}", f'is required when tls.mode = "{tls.mode}"')
+            if not os.access(base / path, os.R_OK):
+                raise ConfigError(f"tls.{k}", f"cannot read {base / path}")
+        tls = TLSConfig(tls.mode, str(base / tls.cert), str(base / tls.key), tls.allow_cleartext_loopback)  # type: ignore[operator]
+    lt = root.table("logging")
+    logging = LoggingConfig(lt.str("level", "info", choices=LOG_LEVELS), {})
+    lv = lt.table("levels")
+    logging = LoggingConfig(logging.level, {ns: lv.str(ns, choices=LOG_LEVELS) for ns, _ in list(lv.items())})
+    lt.done()
+    jt = root.table("journal")
+    journal = JournalConfig(jt.str("dir"), jt.str("fsync", "interval", choices=("always", "interval", "never")))
+    jt.done()
+    users: dict[str, UserConfig] = {}
+    for u in root.tables("users"):
+        name = u.str("name", required=True)
+        if name in users:
+            raise ConfigError(u.key("name"), f"duplicate user {name!r}")
+        ph = u.str("password_hash", required=True)
+        if not ph.startswith("SCRAM-SHA-256$"):
+            raise ConfigError(u.key("password_hash"), "expected a SCRAM-SHA-256 verifier (run `hoopd hash-password`)")
+        users[name] = UserConfig(name, ph, frozenset(u.str_list("groups")))
+        u.done()
+    conns: dict[str, ConnectionConfig] = {}
+    ctab = root.table("connections")
+    for cname, _ in list(ctab.items()):
+        _name(ctab, cname, "connection")
+        conns[cname] = _connection(cname, ctab.table(cname), base)
+    root.done()
+    return Config(gateway, listen, tls, logging, journal, users, conns, source)
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate a config file; relative paths inside are relative to its folder."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {p}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"{p}: not valid TOML: {e}") from None
+    return parse(data, p.parent.resolve(), str(p))

@@ -1,0 +1,106 @@
+"""What a session is, as data, and the stage seam that journal, policy and masking plug into.
+
+The proxy fills a SessionInfo per client connection and calls each configured Stage:
+
+* ``client_message`` for every client->server message the stage asked for (by type byte),
+  *before* it is forwarded. A stage returns None (allow), a Deny (the gateway answers an
+  ErrorResponse in protocol order and the session stays usable), or a Deferred of either
+  (the relay holds the client's stream until it fires; used for approvals).
+* ``server_message`` for every server->client message the stage asked for, before it is
+  forwarded; it may return a replacement body (masking) or None (unchanged).
+* ``session_started`` / ``session_ended`` around the relay.
+
+Stages never see the upstream credential. Nothing here imports hoopd.proxy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+from hoopd.identity.base import Identity
+
+
+@dataclass
+class SessionInfo:
+    """The registry's and the stages' view of one client session."""
+
+    id: str
+    peer: str
+    started: float  # epoch seconds
+    identity: Identity | None = None
+    connection: str | None = None
+    level: str | None = None
+    tls: str | None = None  # TLS version string, or None for plaintext
+    protocol: tuple[int, int] = (3, 0)
+    application_name: str = ""
+    statements: int = 0
+    bytes_in: int = 0  # client -> gateway
+    bytes_out: int = 0  # gateway -> client
+    transaction_status: str = "I"  # last ReadyForQuery status from upstream: I, T or E
+    extra: dict[str, Any] = field(default_factory=dict)  # per-stage state, keyed by stage name
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-friendly view (no secrets live here)."""
+        ident = self.identity
+        return {
+            "id": self.id,
+            "user": ident.name if ident else None,
+            "groups": sorted(ident.groups) if ident else [],
+            "source": ident.source if ident else None,
+            "connection": self.connection,
+            "level": self.level,
+            "peer": self.peer,
+            "tls": self.tls,
+            "protocol": "%d.%d" % self.protocol,
+            "application_name": self.application_name,
+            "started": self.started,
+            "statements": self.statements,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "transaction_status": self.transaction_status,
+        }
+
+
+@dataclass(frozen=True)
+class Deny:
+    """Refuse one client message. Sent to the client as an ErrorResponse."""
+
+    message: str
+    sqlstate: str = "42501"
+    detail: str | None = None
+    hint: str | None = None
+
+
+Verdict = Deny | None
+
+
+class Stage(Protocol):
+    """One pure processing stage (journal, policy, masking, review)."""
+
+    name: str
+    client_types: frozenset[bytes]  # message type bytes wanted from the client, e.g. {b"Q", b"P"}
+    server_types: frozenset[bytes]  # message type bytes wanted from the server, e.g. {b"D", b"T"}
+
+    def session_started(self, session: SessionInfo) -> None: ...
+
+    def client_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> Verdict | Deferred[Verdict]: ...
+
+    def server_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> bytes | None: ...
+
+    def session_ended(self, session: SessionInfo, reason: str) -> None: ...
+
+    def message_denied(self, session: SessionInfo, mtype: bytes, body: bytes, deny: Deny) -> None:
+        """Another stage denied this client message (it will not reach the server)."""
+        ...
+
+    def oversize_message(self, session: SessionInfo, from_client: bool, mtype: bytes, length: int) -> None:
+        """A message larger than STAGE_BODY_LIMIT streamed through without being buffered."""
+        ...
+
+
+STAGE_BODY_LIMIT = 1 << 20
+"""Server messages and client CopyData larger than this stream through in chunks;
+stages hear of them by oversize_message only. Client Query/Parse/Bind/FunctionCall are
+always buffered whole (up to PostgreSQL's 1 GiB) so policy and journal see them."""
