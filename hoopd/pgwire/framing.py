@@ -1,0 +1,134 @@
+"""Splitting byte streams into PostgreSQL messages.
+
+``read_packet`` handles the untyped preamble packets (startup, SSLRequest, ...).
+``Framer`` handles typed messages with a fast path: only the message types a caller
+wants are returned as (type, body); runs of everything else come back as raw bytes,
+coalesced, so the relay can forward them in bulk without building per-message objects.
+Wanted messages larger than ``whole_limit`` are not buffered: they come back as a
+``Big`` marker followed by their raw bytes, so a 200 MB value never sits in memory whole.
+"""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple, Union
+
+from hoopd.pgwire.errors import ProtocolError
+
+_I32 = struct.Struct("!i")
+_HDR = struct.Struct("!Bi")
+
+MAX_STARTUP = 10_000
+MAX_MESSAGE = (1 << 30) - 1  # PostgreSQL's cap for Query/Parse/Bind/CopyData
+
+
+class Raw(NamedTuple):
+    data: bytes
+
+
+class Msg(NamedTuple):
+    type: int  # the type byte, as an int (ord)
+    body: bytes
+
+
+class Big(NamedTuple):
+    type: int
+    length: int  # body length; the message's raw bytes follow as Raw events
+
+
+Event = Union[Raw, Msg, Big]
+
+
+def read_packet(buf: bytes | bytearray, limit: int = MAX_STARTUP) -> tuple[int, bytes] | None:
+    """An untyped packet at the start of buf: (total length, body) or None if incomplete.
+
+    The body starts with the int32 request code / protocol version."""
+    if len(buf) < 4:
+        return None
+    (n,) = _I32.unpack_from(buf, 0)
+    if n < 8 or n > limit:
+        raise ProtocolError(f"invalid startup packet length {n}" if n < 8
+                            else f"startup packet too large ({n} bytes, limit {limit})")
+    if len(buf) < n:
+        return None
+    return n, bytes(buf[4:n])
+
+
+class Framer:
+    """Incremental typed-message splitter (one per direction)."""
+
+    __slots__ = ("wanted", "whole_limit", "limits", "default_limit", "_carry", "_skip", "_body", "_need", "_type")
+
+    def __init__(self, wanted: frozenset[int] | set[int], whole_limit: int = 1 << 20,
+                 limits: dict[int, int] | None = None, default_limit: int = MAX_MESSAGE) -> None:
+        self.wanted = frozenset(wanted)
+        self.whole_limit = whole_limit
+        self.limits = limits or {}
+        self.default_limit = default_limit
+        self._carry = b""
+        self._skip = 0  # raw bytes still to pass for the current message
+        self._body: bytearray | None = None  # body being collected for a wanted message
+        self._need = 0
+        self._type = 0
+
+    @property
+    def idle(self) -> bool:
+        """True at a message boundary with nothing buffered."""
+        return not (self._carry or self._skip or self._body is not None)
+
+    def feed(self, data: bytes) -> list[Event]:
+        out: list[Event] = []
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        n = len(data)
+        pos = run = 0  # run: start of the raw bytes not yet emitted
+        if self._skip:
+            pos = min(self._skip, n)
+            self._skip -= pos
+        elif self._body is not None:
+            pos = run = min(self._need, n)
+            self._body += data[:pos]
+            self._need -= pos
+            if not self._need:
+                out.append(Msg(self._type, bytes(self._body)))
+                self._body = None
+        wanted = self.wanted
+        unpack = _HDR.unpack_from
+        while pos < n:
+            if n - pos < 5:
+                self._carry = data[pos:]
+                break
+            t, ln = unpack(data, pos)
+            if ln < 4 or ln > self.limits.get(t, self.default_limit):
+                raise ProtocolError(f"invalid message length {ln} for message type {chr(t)!r}")
+            end = pos + 1 + ln
+            if t in wanted:
+                if run < pos:
+                    out.append(Raw(data[run:pos]))
+                if ln - 4 > self.whole_limit:
+                    out.append(Big(t, ln - 4))
+                    run = pos
+                    if end > n:
+                        self._skip = end - n
+                        pos = n
+                        break
+                    pos = end
+                    continue
+                if end <= n:
+                    out.append(Msg(t, data[pos + 5:end]))
+                    pos = run = end
+                    continue
+                self._body = bytearray(data[pos + 5:])
+                self._need = end - n
+                self._type = t
+                pos = run = n
+                break
+            if end > n:
+                self._skip = end - n
+                pos = n
+                break
+            pos = end
+        stop = n - len(self._carry)
+        if run < stop:
+            out.append(Raw(data[run:stop]))
+        return out

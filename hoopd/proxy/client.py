@@ -1,0 +1,396 @@
+"""The client-facing protocol: preamble, TLS, authentication, authorization, then relay.
+
+One ClientProtocol per client connection. States: ``preamble`` (untyped packets:
+SSLRequest, GSSENCRequest, CancelRequest, StartupMessage; direct TLS), ``auth``
+(SCRAM-SHA-256 for local accounts, cleartext password inside TLS for the password
+sources), ``connecting`` (logging in upstream with the held credential), ``relay``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+import uuid
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from hoopd.config import Config
+from hoopd.identity.base import AuthError, Identity, PasswordAuthenticator
+from hoopd.log import get_logger
+from hoopd.pgwire import errors as pe
+from hoopd.pgwire import messages as m
+from hoopd.pgwire.errors import ProtocolError
+from hoopd.pgwire.framing import read_packet
+from hoopd.pgwire.scram import ScramFailure, ScramServerExchange, mock_verifier, parse_verifier
+from hoopd.proxy.params import upstream_params
+from hoopd.proxy.registry import SessionRegistry
+from hoopd.proxy.relay import Relay
+from hoopd.proxy.tls import ALPN, server_options, tls_version
+from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream, send_cancel
+from hoopd.session import SessionInfo, Stage
+
+log = get_logger("hoopd.proxy")
+_I32 = struct.Struct("!i")
+MAX_AUTH_MESSAGE = 65_536
+MAX_MINOR = 2  # we speak 3.0 and 3.2
+
+
+class GatewayFactory(Factory):
+    """Shared state for all client connections: config, registry, stages, authenticators."""
+
+    def __init__(self, config: Config, registry: SessionRegistry, reactor: Any,
+                 stages: list[Stage] | None = None, password_auth: PasswordAuthenticator | None = None) -> None:
+        self.registry = registry
+        self.reactor = reactor
+        self.stages = stages or []
+        self.password_auth = password_auth
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """New sessions use the new config; live ones keep theirs."""
+        self.config = config
+        self.tls_options = server_options(config.tls)
+
+    def buildProtocol(self, addr: Any) -> "ClientProtocol":
+        p = ClientProtocol(self)
+        p.factory = self
+        return p
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ClientProtocol(Protocol):
+    def __init__(self, factory: GatewayFactory) -> None:
+        self.gw = factory
+        self.config = factory.config
+        self.buf = bytearray()
+        self.state = "preamble"
+        self.tls = False
+        self.direct_tls = False
+        self.relay: Relay | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.info: SessionInfo | None = None
+        self.startup: m.Startup | None = None
+        self.identity: Identity | None = None
+        self._scram: ScramServerExchange | None = None
+        self._scram_started = False
+        self._timeout: Any = None
+        self._end_reason: str | None = None
+        self._registered = False
+        self._had_data = False
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer_host = getattr(peer, "host", "?")
+        self.info = SessionInfo(id=uuid.uuid4().hex[:16], peer=f"{self.peer_host}:{getattr(peer, 'port', '')}",
+                                started=self.gw.reactor.seconds())
+        self._timeout = self.gw.reactor.callLater(self.config.gateway.login_timeout, self._login_timeout)
+
+    def _login_timeout(self) -> None:
+        self._timeout = None
+        log.info("session {sid} from {peer}: login timed out", sid=self.info.id, peer=self.info.peer)
+        self._fatal("08006", "hoopd: login timed out", reason="login timeout")
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timeout()
+        if self.relay is not None and not self.relay.quiet and not self.relay.terminated:
+            self.cancel_upstream()  # the client left mid-query: stop the work it asked for
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.on_lost = None
+            if self.relay is None or not self.relay.terminated:
+                self.upstream.transport.write(m.TERMINATE)
+            self.upstream.transport.loseConnection()
+        self._end(self._end_reason or ("client terminate" if self.relay and self.relay.terminated
+                                        else "client disconnect"))
+
+    def _end(self, reason: str) -> None:
+        if self._registered:
+            self._registered = False
+            self.gw.registry.remove(self)
+            for s in self.gw.stages:
+                s.session_ended(self.info, reason)
+            log.info("session {sid} ended: {reason}", sid=self.info.id, reason=reason)
+        elif self.state == "preamble" and not self._had_data:
+            log.debug("connection from {peer} closed before a startup packet", peer=self.info.peer)
+
+    def _fatal(self, sqlstate: str, message: str, reason: str | None = None, detail: str | None = None) -> None:
+        self._end_reason = reason or message
+        self.transport.write(m.error_response(sqlstate, message, severity="FATAL", detail=detail))
+        self.transport.loseConnection()
+        self.state = "closing"
+
+    # --- session API used by the registry ---------------------------------------------
+
+    def kill(self, reason: str, by: str) -> None:
+        log.info("session {sid} killed by {by}: {reason}", sid=self.info.id, by=by, reason=reason)
+        self._fatal(pe.ADMIN_SHUTDOWN, "terminating connection due to administrator command",
+                    reason=f"killed by {by}: {reason}", detail=reason or None)
+
+    def cancel_upstream(self) -> None:
+        if self.upstream is not None and self.upstream.key is not None:
+            pid, secret = self.upstream.key
+            d = send_cancel(self.gw.reactor, self.connection_config, pid, secret)
+            d.addErrback(lambda f: log.warn("session {sid}: cancel upstream failed: {err}",
+                                            sid=self.info.id, err=f.getErrorMessage()))
+
+    # --- bytes in ---------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._had_data = True
+        if self.relay is not None:
+            try:
+                self.relay.client_data(data)
+            except ProtocolError as e:
+                self._protocol_error(e)
+            return
+        if self.state == "closing":
+            return
+        self.buf += data
+        try:
+            if self.state == "preamble":
+                self._preamble()
+            elif self.state == "auth":
+                self._auth_messages()
+        except ProtocolError as e:
+            self._protocol_error(e)
+
+    def _protocol_error(self, e: ProtocolError) -> None:
+        log.info("session {sid} from {peer}: protocol error: {err}", sid=self.info.id, peer=self.info.peer, err=str(e))
+        self._fatal(e.sqlstate, str(e), reason=f"protocol error: {e}")
+
+    def _preamble(self) -> None:
+        while self.state == "preamble" and self.buf:
+            if self.buf[0] == 0x16 and not self.tls:
+                self._start_direct_tls()
+                return
+            pkt = read_packet(self.buf)
+            if pkt is None:
+                return
+            n, body = pkt
+            del self.buf[:n]
+            (code,) = _I32.unpack_from(body, 0)
+            if code == m.SSL_REQUEST:
+                self._ssl_request()
+            elif code == m.GSSENC_REQUEST:
+                self.transport.write(b"N")
+            elif code == m.CANCEL_REQUEST:
+                self._cancel_request(body[4:])
+                return
+            elif code >> 16 == 3:
+                self._startup(m.decode_startup(body))
+            else:
+                raise ProtocolError(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}:"
+                                    f" server supports 3.0 to 3.{MAX_MINOR}", pe.FEATURE_NOT_SUPPORTED)
+
+    def _ssl_request(self) -> None:
+        if self.tls:
+            raise ProtocolError("duplicate SSLRequest")
+        if self.buf:  # CVE-2021-23214: nothing may be pipelined before the handshake
+            raise ProtocolError("received unencrypted data after SSL request")
+        if self.gw.tls_options is None:
+            self.transport.write(b"N")
+            return
+        self.transport.write(b"S")
+        self.transport.startTLS(self.gw.tls_options)
+        self.tls = True
+
+    def _start_direct_tls(self) -> None:
+        if self.gw.tls_options is None:
+            log.info("session {sid} from {peer}: direct TLS attempted but TLS is off",
+                     sid=self.info.id, peer=self.info.peer)
+            self.transport.loseConnection()
+            self.state = "closing"
+            return
+        hello, self.buf = bytes(self.buf), bytearray()
+        self.transport.startTLS(self.gw.tls_options)
+        self.tls = self.direct_tls = True
+        self.transport.protocol.dataReceived(hello)  # the ClientHello we already read
+
+    def _cancel_request(self, body: bytes) -> None:
+        self.transport.loseConnection()
+        self.state = "closing"
+        if not 8 <= len(body) <= 260:
+            return
+        (pid,) = _I32.unpack_from(body, 0)
+        target = self.gw.registry.by_cancel_key(pid, body[4:])
+        if target is not None:
+            log.info("session {sid}: cancel request from {peer}", sid=target.info.id, peer=self.info.peer)
+            target.cancel_upstream()
+        else:
+            log.debug("cancel request with an unknown key from {peer}", peer=self.info.peer)
+
+    # --- startup and authentication -----------------------------------------------------
+
+    def _startup(self, st: m.Startup) -> None:
+        self.startup = st
+        cfg = self.config
+        if self.direct_tls and getattr(self.transport, "negotiatedProtocol", None) != ALPN:
+            raise ProtocolError("direct TLS connection without ALPN \"postgresql\"")
+        minor = st.version & 0xFFFF
+        self.info.protocol = (3, min(minor, MAX_MINOR) if minor != 1 else 0)
+        if minor > MAX_MINOR or st.unknown_options:
+            self.transport.write(m.negotiate_protocol_version(min(minor, MAX_MINOR), st.unknown_options))
+        if self.tls:
+            self.info.tls = tls_version(self.transport)
+        user = st.params["user"]
+        self.info.application_name = st.params.get("application_name", "")
+        if cfg.tls.mode == "require" and not self.tls:
+            raise ProtocolError("hoopd: TLS is required; connect with sslmode=require", pe.INVALID_AUTHORIZATION)
+        if "replication" in st.params and st.params["replication"].lower() not in ("false", "off", "no", "0"):
+            raise ProtocolError("hoopd: replication connections are not supported", pe.INVALID_AUTHORIZATION)
+        self.state = "auth"
+        local = cfg.users.get(user)
+        if local is not None or self.gw.password_auth is None:
+            verifier = parse_verifier(local.password_hash) if local else mock_verifier()
+            self._scram = ScramServerExchange(verifier)
+            self.transport.write(m.auth_sasl(["SCRAM-SHA-256"]))
+        elif self.tls or (cfg.tls.allow_cleartext_loopback and _is_loopback(self.peer_host)):
+            self.transport.write(m.auth_cleartext())
+        else:
+            raise ProtocolError(f"hoopd: password sign-in for \"{user}\" needs TLS; connect with sslmode=require",
+                                pe.INVALID_AUTHORIZATION)
+        if self.buf:
+            self._auth_messages()
+
+    def _auth_messages(self) -> None:
+        while self.state == "auth" and len(self.buf) >= 5:
+            (n,) = _I32.unpack_from(self.buf, 1)
+            if self.buf[0] != ord("p"):
+                raise ProtocolError(f"expected password response, got message type {chr(self.buf[0])!r}")
+            if n < 4 or n > MAX_AUTH_MESSAGE:
+                raise ProtocolError(f"invalid password packet length {n}")
+            if len(self.buf) < n + 1:
+                return
+            body = bytes(self.buf[5:n + 1])
+            del self.buf[:n + 1]
+            self._password_message(body)
+
+    def _auth_failed(self, err: AuthError) -> None:
+        user = self.startup.params["user"]
+        log.info("session {sid} from {peer}: authentication failed for {user}: {why}",
+                 sid=self.info.id, peer=self.info.peer, user=user, why=err.reason)
+        self._fatal(err.sqlstate, err.message, reason=f"auth failed: {err.reason}")
+
+    def _password_message(self, body: bytes) -> None:
+        user = self.startup.params["user"]
+        bad = AuthError(f'password authentication failed for user "{user}"')
+        if self._scram is not None:
+            try:
+                if not self._scram_started:
+                    mech, data = m.decode_sasl_initial(body)
+                    if mech != "SCRAM-SHA-256":
+                        raise ProtocolError(f"client selected an invalid SASL authentication mechanism {mech!r}",
+                                            pe.INVALID_AUTHORIZATION)
+                    self._scram_started = True
+                    self.transport.write(m.auth_sasl_continue(self._scram.client_first(data)))
+                    return
+                final = self._scram.client_final(body)
+            except ScramFailure:
+                self._auth_failed(bad)
+                return
+            if user not in self.config.users:
+                self._auth_failed(bad)
+                return
+            self.transport.write(m.auth_sasl_final(final))
+            u = self.config.users[user]
+            self._authenticated(Identity(user, u.groups, "local"))
+            return
+        password = m.decode_password(body)
+        self.state = "checking"
+        d = self.gw.password_auth.authenticate(user, password, self.peer_host)
+        if d is None:
+            self._auth_failed(bad)
+            return
+        d.addCallbacks(self._authenticated, lambda f: self._auth_failed(
+            f.value if f.check(AuthError) else AuthError("hoopd: authentication unavailable", "28000", "error")))
+
+    def _authenticated(self, identity: Identity) -> None:
+        if self.state == "closing":
+            return
+        self.identity = identity
+        self.info.identity = identity
+        name = self.startup.params.get("database") or self.startup.params["user"]
+        conn = self.config.connections.get(name)
+        if conn is None:
+            self._fatal(pe.INVALID_CATALOG, f'hoopd: no connection named "{name}"', reason="unknown connection")
+            return
+        level = conn.level_for(identity.groups)
+        if level is None:
+            self._fatal(pe.INVALID_AUTHORIZATION,
+                        f'hoopd: user "{identity.name}" has no access to connection "{name}"',
+                        reason="no access")
+            return
+        if len(self.gw.registry) >= self.config.gateway.max_sessions:
+            self._fatal(pe.TOO_MANY_CONNECTIONS, "hoopd: too many sessions", reason="too many sessions")
+            return
+        self.connection_config = conn
+        self.info.connection, self.info.level = name, level
+        self.transport.write(m.auth_ok())
+        self.state = "connecting"
+        params, dropped = upstream_params(self.startup.params, read_only=(level == "read_only"))
+        if dropped:
+            log.info("session {sid}: startup parameters not forwarded: {names}", sid=self.info.id,
+                     names=", ".join(dropped))
+        d: Deferred = connect_upstream(self.gw.reactor, conn, conn.credential_for(level), params)
+        d.addCallbacks(self._upstream_ready, self._upstream_failed)
+
+    def _upstream_failed(self, f: Failure) -> None:
+        err = f.value if f.check(UpstreamError) else f.getErrorMessage()
+        log.warn("session {sid}: upstream for connection {conn} failed: {err}",
+                 sid=self.info.id, conn=self.info.connection, err=str(err))
+        if self.state != "closing":
+            self._fatal(pe.CANNOT_CONNECT, f'hoopd: cannot connect to connection "{self.info.connection}"'
+                        " (details in the gateway log)", reason="upstream connect failed")
+
+    def _upstream_ready(self, up: UpstreamProtocol) -> None:
+        if self.state == "closing":
+            up.transport.write(m.TERMINATE)
+            up.transport.loseConnection()
+            return
+        self._cancel_timeout()
+        self.upstream = up
+        reg = self.gw.registry
+        key_len = 32 if self.info.protocol >= (3, 2) else 4
+        pid, secret = reg.mint_key(self, key_len)
+        reg.add(self)
+        self._registered = True
+        for s in self.gw.stages:
+            s.session_started(self.info)
+        self.transport.write(b"".join(up.parameter_frames) + m.backend_key_data(pid, secret)
+                             + m.ready_for_query(b"I"))
+        self.relay = Relay(self.info, self.transport, up.transport, self.gw.stages, log, self._client_terminated)
+        self.state = "relay"
+        up.on_data = self.relay.server_data
+        up.on_lost = self._upstream_lost
+        self.relay.start()
+        log.info("session {sid}: {user} ({source}) on {conn} as {level} from {peer}", sid=self.info.id,
+                 user=self.identity.name, source=self.identity.source, conn=self.info.connection,
+                 level=self.info.level, peer=self.info.peer)
+        early = up.take_early_data()
+        if early:
+            self.relay.server_data(early)
+        if self.buf:
+            data, self.buf = bytes(self.buf), bytearray()
+            self.dataReceived(data)
+
+    def _client_terminated(self) -> None:
+        self._end_reason = "client terminate"
+
+    def _upstream_lost(self, reason: Failure) -> None:
+        if self._end_reason is None:
+            self._end_reason = "upstream closed"
+        self.transport.loseConnection()

@@ -1,0 +1,204 @@
+"""The per-session relay: client <-> upstream, with stages and back-pressure.
+
+Fast path: each direction has a Framer that returns whole only the message types some
+stage (or the relay itself) needs; everything else is forwarded as raw byte runs.
+
+Denials keep the wire in sync by letting PostgreSQL own the error state: the denied
+message is replaced by one that fails deterministically (a Query, or a Parse in the
+extended protocol, whose text is a unique marker). The server answers it with a syntax
+error in exactly the right place, aborts the transaction if one is open, discards until
+Sync and sends one ReadyForQuery with the true status; the relay rewrites that one
+ErrorResponse into the stage's Deny. If an earlier pipelined message already failed,
+the server skips the marker too, just as it would have skipped the real statement.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict, deque
+from typing import Any, Callable, Sequence
+
+from twisted.internet.defer import Deferred
+
+from hoopd.pgwire import messages as m
+from hoopd.pgwire.framing import Big, Event, Framer, Msg, Raw
+from hoopd.session import STAGE_BODY_LIMIT, Deny, SessionInfo, Stage
+
+Q, P, B, E, F, S, X, Z, ERR = (ord(c) for c in "QPBEFSXZE")
+_SYNC_POINTS = {Q, F, S}
+_MARKERS_KEPT = 256
+# Client messages PostgreSQL caps at 1 GiB; every other client message at 10 000 bytes...
+_BIG_CLIENT = {ord(c) for c in "QPBFdfc"}
+CLIENT_LIMITS = {t: 10_000 for t in range(256) if t not in _BIG_CLIENT}
+
+
+class Relay:
+    """Moves bytes between a client transport and an upstream transport for one session."""
+
+    def __init__(self, info: SessionInfo, client: Any, upstream: Any, stages: Sequence[Stage],
+                 log: Any, on_terminate: Callable[[], None]) -> None:
+        self.info = info
+        self.client = client  # ITransport towards the client
+        self.upstream = upstream  # ITransport towards PostgreSQL
+        self.stages = list(stages)
+        self.log = log
+        self.on_terminate = on_terminate
+        self._client_stages = {t: [s for s in stages if bytes([t]) in s.client_types] for t in range(256)}
+        self._server_stages = {t: [s for s in stages if bytes([t]) in s.server_types] for t in range(256)}
+        cwanted = {Q, E, X} | {t for t, ss in self._client_stages.items() if ss}
+        swanted = {Z, ERR} | {t for t, ss in self._server_stages.items() if ss}
+        self.c2s = Framer(cwanted, whole_limit=1 << 30, limits=CLIENT_LIMITS)
+        self.s2c = Framer(swanted, whole_limit=STAGE_BODY_LIMIT)
+        self._pending: deque[Event] = deque()
+        self._held: Deferred | None = None
+        self._markers: OrderedDict[str, Deny] = OrderedDict()
+        self._marker_prefix = "hoopd_deny_" + os.urandom(4).hex() + "_"
+        self._marker_re = re.compile(re.escape(self._marker_prefix) + r"\d+")
+        self._marker_seq = 0
+        self.quiet = True  # upstream idle: last thing seen was ReadyForQuery, nothing sent since
+        self._sent_syncs = 0
+        self._seen_syncs = 0
+        self.terminated = False
+
+    def start(self) -> None:
+        """Wire producers both ways so each side's full buffer pauses the other."""
+        self.client.registerProducer(self.upstream, True)
+        self.upstream.registerProducer(self.client, True)
+
+    # --- client -> server -------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        """Raises ProtocolError on a malformed message (the caller ends the session)."""
+        self.info.bytes_in += len(data)
+        self._pending.extend(self.c2s.feed(data))
+        self._drain_client()
+
+    def _drain_client(self) -> None:
+        out: list[bytes] = []
+        while self._pending and self._held is None:
+            ev = self._pending.popleft()
+            if isinstance(ev, Raw):
+                out.append(ev.data)
+            elif isinstance(ev, Msg):
+                self._client_message(ev.type, ev.body, out)
+            else:
+                self._oversize(True, ev)
+        if out:
+            self.quiet = False
+            self.upstream.write(b"".join(out))
+
+    def _client_message(self, t: int, body: bytes, out: list[bytes]) -> None:
+        if t == X:
+            self.terminated = True
+            out.append(m.TERMINATE)
+            self.on_terminate()
+            return
+        if t in (Q, E):
+            self.info.statements += 1
+        tb = bytes([t])
+        deny: Deny | None = None
+        for i, stage in enumerate(self._client_stages[t]):
+            verdict = stage.client_message(self.info, tb, body)
+            if isinstance(verdict, Deferred):
+                self._hold(verdict, t, body, i)
+                return
+            if verdict is not None:
+                deny = verdict
+                self._denied(t, body, verdict, stage)
+                break
+        self._emit(t, body, deny, out)
+
+    def _emit(self, t: int, body: bytes, deny: Deny | None, out: list[bytes]) -> None:
+        if deny is None:
+            out.append(m.frame(bytes([t]), body))
+        else:
+            self._marker_seq += 1
+            marker = f"{self._marker_prefix}{self._marker_seq}"
+            self._markers[marker] = deny
+            while len(self._markers) > _MARKERS_KEPT:
+                self._markers.popitem(last=False)
+            out.append(m.query(marker) if t in (Q, F) else m.parse_message("", marker))
+        if t in _SYNC_POINTS:
+            self._sent_syncs += 1
+
+    def _denied(self, t: int, body: bytes, deny: Deny, by: Stage) -> None:
+        tb = bytes([t])
+        for s in self.stages:
+            if s is not by:
+                s.message_denied(self.info, tb, body, deny)
+
+    def _hold(self, d: Deferred, t: int, body: bytes, index: int) -> None:
+        """A stage needs time (approval): keep the client's later messages queued."""
+        self._held = d
+        self.client.pauseProducing()
+
+        def release(verdict: Deny | None) -> None:
+            self._held = None
+            out: list[bytes] = []
+            stages = self._client_stages[t]
+            if verdict is not None:
+                self._denied(t, body, verdict, stages[index])
+                self._emit(t, body, verdict, out)
+            else:
+                # the remaining stages still get their say
+                deny = None
+                for stage in stages[index + 1:]:
+                    v = stage.client_message(self.info, bytes([t]), body)
+                    if isinstance(v, Deferred):  # a second hold: not supported, fail closed
+                        deny = Deny("hoopd: statement needs more than one approval; refused")
+                    elif v is not None:
+                        deny = v
+                    if deny is not None:
+                        self._denied(t, body, deny, stage)
+                        break
+                self._emit(t, body, deny, out)
+            if out:
+                self.quiet = False
+                self.upstream.write(b"".join(out))
+            self.client.resumeProducing()
+            self._drain_client()
+
+        def failed(f: Any) -> None:
+            self.log.failure("stage hold failed; statement refused", failure=f)
+            release(Deny("hoopd: statement could not be decided; refused"))
+
+        d.addCallbacks(release, failed)
+
+    def _oversize(self, from_client: bool, ev: Big) -> None:
+        table = self._client_stages if from_client else self._server_stages
+        for s in table[ev.type]:
+            s.oversize_message(self.info, from_client, bytes([ev.type]), ev.length)
+
+    # --- server -> client -------------------------------------------------------------
+
+    def server_data(self, data: bytes) -> None:
+        out: list[bytes] = []
+        for ev in self.s2c.feed(data):
+            if isinstance(ev, Raw):
+                out.append(ev.data)
+            elif isinstance(ev, Msg):
+                out.append(self._server_message(ev.type, ev.body))
+            else:
+                self._oversize(False, ev)
+        if out:
+            blob = b"".join(out)
+            self.info.bytes_out += len(blob)
+            self.client.write(blob)
+
+    def _server_message(self, t: int, body: bytes) -> bytes:
+        if t == Z:
+            self.info.transaction_status = body[:1].decode("latin-1")
+            self._seen_syncs += 1
+            self.quiet = self._seen_syncs >= self._sent_syncs and self.c2s.idle and not self._pending
+        elif t == ERR and self._markers:
+            msg = m.decode_fields(body).get("M", "")
+            hit = self._marker_re.search(msg)
+            deny = self._markers.pop(hit.group(0), None) if hit else None
+            if deny is not None:
+                return m.error_response(deny.sqlstate, deny.message, detail=deny.detail, hint=deny.hint)
+        tb = bytes([t])
+        for stage in self._server_stages[t]:
+            new = stage.server_message(self.info, tb, body)
+            if new is not None:
+                body = new
+        return m.frame(tb, body)

@@ -1,0 +1,203 @@
+"""The gateway as a client of PostgreSQL: connect, TLS, log in with the held credential.
+
+``connect_upstream`` returns a Deferred that fires with a logged-in UpstreamProtocol
+(``parameter_frames`` holds the server's ParameterStatus/Notice frames to relay, ``key``
+its BackendKeyData) or fails with UpstreamError. Upstream error texts are kept for the
+gateway log; the client only hears a generic message, so nothing about the held
+credential leaks.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from hoopd.config import ConnectionConfig, Credential
+from hoopd.pgwire import messages as m
+from hoopd.pgwire.errors import ProtocolError
+from hoopd.pgwire.scram import ScramClientExchange, ScramFailure
+from hoopd.proxy.tls import upstream_options
+
+_I32 = struct.Struct("!i")
+
+
+class UpstreamError(Exception):
+    """Logging in upstream failed; str() is for the gateway log only."""
+
+
+def _md5_password(user: str, password: str, salt: bytes) -> bytes:
+    inner = hashlib.md5((password + user).encode()).hexdigest()
+    return b"md5" + hashlib.md5(inner.encode() + salt).hexdigest().encode()
+
+
+class UpstreamProtocol(Protocol):
+    """Login state machine; after login, bytes go to ``on_data`` (the relay)."""
+
+    def __init__(self, conn: ConnectionConfig, cred: Credential, params: dict[str, str]) -> None:
+        self.conn = conn
+        self.cred = cred
+        self.params = params
+        self.ready: defer.Deferred[UpstreamProtocol] = defer.Deferred()
+        self.parameter_frames: list[bytes] = []
+        self.key: tuple[int, bytes] | None = None
+        self.on_data: Callable[[bytes], None] | None = None
+        self.on_lost: Callable[[Failure], None] | None = None
+        self._buf = bytearray()
+        self._state = "tls"
+        self._scram: ScramClientExchange | None = None
+        self._tls = upstream_options(conn)
+
+    def connectionMade(self) -> None:
+        if self._tls is not None:
+            self.transport.write(m.ssl_request())
+        else:
+            self._send_startup()
+
+    def _send_startup(self) -> None:
+        self._state = "auth"
+        params = {"user": self.cred.user, "database": self.conn.database, **self.params}
+        self.transport.write(m.startup_message(params))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.on_data is not None:
+            self.on_data(data)
+            return
+        self._buf += data
+        try:
+            self._advance()
+        except (ProtocolError, ScramFailure, UpstreamError) as e:
+            self._fail(UpstreamError(str(e)))
+
+    def _advance(self) -> None:
+        if self._state == "tls":
+            if not self._buf:
+                return
+            answer = bytes(self._buf[:1])
+            if answer != b"S":
+                raise UpstreamError(f"server at {self.conn.host}:{self.conn.port} does not accept TLS"
+                                    f" (tls = \"{self.conn.tls}\")")
+            if len(self._buf) > 1:
+                raise UpstreamError("server sent unencrypted bytes after accepting TLS")
+            del self._buf[:]
+            self.transport.startTLS(self._tls)
+            self._send_startup()
+            return
+        while len(self._buf) >= 5 and self.on_data is None:
+            mtype = bytes(self._buf[:1])
+            (n,) = _I32.unpack_from(self._buf, 1)
+            if n < 4 or n > 1 << 20:
+                raise UpstreamError(f"invalid message length {n} from server during login")
+            if len(self._buf) < n + 1:
+                return
+            body = bytes(self._buf[5:n + 1])
+            del self._buf[:n + 1]
+            self._message(mtype, body)
+
+    def _message(self, mtype: bytes, body: bytes) -> None:
+        if mtype == b"R":
+            self._auth(body)
+        elif mtype == b"E":
+            f = m.decode_fields(body)
+            raise UpstreamError(f"server refused login: {f.get('C', '?')} {f.get('M', '')}")
+        elif mtype in (b"S", b"N"):
+            self.parameter_frames.append(m.frame(mtype, body))
+        elif mtype == b"K":
+            (pid,) = _I32.unpack_from(body, 0)
+            self.key = (pid, body[4:])
+        elif mtype == b"v":
+            pass  # NegotiateProtocolVersion: we ask for 3.0 with no options; nothing to adapt
+        elif mtype == b"Z":
+            self._state = "ready"
+            self.on_data = self._early_data
+            rest, self._buf = bytes(self._buf), bytearray()
+            self.ready.callback(self)
+            if rest:
+                self.on_data(rest)
+        else:
+            raise UpstreamError(f"unexpected message {mtype!r} from server during login")
+
+    def _early_data(self, data: bytes) -> None:
+        self._buf += data  # held until the relay takes over (see take_early_data)
+
+    def take_early_data(self) -> bytes:
+        rest, self._buf = bytes(self._buf), bytearray()
+        return rest
+
+    def _password(self) -> str:
+        if self.cred.password is None:
+            raise UpstreamError(f"server asks for a password but connections.{self.conn.name}"
+                                " has none configured for this level")
+        return self.cred.password.value
+
+    def _auth(self, body: bytes) -> None:
+        (code,) = _I32.unpack_from(body, 0)
+        if code == 0:
+            return
+        if code == 3:
+            self.transport.write(m.password_message(m.cstr(self._password())))
+        elif code == 5:
+            self.transport.write(m.password_message(m.cstr(_md5_password(self.cred.user, self._password(), body[4:8]))))
+        elif code == 10:
+            mechs = [x.decode() for x in body[4:].split(b"\0") if x]
+            self._scram = ScramClientExchange(self.cred.user, self._password(), mechs)
+            self.transport.write(m.sasl_initial_response("SCRAM-SHA-256", self._scram.client_first()))
+        elif code == 11 and self._scram:
+            self.transport.write(m.password_message(self._scram.server_first(body[4:])))
+        elif code == 12 and self._scram:
+            self._scram.server_final(body[4:])
+        else:
+            raise UpstreamError(f"unsupported authentication request {code} from server")
+
+    def _fail(self, err: Exception) -> None:
+        if not self.ready.called:
+            self.ready.errback(err)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.ready.called:
+            self.ready.errback(UpstreamError(f"connection closed during login: {reason.getErrorMessage()}"))
+        elif self.on_lost is not None:
+            self.on_lost(reason)
+
+
+def connect_upstream(reactor: IReactorTCP | IReactorTime, conn: ConnectionConfig, cred: Credential,
+                     params: dict[str, str]) -> defer.Deferred[UpstreamProtocol]:
+    """Connect and log in; fires with the protocol once the server said ReadyForQuery."""
+    proto = UpstreamProtocol(conn, cred, params)
+    ep = HostnameEndpoint(reactor, conn.host, conn.port, timeout=conn.connect_timeout)
+
+    def connected(p: UpstreamProtocol) -> defer.Deferred[UpstreamProtocol]:
+        return p.ready
+
+    def failed(f: Failure) -> Failure:
+        if proto.transport is not None:
+            proto.transport.abortConnection()
+        if f.check(UpstreamError):
+            return f
+        return Failure(UpstreamError(f"cannot connect to {conn.host}:{conn.port}: {f.getErrorMessage()}"))
+
+    d = connectProtocol(ep, proto)
+    d.addCallback(connected)
+    d.addTimeout(conn.connect_timeout + 5, reactor)  # login must finish too, not only TCP
+    d.addErrback(failed)
+    return d
+
+
+def send_cancel(reactor: IReactorTCP, conn: ConnectionConfig, pid: int, secret: bytes) -> defer.Deferred[None]:
+    """Send a CancelRequest for the upstream backend (pid, secret); fire when sent."""
+
+    class _Cancel(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(m.cancel_request(pid, secret))
+            self.transport.loseConnection()
+
+    ep = HostnameEndpoint(reactor, conn.host, conn.port, timeout=conn.connect_timeout)
+    d = connectProtocol(ep, _Cancel())
+    d.addCallback(lambda _: None)
+    return d
