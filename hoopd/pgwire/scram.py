@@ -6,6 +6,8 @@ Verifiers use PostgreSQL's format: ``SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<Se
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import re
 from dataclasses import dataclass
@@ -46,26 +48,69 @@ def mock_verifier() -> Verifier:
 class ScramServerExchange:
     """Server side of one SCRAM exchange: client-first -> server-first, client-final -> server-final.
 
-    Raises ScramFailure on a bad proof or malformed message. Accepts gs2 headers ``n,,`` and
-    ``y,,`` (we never offer -PLUS, so ``y`` is legitimate: npgsql sends it)."""
+    Written here rather than with scramp's server, which rejects the empty user name
+    (``n=,``) that every PostgreSQL client sends. Accepts gs2 headers ``n,,`` and ``y,,``
+    (we never offer -PLUS, so ``y`` is legitimate: npgsql sends it). Raises ScramFailure
+    on a bad proof or a malformed message."""
 
     def __init__(self, verifier: Verifier) -> None:
-        v = verifier
-        self._server = _MECH.make_server(lambda _user: (v.salt, v.stored_key, v.server_key, v.iterations))
+        self._v = verifier
+        self._gs2 = ""
+        self._nonce = ""
+        self._auth_prefix = ""
 
     def client_first(self, data: bytes) -> bytes:
-        try:
-            self._server.set_client_first(data.decode("utf-8"))
-            return self._server.get_server_first().encode()
-        except (ScramException, UnicodeDecodeError) as e:
-            raise ScramFailure(str(e)) from None
+        text = _text(data)
+        parts = text.split(",", 2)
+        if len(parts) != 3 or parts[0] not in ("n", "y"):
+            raise ScramFailure("malformed SCRAM client-first message (or channel binding requested)")
+        bare = parts[2]
+        attrs = _attrs(bare)
+        cnonce = attrs.get("r", "")
+        if "n" not in attrs or not cnonce or "m" in attrs:
+            raise ScramFailure("malformed SCRAM client-first message")
+        self._gs2 = f"{parts[0]},{parts[1]},"
+        self._nonce = cnonce + base64.b64encode(os.urandom(18)).decode()
+        v = self._v
+        server_first = f"r={self._nonce},s={base64.b64encode(v.salt).decode()},i={v.iterations}"
+        self._auth_prefix = f"{bare},{server_first},"
+        return server_first.encode()
 
     def client_final(self, data: bytes) -> bytes:
+        text = _text(data)
+        without_proof, sep, proof_b64 = text.rpartition(",p=")
+        attrs = _attrs(without_proof) if sep else {}
+        if attrs.get("c") != base64.b64encode(self._gs2.encode()).decode() or attrs.get("r") != self._nonce:
+            raise ScramFailure("SCRAM client-final message does not match the exchange")
         try:
-            self._server.set_client_final(data.decode("utf-8"))
-            return self._server.get_server_final().encode()
-        except (ScramException, UnicodeDecodeError) as e:
-            raise ScramFailure(str(e)) from None
+            proof = base64.b64decode(proof_b64, validate=True)
+        except ValueError:
+            raise ScramFailure("malformed SCRAM proof") from None
+        auth = (self._auth_prefix + without_proof).encode()
+        sig = hmac.digest(self._v.stored_key, auth, "sha256")
+        if len(proof) != len(sig):
+            raise ScramFailure("malformed SCRAM proof")
+        client_key = bytes(a ^ b for a, b in zip(proof, sig))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self._v.stored_key):
+            raise ScramFailure("invalid proof")
+        server_sig = hmac.digest(self._v.server_key, auth, "sha256")
+        return b"v=" + base64.b64encode(server_sig)
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ScramFailure("SCRAM message is not UTF-8") from None
+
+
+def _attrs(msg: str) -> dict[str, str]:
+    out = {}
+    for item in msg.split(","):
+        if len(item) < 2 or item[1] != "=":
+            raise ScramFailure("malformed SCRAM attribute")
+        out[item[0]] = item[2:]
+    return out
 
 
 class ScramClientExchange:
