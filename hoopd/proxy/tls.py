@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 
 from hoopd.config import ConnectionConfig, TLSConfig
@@ -16,13 +16,13 @@ def server_options(cfg: TLSConfig) -> ssl.CertificateOptions | None:
     if cfg.mode == "disable" or not cfg.cert or not cfg.key:
         return None
     pem = Path(cfg.cert).read_bytes()
-    key = ssl.KeyPair.load(Path(cfg.key).read_bytes(), ssl.FILETYPE_PEM)
+    key = ssl.KeyPair.load(Path(cfg.key).read_bytes(), crypto.FILETYPE_PEM)
     certs = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
              for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
     return ssl.CertificateOptions(
         privateKey=key.original, certificate=certs[0].original,
         extraCertChain=[c.original for c in certs[1:]],
-        acceptableProtocols=[ALPN], method=None, raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableProtocols=[ALPN], raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
 
 
