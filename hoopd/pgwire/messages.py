@@ -92,7 +92,7 @@ def ssl_request() -> bytes:
 
 
 def cancel_request(pid: int, secret: bytes) -> bytes:
-    return _II.pack(12 + len(secret) - 4, CANCEL_REQUEST) + _I32.pack(pid) + secret
+    return _II.pack(12 + len(secret), CANCEL_REQUEST) + _I32.pack(pid) + secret
 
 
 def password_message(data: bytes) -> bytes:

@@ -377,9 +377,9 @@ class ClientProtocol(Protocol):
         up.on_data = self.relay.server_data
         up.on_lost = self._upstream_lost
         self.relay.start()
-        log.info("session {sid}: {user} ({source}) on {conn} as {level} from {peer}", sid=self.info.id,
+        log.info("session {sid}: {user} ({source}) on {conn} as {lvl} from {peer}", sid=self.info.id,
                  user=self.identity.name, source=self.identity.source, conn=self.info.connection,
-                 level=self.info.level, peer=self.info.peer)
+                 lvl=self.info.level, peer=self.info.peer)
         early = up.take_early_data()
         if early:
             self.relay.server_data(early)

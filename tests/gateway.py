@@ -1,0 +1,101 @@
+"""Run the real gateway (``twistd -n hoopd``) in a subprocess for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hoopd.pgwire.scram import make_verifier
+
+BIN = Path(sys.executable).parent
+USERS = {  # name -> (password, groups)
+    "dev": ("dev-password", ["dba"]),
+    "reader": ("reader-password", ["analysts"]),
+    "writer": ("writer-password", ["apps"]),
+    "nobody": ("nobody-password", ["strangers"]),
+}
+_VERIFIERS = {name: make_verifier(pw) for name, (pw, _) in USERS.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def users_toml() -> str:
+    return "".join(f'[[users]]\nname = "{n}"\npassword_hash = "{_VERIFIERS[n]}"\ngroups = {g!r}\n'.replace("'", '"')
+                   for n, (_, g) in USERS.items())
+
+
+def connection_toml(name: str, host: str, port: int, database: str, user: str, password: str | None,
+                    tls: str = "disable", ca_file: str | None = None, extra: str = "") -> str:
+    cred = f'password = "{password}"\n' if password is not None else ""
+    ca = f'ca_file = "{ca_file}"\n' if ca_file else ""
+    return (f'[connections.{name}]\nhost = "{host}"\nport = {port}\ndatabase = "{database}"\ntls = "{tls}"\n{ca}{extra}'
+            f'[connections.{name}.credentials.default]\nuser = "{user}"\n{cred}'
+            f'[connections.{name}.access]\ndba = "admin"\napps = "read_write"\nanalysts = "read_only"\n')
+
+
+class Gateway:
+    """A ``twistd -n hoopd`` process with a config written into ``folder``."""
+
+    def __init__(self, folder: Path, body: str, *, port: int | None = None) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.config = folder / "hoopd.toml"
+        self.config.write_text(f'[gateway]\nnode = "test"\nstate_dir = "{folder}"\n'
+                               f'[listen]\npostgres = "tcp:{self.port}:interface=127.0.0.1"\n' + body)
+        self.log_path = folder / "gateway.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Gateway":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "hoopd", "--config", str(self.config)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.folder)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"gateway did not listen:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def dsn(self, user: str = "dev", dbname: str = "shop", password: str | None = None, **kw: str) -> str:
+        pw = USERS[user][0] if password is None else password
+        parts = {"host": "127.0.0.1", "port": str(self.port), "dbname": dbname, "user": user, "password": pw,
+                 "sslmode": "disable", "connect_timeout": "10", **kw}
+        return " ".join(f"{k}='{v}'" for k, v in parts.items())
+
+    def url(self, user: str = "dev", dbname: str = "shop") -> str:
+        return f"postgresql://{user}:{USERS[user][0]}@127.0.0.1:{self.port}/{dbname}"
+
+    def env(self, user: str = "dev") -> dict[str, str]:
+        return {**os.environ, "PGPASSWORD": USERS[user][0]}
