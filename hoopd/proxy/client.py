@@ -277,6 +277,7 @@ class ClientProtocol(Protocol):
                 return
             body = bytes(self.buf[5:n + 1])
             del self.buf[:n + 1]
+            log.trace("session {sid} client p (password message, {n} bytes, redacted)", sid=self.info.id, n=n)
             self._password_message(body)
 
     def _auth_failed(self, err: AuthError) -> None:

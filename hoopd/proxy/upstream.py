@@ -13,9 +13,9 @@ import struct
 from typing import Callable
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from hoopd.config import ConnectionConfig, Credential
@@ -166,11 +166,17 @@ class UpstreamProtocol(Protocol):
             self.on_lost(reason)
 
 
+def _connect(reactor: IReactorTCP, conn: ConnectionConfig, proto: Protocol) -> defer.Deferred:
+    """Like endpoints.connectProtocol, without a log line per connection."""
+    factory = Factory.forProtocol(lambda: proto)
+    factory.noisy = False
+    return HostnameEndpoint(reactor, conn.host, conn.port, timeout=conn.connect_timeout).connect(factory)
+
+
 def connect_upstream(reactor: IReactorTCP | IReactorTime, conn: ConnectionConfig, cred: Credential,
                      params: dict[str, str]) -> defer.Deferred[UpstreamProtocol]:
     """Connect and log in; fires with the protocol once the server said ReadyForQuery."""
     proto = UpstreamProtocol(conn, cred, params)
-    ep = HostnameEndpoint(reactor, conn.host, conn.port, timeout=conn.connect_timeout)
 
     def connected(p: UpstreamProtocol) -> defer.Deferred[UpstreamProtocol]:
         return p.ready
@@ -182,7 +188,7 @@ def connect_upstream(reactor: IReactorTCP | IReactorTime, conn: ConnectionConfig
             return f
         return Failure(UpstreamError(f"cannot connect to {conn.host}:{conn.port}: {f.getErrorMessage()}"))
 
-    d = connectProtocol(ep, proto)
+    d = _connect(reactor, conn, proto)
     d.addCallback(connected)
     d.addTimeout(conn.connect_timeout + 5, reactor)  # login must finish too, not only TCP
     d.addErrback(failed)
@@ -197,7 +203,6 @@ def send_cancel(reactor: IReactorTCP, conn: ConnectionConfig, pid: int, secret: 
             self.transport.write(m.cancel_request(pid, secret))
             self.transport.loseConnection()
 
-    ep = HostnameEndpoint(reactor, conn.host, conn.port, timeout=conn.connect_timeout)
-    d = connectProtocol(ep, _Cancel())
+    d = _connect(reactor, conn, _Cancel())
     d.addCallback(lambda _: None)
     return d

@@ -1,0 +1,186 @@
+"""The stage seam and the registry, with the gateway in-process and a real PostgreSQL.
+
+Blocking clients (psycopg) run in threads; the gateway runs in the test's reactor.
+"""
+from __future__ import annotations
+
+import psycopg
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, threads
+
+from hoopd.config import parse
+from hoopd.session import Deny, SessionInfo
+from hoopd.tap import GatewayService
+from tests.gateway import USERS, free_port, _VERIFIERS
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder:
+    """Denies any Query/Parse whose text mentions 'forbidden'; can hold statements mentioning 'hold'."""
+
+    name = "recorder"
+    client_types = frozenset({b"Q", b"P"})
+    server_types = frozenset({b"C"})
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.ended: list[tuple[str, str]] = []
+        self.denied: list[bytes] = []
+        self.tags: list[bytes] = []
+        self.holds: list[defer.Deferred] = []
+
+    def session_started(self, s: SessionInfo) -> None:
+        self.started.append(s.id)
+
+    def client_message(self, s, mtype, body):
+        if b"hold" in body:
+            d = defer.Deferred()
+            self.holds.append(d)
+            return d
+        if b"forbidden" in body:
+            return Deny("hoopd: statement denied by rule \"no-forbidden\"", hint="ask a DBA")
+        return None
+
+    def message_denied(self, s, mtype, body, deny) -> None:
+        self.denied.append(body)
+
+    def server_message(self, s, mtype, body):
+        self.tags.append(body)
+        return None
+
+    def oversize_message(self, *a) -> None:
+        pass
+
+    def session_ended(self, s, reason) -> None:
+        self.ended.append((s.id, reason))
+
+
+class Observer(Recorder):
+    """A second stage: must hear of the first one's denials."""
+
+    name = "observer"
+
+    def client_message(self, s, mtype, body):
+        return None
+
+
+@pytest.fixture
+def gateway(pg):
+    port = free_port()
+    cfg = parse({
+        "listen": {"postgres": f"tcp:{port}:interface=127.0.0.1"},
+        "users": [{"name": "dev", "password_hash": _VERIFIERS["dev"], "groups": ["dba"]}],
+        "connections": {"shop": {"host": "127.0.0.1", "port": pg.port, "tls": "disable",
+                                 "credentials": {"default": {"user": "app_scram", "password": pg.roles["app_scram"]}},
+                                 "access": {"dba": "admin"}}},
+    })
+    svc = GatewayService(cfg, reactor)
+    rec, obs = Recorder(), Observer()
+    svc.factory.stages = [rec, obs]
+    svc.startService()
+    dsn = f"host=127.0.0.1 port={port} dbname=shop user=dev password={USERS['dev'][0]} sslmode=disable"
+    yield svc, rec, obs, dsn
+    pytest_twisted.blockon(defer.maybeDeferred(svc.stopService))
+
+
+def in_thread(fn, *args):
+    return threads.deferToThread(fn, *args)
+
+
+@pytest_twisted.inlineCallbacks
+def test_denied_statement_keeps_session_and_transaction_semantics(gateway):
+    svc, rec, obs, dsn = gateway
+
+    def scenario():
+        out = {}
+        with psycopg.connect(dsn, autocommit=True) as c:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                c.execute("select 'forbidden'")
+            out["msg"], out["hint"] = e.value.diag.message_primary, e.value.diag.message_hint
+            out["after"] = c.execute("select 1").fetchone()[0]
+            out["status_idle"] = c.info.transaction_status.name
+            # inside a transaction the denial aborts it, as PostgreSQL would
+            c.execute("begin")
+            c.execute("select 1")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("select 'forbidden'")
+            out["status_failed"] = c.info.transaction_status.name
+            with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+                c.execute("select 1")
+            c.execute("rollback")
+            # extended protocol (Parse carries the text)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("select %s::text, 'forbidden'", ("x",))
+            out["extended_after"] = c.execute("select %s::int", (7,)).fetchone()[0]
+            # pipeline: the denied statement fails in place; later ones in the same sync are skipped
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                with c.pipeline():
+                    c.execute("select %s::int", (1,))
+                    c.execute("select 'forbidden' || %s", ("x",))
+            out["pipeline_after"] = c.execute("select 2").fetchone()[0]
+            # the client's own errors pass through untouched: only marker errors are rewritten
+            with pytest.raises(psycopg.errors.SyntaxError) as e:
+                c.execute("selec 1")
+            out["own_error"] = e.value.diag.message_primary
+        return out
+
+    out = yield in_thread(scenario)
+    assert out["msg"] == 'hoopd: statement denied by rule "no-forbidden"' and out["hint"] == "ask a DBA"
+    assert out["after"] == 1 and out["status_idle"] == "IDLE"
+    assert out["status_failed"] == "INERROR"
+    assert out["extended_after"] == 7 and out["pipeline_after"] == 2
+    assert out["own_error"] == 'syntax error at or near "selec"'
+    assert len(obs.denied) == 4 and rec.denied == []  # the deciding stage is not told twice
+    assert b"SELECT 1\0" in rec.tags  # server messages reached the stage
+    assert rec.ended and rec.ended[0][1] == "client terminate"
+
+
+@pytest_twisted.inlineCallbacks
+def test_held_statement_waits_for_its_decision(gateway):
+    svc, rec, obs, dsn = gateway
+    conn = yield in_thread(psycopg.connect, dsn, autocommit=True)
+    try:
+        first = in_thread(lambda: conn.execute("select 'hold me' as x").fetchone())
+        while not rec.holds:
+            yield deferLater(0.05)
+        assert not first.called
+        rec.holds[0].callback(None)  # approved
+        assert (yield first) == ("hold me",)
+        second = in_thread(lambda: conn.execute("select 'hold again'").fetchone())
+        while len(rec.holds) < 2:
+            yield deferLater(0.05)
+        rec.holds[1].callback(Deny("hoopd: not approved"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            yield second
+        assert (yield in_thread(lambda: conn.execute("select 3").fetchone())) == (3,)
+    finally:
+        yield in_thread(conn.close)
+
+
+@pytest_twisted.inlineCallbacks
+def test_registry_lists_and_kills_sessions(gateway):
+    svc, rec, obs, dsn = gateway
+    conn = yield in_thread(psycopg.connect, dsn + " application_name=victim", autocommit=True)
+    yield in_thread(lambda: conn.execute("select 1"))
+    sessions = [s.info.summary() for s in svc.registry]
+    assert len(sessions) == 1
+    s = sessions[0]
+    assert (s["user"], s["connection"], s["level"], s["application_name"]) == ("dev", "shop", "admin", "victim")
+    assert s["statements"] == 1 and s["bytes_in"] > 0 and s["bytes_out"] > 0
+    assert svc.registry.kill(s["id"], "test over", by="tester")
+    with pytest.raises(psycopg.errors.AdminShutdown) as e:
+        yield in_thread(lambda: conn.execute("select 1"))
+    assert "administrator command" in str(e.value)
+    while rec.ended == []:
+        yield deferLater(0.05)
+    assert rec.ended[0][1] == "killed by tester: test over"
+    assert len(svc.registry) == 0
+    conn.close()
+
+
+def deferLater(seconds: float) -> defer.Deferred:
+    from twisted.internet.task import deferLater as _dl
+
+    return _dl(reactor, seconds, lambda: None)
