@@ -101,6 +101,6 @@ class Stage(Protocol):
 
 
 STAGE_BODY_LIMIT = 1 << 20
-"""Server messages and client CopyData larger than this stream through in chunks;
-stages hear of them by oversize_message only. Client Query/Parse/Bind/FunctionCall are
-always buffered whole (up to PostgreSQL's 1 GiB) so policy and journal see them."""
+"""Server messages larger than this stream through in chunks; stages hear of them by
+oversize_message only. Client messages a stage asked for are buffered whole (up to
+PostgreSQL's own 1 GiB cap) so policy and journal see all of a statement."""
