@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from hoopd.confkit import ConfigError, Table
+from hoopd.identity.config import IdentityConfig, parse_identity
 
 LEVELS = ("read_only", "read_write", "admin")
 LEVEL_RANK = {name: i for i, name in enumerate(LEVELS)}
@@ -110,6 +111,7 @@ class Config:
     users: Mapping[str, UserConfig]
     connections: Mapping[str, ConnectionConfig]
     source: str = ""
+    identity: IdentityConfig = field(default_factory=IdentityConfig)  # [identity]: order, OIDC, LDAP, limits
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -215,8 +217,9 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     for cname, _ in list(ctab.items()):
         _name(ctab, cname, "connection")
         conns[cname] = _connection(cname, ctab.table(cname), base)
+    identity = parse_identity(root.table("identity"), base)
     root.done()
-    return Config(gateway, listen, tls, logging, journal, users, conns, source)
+    return Config(gateway, listen, tls, logging, journal, users, conns, source, identity)
 
 
 def load(path: str | os.PathLike) -> Config:
