@@ -105,10 +105,16 @@ class Cluster:
         except RuntimeError as e:
             raise RuntimeError(f"{e}\n--- {self.log_path} ---\n{self.log_tail()}") from None
 
+    def is_running(self) -> bool:
+        status = subprocess.run(_as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.data), "status"]),
+                                capture_output=True, cwd=self.root)
+        return status.returncode == 0
+
     def stop(self, mode: str = "immediate") -> None:
-        if self.port is not None:
+        """Stop the server if it runs (also one left over by an earlier process)."""
+        if self.initialized and self.is_running():
             self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"])
-            self.port = None
+        self.port = None
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -1,0 +1,170 @@
+"""``make run``: a development gateway in the foreground.
+
+With HOOPD_CONFIG set, runs ``twistd -n hoopd`` with that config. Otherwise it keeps a
+PostgreSQL cluster in ``.run/pg`` (made once, reused), a ``shop`` database with demo
+data, generated secrets in ``.run/secrets`` and TLS files in ``.run/tls``, writes
+``.run/hoopd.toml`` and prints the psql line to connect with. Ctrl-C stops the gateway,
+then the cluster.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cryptography import x509  # noqa: E402
+
+from hoopd.pgwire.scram import make_verifier  # noqa: E402
+from tests.certs import write_self_signed  # noqa: E402
+from tests.pgcluster import SHOP_SQL, Cluster, quote_literal  # noqa: E402
+
+RUN = ROOT / ".run"
+LISTEN_PORT = 6432
+APP_ROLE = "shop_app"
+TWISTD = Path(sys.executable).parent / "twistd"
+
+
+def secret(name: str) -> str:
+    """The secret in .run/secrets/NAME, generated (0600) the first time."""
+    folder = RUN / "secrets"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18) + "\n")
+    return path.read_text().strip()
+
+
+def tls_files() -> tuple[Path, Path]:
+    """A server cert/key in .run/tls, renewed when missing or within a day of expiry."""
+    folder = RUN / "tls"
+    cert, key = folder / "server.crt", folder / "server.key"
+    if cert.exists() and key.exists():
+        expires = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+        if expires - datetime.datetime.now(datetime.timezone.utc) > datetime.timedelta(days=1):
+            return cert, key
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_self_signed(folder, "server")
+
+
+def start_cluster(cluster: Cluster) -> None:
+    """Start the dev cluster on a free port (initdb the first time); the shop database and role."""
+    if not cluster.initialized:
+        print(f"devrun: creating a PostgreSQL cluster in {cluster.data}", flush=True)
+        cluster.init(["local all all trust", "host all all 127.0.0.1/32 scram-sha-256"])
+    cluster.stop("fast")  # one left running by an earlier run that was killed
+    cluster.start()
+    password = secret(APP_ROLE)
+    cluster.psql(f"""
+        DO $$ BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                CREATE ROLE {APP_ROLE} LOGIN;
+            END IF;
+        END $$;
+        ALTER ROLE {APP_ROLE} LOGIN PASSWORD {quote_literal(password)};
+    """)
+    if not cluster.psql("SELECT 1 FROM pg_database WHERE datname = 'shop'").strip():
+        cluster.psql(f"CREATE DATABASE shop OWNER {APP_ROLE}")
+        cluster.psql(f"SET ROLE {APP_ROLE};\n{SHOP_SQL}", dbname="shop")
+
+
+def write_config(pg_port: int, dev_password: str) -> Path:
+    """.run/hoopd.toml: local user dev (group dba, admin on shop) and the shop connection."""
+    cert, key = tls_files()
+    journal, state = RUN / "journal", RUN / "state"
+    journal.mkdir(exist_ok=True)
+    state.mkdir(exist_ok=True)
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    text = f"""# Written by scripts/devrun.py on every `make run`: edits are overwritten.
+[gateway]
+node = "dev"
+state_dir = {q(str(state))}
+
+[listen]
+postgres = "tcp:{LISTEN_PORT}:interface=127.0.0.1"
+
+[tls]
+mode = "allow"
+cert = {q(str(cert))}
+key = {q(str(key))}
+
+[journal]
+dir = {q(str(journal))}
+
+[[users]]
+name = "dev"
+password_hash = {q(make_verifier(dev_password))}
+groups = ["dba"]
+
+[connections.shop]
+host = "127.0.0.1"
+port = {pg_port}
+database = "shop"
+tls = "disable"
+
+[connections.shop.credentials.default]
+user = "{APP_ROLE}"
+password_file = {q(str(RUN / "secrets" / APP_ROLE))}
+
+[connections.shop.access]
+dba = "admin"
+"""
+    path = RUN / "hoopd.toml"
+    path.write_text(text)
+    return path
+
+
+def run_gateway(config: Path) -> int:
+    """twistd in the foreground, in its own process group: our SIGINT/SIGTERM stops it once.
+
+    It is told with SIGTERM: twistd leaves SIGINT alone when it started out ignored
+    (as it is for background jobs of a non-interactive shell).
+    """
+    proc = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "hoopd", "--config", str(config)],
+                            cwd=ROOT, process_group=0)
+
+    stopped = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopped
+        if proc.poll() is None:
+            stopped = True
+            proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    rc = proc.wait()
+    return 0 if stopped and rc in (0, -signal.SIGTERM) else rc  # twistd re-raises the signal on exit
+
+
+def main() -> int:
+    configured = os.environ.get("HOOPD_CONFIG")
+    if configured:
+        return run_gateway(Path(configured))
+    cluster = Cluster(RUN / "pg")
+    try:
+        start_cluster(cluster)
+        dev_password = secret("dev")
+        config = write_config(cluster.port, dev_password)
+        print(f"devrun: PostgreSQL on 127.0.0.1:{cluster.port}, gateway config {config}\n"
+              f"devrun: connect with (Ctrl-C stops the gateway and the cluster):\n\n"
+              f'  PGPASSWORD={dev_password} psql "host=127.0.0.1 port={LISTEN_PORT} dbname=shop user=dev"\n',
+              flush=True)
+        return run_gateway(config)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave the cluster running
+        cluster.stop("fast")
+        print("devrun: stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
