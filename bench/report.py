@@ -1,0 +1,97 @@
+"""Derived figures (medians, ratios, added latency), the targets, and the printed table."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+TARGETS = ("direct", "hoopd", "pgbouncer")
+CONFIGS = (("simple", 1), ("simple", 8), ("prepared", 1), ("prepared", 8))
+STREAMS = ("copy", "select")
+
+
+def config_key(mode: str, clients: int) -> str:
+    return f"{mode}_c{clients}"
+
+
+def summarize_pgbench(runs: dict[str, dict[str, list[tuple[float, float]]]]) -> dict[str, Any]:
+    """runs[config][target] = [(tps, latency_ms), ...] -> medians and ratios per config and target."""
+    out: dict[str, Any] = {}
+    for key, by_target in runs.items():
+        med = {t: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+               for t, rs in by_target.items()}
+        d_tps, d_lat = med["direct"]
+        b_tps, b_lat = med["pgbouncer"]
+        out[key] = {t: {"tps": round(tps, 1), "latency_ms": lat, "tps_runs": [r[0] for r in by_target[t]],
+                        "vs_direct": round(tps / d_tps, 3), "vs_pgbouncer": round(tps / b_tps, 3),
+                        "added_us": round((lat - d_lat) * 1000, 1)}
+                    for t, (tps, lat) in med.items()}
+    return out
+
+
+def summarize_streams(runs: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """runs[kind][target] = [seconds, ...] -> median seconds and ratio to direct."""
+    out: dict[str, Any] = {}
+    for kind, by_target in runs.items():
+        med = {t: statistics.median(s) for t, s in by_target.items()}
+        out[kind] = {t: {"seconds": round(s, 3), "runs": [round(x, 3) for x in by_target[t]],
+                         "vs_direct": round(s / med["direct"], 3)} for t, s in med.items()}
+    return out
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    op: str  # ">=" or "<="
+    limit: float
+    unit: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.op == ">=" else self.value <= self.limit
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "result": "PASS" if self.passed else "MISS"}
+
+
+def checks(pgb: dict[str, Any], streams: dict[str, Any], slow: dict[str, Any]) -> list[Check]:
+    h = {k: v["hoopd"] for k, v in pgb.items()}
+    return [
+        Check("c=8 simple TPS vs direct", h["simple_c8"]["vs_direct"], ">=", 0.30, "x"),
+        Check("c=1 simple added latency", h["simple_c1"]["added_us"], "<=", 60, "us"),
+        Check("c=1 prepared added latency", h["prepared_c1"]["added_us"], "<=", 60, "us"),
+        *(Check(f"1M-row {kind} stream time vs direct", streams[kind]["hoopd"]["vs_direct"], "<=", 1.5, "x")
+          for kind in STREAMS),
+        Check(f"gateway peak RSS, slow {slow['mib_read']:.0f} MiB stream", slow["peak_rss_mb"], "<=", 150, "MB"),
+    ]
+
+
+def table(meta: dict[str, Any], pgb: dict[str, Any], streams: dict[str, Any], slow: dict[str, Any],
+          results: list[Check]) -> str:
+    lines = [f"pgbench -S, scale {meta['scale']}, {meta['rounds']} round(s) x {meta['duration']} s, "
+             "median, targets alternated round-robin",
+             f"{'mode':9}{'c':>3}  {'target':10}{'TPS':>10}{'lat ms':>9}{'vs direct':>11}{'vs pgb':>8}"
+             f"{'added us':>10}"]
+    for mode, c in CONFIGS:
+        for t in TARGETS:
+            r = pgb[config_key(mode, c)][t]
+            lines.append(f"{mode:9}{c:>3}  {t:10}{r['tps']:>10.0f}{r['latency_ms']:>9.3f}{r['vs_direct']:>11.2f}"
+                         f"{r['vs_pgbouncer']:>8.2f}{r['added_us']:>+10.1f}")
+    lines += ["", "1M-row result through psql (median wall time)",
+              f"{'kind':9}{'target':12}{'seconds':>9}{'vs direct':>11}"]
+    for kind in STREAMS:
+        for t in TARGETS:
+            r = streams[kind][t]
+            lines.append(f"{kind:9}{t:12}{r['seconds']:>9.3f}{r['vs_direct']:>11.2f}")
+    lines += ["", f"slow client through hoopd: {slow['mib_read']:.0f} MiB read in {slow['seconds']:.1f} s "
+              f"({slow['mib_read'] / slow['seconds']:.1f} MiB/s, {slow['recv_bytes']} B recv()s)",
+              f"  hoopd RSS: before {slow['rss_before_mb']:.1f} MB, sampled peak {slow['sampled_peak_mb']:.1f} MB "
+              f"({slow['samples']} samples), VmHWM {slow['hwm_mb']:.1f} MB"
+              + ("" if slow["hwm_reset"] else " (since process start: could not reset)"),
+              "", "targets"]
+    for ch in results:
+        lines.append(f"  {ch.name:44} {ch.value:>9.2f} {ch.unit:3} {ch.op} {ch.limit:<6g} "
+                     f"{'PASS' if ch.passed else 'MISS'}")
+    lines += ["", f"load average before {meta['load_before']}, after {meta['load_after']}; {meta['cpus']} CPUs"]
+    return "\n".join(lines)

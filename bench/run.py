@@ -1,0 +1,194 @@
+"""hoopd benchmark: direct PostgreSQL vs hoopd vs pgbouncer, in one run, on one machine.
+
+    .venv/bin/python bench/run.py [--quick] [--rounds N] [--duration S]
+
+Makes a throwaway PostgreSQL 15 cluster (``pgbench -i -s 10``), starts hoopd (no journal,
+no TLS, a local SCRAM user) and pgbouncer (session pooling, SCRAM) in front of it, then:
+``pgbench -S`` at c=1 and c=8, simple and prepared, the three targets alternated
+round-robin so machine noise hits all of them; a 1M-row result through psql (COPY and
+SELECT); a slow raw-socket client reading 1 GiB through hoopd while its RSS is sampled.
+Prints a table with PASS/MISS against the targets and writes bench/results/latest.json.
+Everything it started is stopped and its temporary folder removed on exit, Ctrl-C too.
+Exit status: 0 when every target passes, 1 when one is missed, 2 on error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import measure, report  # noqa: E402
+from bench.report import CONFIGS, STREAMS, TARGETS, config_key  # noqa: E402
+from bench.services import (PgBouncer, Target, ensure_pgbouncer, hoopd_gateway, new_password,  # noqa: E402
+                            start_postgres, version_of)
+from tests.pgcluster import Cluster  # noqa: E402
+
+STREAM_SQL = {
+    "copy": "copy (select g, md5(g::text) from generate_series(1, 1000000) g) to stdout",
+    "select": "select g, md5(g::text) from generate_series(1, 1000000) g",
+}
+MiB = 1 << 20
+
+
+def say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 round x 2 s, a 128 MiB slow stream")
+    p.add_argument("--rounds", type=int, help="pgbench/stream rounds (default 3; quick 1)")
+    p.add_argument("--duration", type=int, help="seconds per pgbench run (default 5; quick 2)")
+    p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
+    p.add_argument("--slow-mib", type=int, help="MiB the slow client reads (default 1024; quick 128)")
+    p.add_argument("--slow-rate", type=float, help="slow client's read rate in MiB/s (default 20; quick 64)")
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json",
+                   help="where to write the results (default bench/results/latest.json)")
+    a = p.parse_args(argv)
+    quick = a.quick
+    a.rounds = a.rounds or (1 if quick else 3)
+    a.duration = a.duration or (2 if quick else 5)
+    a.slow_mib = a.slow_mib or (128 if quick else 1024)
+    a.slow_rate = a.slow_rate or (64.0 if quick else 20.0)
+    if min(a.rounds, a.duration, a.scale, a.slow_mib) < 1 or a.slow_rate <= 0:
+        p.error("--rounds, --duration, --scale, --slow-mib and --slow-rate must be positive")
+    return a
+
+
+def _rotated(items: tuple[Any, ...] | list[Any], by: int) -> list[Any]:
+    by %= len(items)
+    return list(items[by:]) + list(items[:by])
+
+
+def _quietly(what: str, fn: Callable[[], object]) -> Callable[[], None]:
+    """A cleanup step that reports its failure instead of hiding the others."""
+    def step() -> None:
+        try:
+            fn()
+        except Exception as e:  # cleanup must go on
+            say(f"cleanup: {what} failed: {e}")
+    return step
+
+
+def run_pgbench(targets: list[Target], rounds: int, duration: int) -> dict[str, Any]:
+    say("warm-up: 1 s of pgbench -S per target")
+    for t in targets:
+        measure.pgbench(t, "simple", 1, 1)
+    runs: dict[str, dict[str, list[tuple[float, float]]]] = {
+        config_key(mode, c): {t.name: [] for t in targets} for mode, c in CONFIGS}
+    for r in range(rounds):
+        for mode, c in CONFIGS:
+            for t in _rotated(targets, r):
+                res = measure.pgbench(t, mode, c, duration)
+                runs[config_key(mode, c)][t.name].append((res.tps, res.latency_ms))
+                say(f"round {r + 1}/{rounds} {mode:8} c={c} {t.name:9} {res.tps:9.0f} TPS "
+                    f"{res.latency_ms:.3f} ms")
+    return report.summarize_pgbench(runs)
+
+
+def run_streams(targets: list[Target], rounds: int) -> dict[str, Any]:
+    runs: dict[str, dict[str, list[float]]] = {k: {t.name: [] for t in targets} for k in STREAMS}
+    for r in range(rounds):
+        for kind in STREAMS:
+            for t in _rotated(targets, r):
+                s = measure.psql_seconds(t, STREAM_SQL[kind])
+                runs[kind][t.name].append(s)
+                say(f"round {r + 1}/{rounds} 1M-row {kind:6} {t.name:9} {s:.3f} s")
+    return report.summarize_streams(runs)
+
+
+def run_slow_stream(hoopd: Target, pid: int, mib: int, rate_mib: float) -> dict[str, Any]:
+    expected = mib / rate_mib
+    say(f"slow client: {mib} MiB through hoopd at {rate_mib:g} MiB/s (~{expected:.0f} s)")
+    before = measure.proc_status_kib(pid)["VmRSS"]
+    reset = measure.reset_peak_rss(pid)
+    chunk = 8192
+    with measure.RssSampler(pid) as sampler:
+        got = measure.slow_read(hoopd, mib * MiB, rate_mib * MiB, max_seconds=2 * expected + 10, chunk=chunk)
+    hwm = measure.proc_status_kib(pid)["VmHWM"]
+    mb = lambda kib: kib * 1024 / 1e6  # noqa: E731
+    return {"mib_read": got.bytes_read / MiB, "seconds": round(got.seconds, 2), "complete": got.complete,
+            "recv_bytes": chunk, "rss_before_mb": round(mb(before), 1),
+            "sampled_peak_mb": round(mb(sampler.peak_kib), 1), "samples": sampler.samples,
+            "hwm_mb": round(mb(hwm), 1), "hwm_reset": reset, "peak_rss_mb": round(mb(max(hwm, sampler.peak_kib)), 1)}
+
+
+def bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="hoopd-bench-"))
+    stack.callback(_quietly("removing " + str(base), lambda: shutil.rmtree(base)))
+    os.chmod(base, 0o711)  # the postgres OS user must reach its folders inside
+    password = new_password()
+    pgbouncer_bin = ensure_pgbouncer()
+
+    say(f"initdb + pgbench -i -s {args.scale} in {base}")
+    t0 = time.monotonic()
+    cluster = Cluster(base / "pg")
+    stack.callback(_quietly("stopping PostgreSQL", lambda: cluster.stop("fast")))
+    start_postgres(cluster, password, args.scale)
+    say(f"PostgreSQL ready on {cluster.port} ({time.monotonic() - t0:.1f} s)")
+
+    gw = hoopd_gateway(base / "hoopd", cluster.port, password)
+    stack.callback(_quietly("stopping hoopd", gw.stop))
+    gw.start()
+    bouncer = PgBouncer(base / "pgbouncer", cluster.port, password)
+    stack.callback(_quietly("stopping pgbouncer", bouncer.stop))
+    bouncer.start(pgbouncer_bin)
+    targets = [Target("direct", cluster.port, password), Target("hoopd", gw.port, password),
+               Target("pgbouncer", bouncer.port, password)]
+    say(f"hoopd on {gw.port} (pid {gw.proc.pid}), pgbouncer on {bouncer.port}")
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    pgb = run_pgbench(targets, args.rounds, args.duration)
+    streams = run_streams(targets, args.rounds)
+    slow = run_slow_stream(targets[1], gw.proc.pid, args.slow_mib, args.slow_rate)
+    meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
+            "scale": args.scale, "rounds": args.rounds, "duration": args.duration, "cpus": os.cpu_count(),
+            "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
+            "versions": {"postgres": version_of([str(cluster.bindir / "postgres"), "--version"]),
+                         "pgbench": version_of(["pgbench", "--version"]),
+                         "pgbouncer": version_of([pgbouncer_bin, "--version"]),
+                         "python": sys.version.split()[0]}}
+    return {"meta": meta, "pgbench": pgb, "streams": streams, "slow_stream": slow}
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        with ExitStack() as stack:
+            res = bench(args, stack)
+    except KeyboardInterrupt:
+        say("interrupted; everything stopped and removed")
+        return 130
+    except Exception as e:
+        say(f"failed: {e}")
+        return 2
+    results = report.checks(res["pgbench"], res["streams"], res["slow_stream"])
+    res["targets"] = [c.as_dict() for c in results]
+    print(report.table(res["meta"], res["pgbench"], res["streams"], res["slow_stream"], results))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(res, indent=2) + "\n")
+    say(f"results written to {args.json}")
+    return 0 if all(c.passed for c in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

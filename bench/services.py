@@ -1,0 +1,152 @@
+"""The processes a bench run measures: a throwaway PostgreSQL 15 cluster with pgbench data,
+hoopd (``twistd -n hoopd``) and pgbouncer in front of it.
+
+Every target is reached over TCP on 127.0.0.1 as the role ``bench`` with SCRAM-SHA-256,
+so the three differ only in what sits between the client and the server.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hoopd.pgwire.scram import make_verifier
+from tests.gateway import Gateway, connection_toml
+from tests.pgcluster import SUPERUSER, Cluster, free_port, quote_literal
+
+ROOT = Path(__file__).resolve().parent.parent
+USER = DBNAME = "bench"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a client connects: the same role and database everywhere, a different port."""
+
+    name: str
+    port: int
+    password: str = field(repr=False)
+
+    def env(self) -> dict[str, str]:
+        """The environment for pgbench/psql (password out of argv)."""
+        return {**os.environ, "PGPASSWORD": self.password, "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
+
+    def pg_args(self) -> list[str]:
+        return ["-h", "127.0.0.1", "-p", str(self.port), "-U", USER]
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def start_postgres(cluster: Cluster, password: str, scale: int) -> None:
+    """initdb, start, create role and database ``bench``, ``pgbench -i -s scale`` as that role.
+
+    The caller owns stopping it (``cluster.stop()``), also when this raises part-way."""
+    cluster.init(["local all all trust", "host all all 127.0.0.1/32 scram-sha-256"],
+                 {"shared_buffers": "'256MB'", "max_connections": "100"})
+    cluster.start()
+    cluster.psql(f"CREATE ROLE {USER} LOGIN PASSWORD {quote_literal(password)};\n"
+                 f"CREATE DATABASE {DBNAME} OWNER {USER};")
+    direct = Target("direct", cluster.port, password)  # type: ignore[arg-type]
+    proc = subprocess.run(["pgbench", "-i", "-s", str(scale), "-q", *direct.pg_args(), DBNAME],
+                          env=direct.env(), capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"pgbench -i failed ({proc.returncode}): {proc.stderr.strip()}")
+
+
+def hoopd_gateway(folder: Path, pg_port: int, password: str) -> Gateway:
+    """A gateway (not yet started) with one local SCRAM user and one connection, no journal, no TLS."""
+    folder.mkdir(mode=0o700)
+    body = ('[logging]\nlevel = "warn"\n'
+            f'[[users]]\nname = "{USER}"\npassword_hash = "{make_verifier(password)}"\ngroups = ["dba"]\n'
+            + connection_toml(DBNAME, "127.0.0.1", pg_port, DBNAME, USER, password))
+    return Gateway(folder, body)
+
+
+def ensure_pgbouncer() -> str:
+    """The pgbouncer binary; installs the Debian package via the project's script if missing."""
+    found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+    if found:
+        return found
+    subprocess.run(["bash", str(ROOT / "scripts" / "install-deps.sh")], check=True)  # never starts services
+    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(found):
+        raise RuntimeError("pgbouncer is not installed (Debian package pgbouncer)")
+    return found
+
+
+class PgBouncer:
+    """Our own pgbouncer (session pooling, SCRAM both ways) from a generated ini in ``folder``.
+
+    Session pooling: pgbouncer 1.18 cannot keep ``pgbench -M prepared`` statements in
+    transaction mode, and session mode is the 1:1 shape hoopd has."""
+
+    def __init__(self, folder: Path, pg_port: int, password: str) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.log_path = folder / "pgbouncer.log"
+        self.proc: subprocess.Popen | None = None
+        folder.mkdir(mode=0o700)
+        (folder / "userlist.txt").write_text(f'"{USER}" "{password}"\n')
+        (folder / "pgbouncer.ini").write_text(
+            f"[databases]\n{DBNAME} = host=127.0.0.1 port={pg_port} dbname={DBNAME}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = scram-sha-256\nauth_file = {folder / 'userlist.txt'}\n"
+            "pool_mode = session\nmax_client_conn = 100\ndefault_pool_size = 20\n"
+            f"logfile = {self.log_path}\nlog_connections = 0\nlog_disconnections = 0\n")
+        if os.geteuid() == 0:  # pgbouncer refuses to run as root
+            for p in (folder, *folder.iterdir()):
+                shutil.chown(p, SUPERUSER, SUPERUSER)
+
+    def start(self, binary: str) -> "PgBouncer":
+        as_user = {"user": SUPERUSER, "group": SUPERUSER, "extra_groups": []} if os.geteuid() == 0 else {}
+        # own process group: a Ctrl-C reaches us, and we stop it (SIGINT would make it wait for clients)
+        self.proc = subprocess.Popen([binary, str(self.folder / "pgbouncer.ini")], cwd=self.folder,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     process_group=0, **as_user)
+        wait_listening(self.port, self.proc, "pgbouncer", self.log_path)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_listening(port: int, proc: subprocess.Popen, what: str, log_path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}:\n{_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def version_of(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return "?"
+    return out.strip().splitlines()[0] if out.strip() else "?"
