@@ -18,13 +18,16 @@ class Identity:
 
 class AuthError(Exception):
     """A login refused. ``sqlstate`` and ``message`` go to the client as they are;
-    ``reason`` is a short machine label for logs and metrics. Never put a secret in any."""
+    ``reason`` is a short machine label for logs and metrics; ``detail`` is for the gateway
+    log only (e.g. why a directory could not be reached). Never put a secret in any."""
 
-    def __init__(self, message: str, sqlstate: str = "28P01", reason: str = "bad_password") -> None:
+    def __init__(self, message: str, sqlstate: str = "28P01", reason: str = "bad_password",
+                 detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate
         self.reason = reason
+        self.detail = detail
 
 
 class PasswordAuthenticator(Protocol):

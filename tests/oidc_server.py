@@ -1,0 +1,121 @@
+"""A real OIDC identity provider for tests: twisted.web over TLS in the test reactor.
+
+Serves ``/.well-known/openid-configuration`` and ``/jwks`` for RSA and EC keys made with
+cryptography; ``mint()`` signs tokens with PyJWT. Keys can be rotated, the server can be
+stopped (connection refused) or made to hang, and it counts the requests it answered.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.web import resource, server
+
+from tests.certs import make_ca, issue, pem_cert, pem_key
+
+AUDIENCE = "hoopd"
+
+
+@dataclass
+class SigningKey:
+    kid: str
+    alg: str
+    private: Any
+
+    def jwk(self) -> dict:
+        algo = jwt.algorithms.RSAAlgorithm if self.alg.startswith(("RS", "PS")) else jwt.algorithms.ECAlgorithm
+        d = json.loads(algo.to_jwk(self.private.public_key()))
+        d.update(kid=self.kid, use="sig", alg=self.alg)
+        return d
+
+
+def rsa_key(kid: str, alg: str = "RS256") -> SigningKey:
+    return SigningKey(kid, alg, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+def ec_key(kid: str) -> SigningKey:
+    return SigningKey(kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
+
+
+class _Root(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, idp: "IdP") -> None:
+        super().__init__()
+        self.idp = idp
+
+    def render_GET(self, request: server.Request) -> Any:
+        idp = self.idp
+        path = request.path.decode()
+        idp.requests.append(path)
+        if idp.hang:
+            idp.hung.append(request)
+            return server.NOT_DONE_YET
+        if path == "/.well-known/openid-configuration":
+            body = {"issuer": idp.discovery_issuer or idp.issuer, "jwks_uri": idp.issuer + "/jwks"}
+        elif path == "/jwks":
+            body = {"keys": [k.jwk() for k in idp.keys] + idp.extra_jwks}
+            if idp.cache_control:
+                request.setHeader(b"cache-control", idp.cache_control.encode())
+        else:
+            request.setResponseCode(404)
+            return b"not found"
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body).encode()
+
+
+class IdP:
+    """Start with ``listen(reactor)`` (returns self), stop with ``stop()`` (a Deferred)."""
+
+    def __init__(self, folder: Path) -> None:
+        ca = make_ca("test IdP CA")
+        cert, key = issue(ca)
+        self.ca_file = folder / "idp-ca.crt"
+        self.ca_file.write_bytes(pem_cert(ca[0]))
+        self._tls = ssl.PrivateCertificate.loadPEM(pem_cert(cert) + pem_key(key)).options()
+        self.keys: list[SigningKey] = [rsa_key("rsa-1"), ec_key("ec-1")]
+        self.extra_jwks: list[dict] = []  # raw JWKs served as they are
+        self.cache_control: str | None = "max-age=600"
+        self.discovery_issuer: str | None = None  # lie about the issuer in discovery
+        self.hang = False
+        self.hung: list[server.Request] = []
+        self.requests: list[str] = []
+        self.port: Any = None
+        self.issuer = ""
+
+    def listen(self, reactor: Any, port: int = 0) -> "IdP":
+        self.port = reactor.listenSSL(port, server.Site(_Root(self)), self._tls, interface="127.0.0.1")
+        self.issuer = f"https://127.0.0.1:{self.port.getHost().port}"
+        return self
+
+    def stop(self) -> Deferred:
+        """Stop listening (connections are refused from then on); safe to call twice."""
+        for r in self.hung:
+            if not r.finished and not r._disconnected:
+                r.finish()
+        self.hung.clear()
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port is not None else succeed(None)
+
+    def key(self, kid: str) -> SigningKey:
+        return next(k for k in self.keys if k.kid == kid)
+
+    def mint(self, sub: str = "alice", *, kid: str = "rsa-1", alg: str | None = None, key: Any = None,
+             headers: dict | None = None, drop: tuple[str, ...] = (), **claims: Any) -> str:
+        """A signed token for ``sub`` (also its preferred_username); claims override the defaults."""
+        now = int(time.time())
+        body = {"iss": self.issuer, "aud": AUDIENCE, "sub": sub, "preferred_username": sub, "iat": now,
+                "exp": now + 600, "groups": ["dev"]}
+        body.update(claims)
+        for c in drop:
+            body.pop(c, None)
+        sk = self.key(kid) if key is None else None
+        return jwt.encode(body, key if key is not None else sk.private, algorithm=alg or sk.alg,
+                          headers={"kid": kid, **(headers or {})})
