@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Mapping
 
 from hoopd.confkit import ConfigError, Table
+from hoopd.control.config import ControlConfig, parse_control
 from hoopd.identity.config import IdentityConfig, parse_identity
+from hoopd.journal.config import JournalConfig, parse_journal
 
 LEVELS = ("read_only", "read_write", "admin")
 LEVEL_RANK = {name: i for i, name in enumerate(LEVELS)}
@@ -96,12 +98,6 @@ class ConnectionConfig:
 
 
 @dataclass(frozen=True)
-class JournalConfig:
-    dir: str | None = None  # None: no journal
-    fsync: str = "interval"
-
-
-@dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig
     listen: ListenConfig
@@ -112,6 +108,7 @@ class Config:
     connections: Mapping[str, ConnectionConfig]
     source: str = ""
     identity: IdentityConfig = field(default_factory=IdentityConfig)  # [identity]: order, OIDC, LDAP, limits
+    control: ControlConfig = field(default_factory=ControlConfig)  # [control]: API tokens, SSH keys, shutdown
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -199,9 +196,7 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     lv = lt.table("levels")
     logging = LoggingConfig(logging.level, {ns: lv.str(ns, choices=LOG_LEVELS) for ns, _ in list(lv.items())})
     lt.done()
-    jt = root.table("journal")
-    journal = JournalConfig(jt.str("dir"), jt.str("fsync", "interval", choices=("always", "interval", "never")))
-    jt.done()
+    journal = parse_journal(root.table("journal"), base)
     users: dict[str, UserConfig] = {}
     for u in root.tables("users"):
         name = u.str("name", required=True)
@@ -218,8 +213,9 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
         _name(ctab, cname, "connection")
         conns[cname] = _connection(cname, ctab.table(cname), base)
     identity = parse_identity(root.table("identity"), base)
+    control = parse_control(root.table("control"), base)
     root.done()
-    return Config(gateway, listen, tls, logging, journal, users, conns, source, identity)
+    return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control)
 
 
 def load(path: str | os.PathLike) -> Config:

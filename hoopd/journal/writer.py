@@ -1,0 +1,395 @@
+"""The journal writer: segments, rotation, crash recovery, retention, hash chain, fsync.
+
+One ``JournalWriter`` per gateway process (it is a Twisted service: add it to the
+service tree; it starts before the listeners). ``write(record)`` appends one record
+with a single ``write()`` on an O_APPEND descriptor and raises ``JournalUnavailable``
+when it cannot: the caller refuses the statement (fail closed). After a failure the
+segment is closed at its last complete record and the next write opens a new one, so
+recording resumes by itself when the disk recovers, and nothing is ever appended after
+a torn record.
+
+All time comes from the injected ``clock`` (an IReactorTime); all file system calls go
+through ``ops`` (the ``os`` module by default), so tests can make the disk fail.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+from hoopd.journal import records as r
+from hoopd.journal.config import JournalConfig
+from hoopd.log import get_logger
+
+RETENTION_CHECK = 600.0  # seconds between retention sweeps (also run on start and rotation)
+
+
+class JournalUnavailable(Exception):
+    """A record could not be written; whatever it describes must not happen."""
+
+
+class JournalWriter(Service):
+    """Appends records to the segments of one node under ``config.dir``."""
+
+    name = "journal"
+
+    def __init__(self, config: JournalConfig, node: str, clock: IReactorTime, *, ops: Any = os,
+                 log: Any = None) -> None:
+        if not config.dir:
+            raise ValueError("journal.dir is not set")
+        self.config = config
+        self.node = node
+        self.clock = clock
+        self.folder = Path(config.dir)
+        self.ops = ops
+        self.log = log or get_logger("hoopd.journal")
+        self._key = config.hmac_key
+        self._packer = r.new_packer()
+        self._fd: int | None = None
+        self._seg: r.SegmentName | None = None
+        self._prev_seg: str | None = None
+        self._size = 0  # bytes of complete records in the open segment
+        self._records = 0
+        self._opened = 0.0
+        self._last = r.GENESIS  # hash of the last record written
+        self._counter = 1
+        self._dirty = False
+        self._failing = 0  # failed writes in the current episode (0: healthy)
+        self._gap: str | None = None  # why the previous segment ended early (for the next header)
+        self._unfinished: list[tuple[r.SegmentName, int]] = []  # abandoned .open files to close later
+        self._lock_fd: int | None = None
+        self._age_call: Any = None
+        self._sync_loop: LoopingCall | None = None
+        self._retention_loop: LoopingCall | None = None
+
+    # --- service ----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Recover, open a fresh segment, apply retention, start timers. Raises OSError."""
+        self.ops.makedirs(self.folder, 0o700, exist_ok=True)
+        self._lock()
+        self._recover()
+        self._open_segment()
+        Service.startService(self)
+        if self.config.fsync == "interval":
+            self._sync_loop = LoopingCall(self._sync_tick)
+            self._sync_loop.clock = self.clock
+            self._sync_loop.start(self.config.fsync_interval, now=False)
+        if self.config.retention is not None:
+            self._retention_loop = LoopingCall(self.apply_retention)
+            self._retention_loop.clock = self.clock
+            self._retention_loop.start(min(RETENTION_CHECK, self.config.retention), now=True)
+
+    def stopService(self) -> None:
+        for loop in (self._sync_loop, self._retention_loop):
+            if loop is not None and loop.running:
+                loop.stop()
+        self._cancel_age()
+        if self._fd is not None:
+            try:
+                self._finish(self.clock.seconds())
+            except OSError as e:
+                self.log.error("journal: cannot close segment {seg}: {err}", seg=self._seg.path.name if self._seg else "",
+                               err=e)
+                self._abandon()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        return Service.stopService(self)
+
+    # --- writing ----------------------------------------------------------------------
+
+    @property
+    def segment(self) -> Path | None:
+        """The segment being written (None between a failure and the next write)."""
+        return self._seg.path if self._seg and self._fd is not None else None
+
+    @property
+    def healthy(self) -> bool:
+        return self._failing == 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (ts and node are added). Raises JournalUnavailable."""
+        if not self.running:
+            raise JournalUnavailable("the journal is not running")
+        now = self.clock.seconds()
+        try:
+            if self._fd is None:
+                self._open_segment()
+            elif self._size >= self.config.rotate_bytes or now - self._opened >= self.config.rotate_interval:
+                self._rotate(now)
+            self._append({"ts": r.timestamp(now), "node": self.node, **record})
+            if self.config.fsync == "always":
+                self.ops.fsync(self._fd)
+        except OSError as e:
+            self._failed(e)
+            raise JournalUnavailable(f"the audit journal cannot be written: {e.strerror or e}") from None
+        if self._failing:
+            self.log.info("journal: writing again after {n} failed writes", n=self._failing)
+            self._failing = 0
+
+    def sync(self) -> None:
+        """fsync the open segment if anything is unsynced. Raises OSError."""
+        if self._fd is not None and self._dirty:
+            self.ops.fsync(self._fd)
+            self._dirty = False
+
+    def _append(self, record: dict[str, Any]) -> None:
+        try:
+            raw, h = r.seal(self._packer, record, self._last, self._key)
+        except (TypeError, ValueError, OverflowError) as e:
+            self._packer = r.new_packer()  # it may hold a partial buffer
+            raise JournalUnavailable(f"record cannot be encoded: {e}") from None
+        assert self._fd is not None
+        n = self.ops.write(self._fd, raw)
+        if n != len(raw):
+            raise OSError(errno.ENOSPC, f"short write ({n} of {len(raw)} bytes)")
+        self._last = h
+        self._size += len(raw)
+        self._records += 1
+        self._dirty = True
+
+    def _failed(self, e: OSError) -> None:
+        if not self._failing:
+            self.log.error("journal: cannot write to {dir}: {err}; statements are refused until it recovers",
+                           dir=str(self.folder), err=e)
+        self._failing += 1
+        self._gap = f"previous segment ended early: {e}"
+        self._abandon()
+
+    # --- segments ---------------------------------------------------------------------
+
+    def _open_segment(self) -> None:
+        now = self.clock.seconds()
+        seg = r.SegmentName.make(self.folder, now, self.node, self._counter)
+        self._counter += 1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        fd = self.ops.open(seg.path, flags, 0o600)
+        self._fd, self._seg, self._size, self._records, self._opened = fd, seg, 0, 0, now
+        header: dict[str, Any] = {"kind": r.SEGMENT, "v": r.VERSION, "segment": seg.base,
+                                  "prev_segment": self._prev_seg, "prev": None if self._prev_seg is None else self._last,
+                                  "keyed": self._key is not None}
+        if self._key is not None:
+            header["key_id"] = r.key_id(self._key)
+        if self._gap:
+            header["gap"] = self._gap
+        try:
+            self._append({"ts": r.timestamp(now), "node": self.node, **header})
+            if self.config.fsync != "never":
+                self.ops.fsync(fd)
+                self._sync_dir()
+        except (OSError, JournalUnavailable):
+            self._fd = self._seg = None
+            self._close_quietly(fd)
+            self._unlink_quietly(seg.path)
+            raise
+        self._gap = None
+        self._dirty = False
+        self._schedule_age()
+        self._retry_unfinished()
+
+    def _rotate(self, now: float) -> None:
+        self._finish(now)
+        self._open_segment()
+        if self.config.retention is not None:
+            self.apply_retention()
+
+    def _finish(self, now: float) -> None:
+        """Close the open segment cleanly: a segment_end record, fsync, rename. Raises OSError."""
+        assert self._fd is not None and self._seg is not None
+        self._cancel_age()
+        self._append({"ts": r.timestamp(now), "node": self.node, "kind": r.SEGMENT_END, "records": self._records + 1})
+        fd, seg = self._fd, self._seg
+        if self.config.fsync != "never":
+            self.ops.fsync(fd)
+        self._fd = None
+        self._prev_seg = seg.base
+        self._close_quietly(fd)
+        self._unfinished.append((seg, self._size))
+        self._retry_unfinished()
+
+    def _abandon(self) -> None:
+        """Stop writing the open segment after a failure: cut it at its last complete record."""
+        self._cancel_age()
+        if self._fd is None or self._seg is None:
+            return
+        fd, seg, size = self._fd, self._seg, self._size
+        self._fd = None
+        self._prev_seg = seg.base
+        try:
+            self.ops.ftruncate(fd, size)
+        except OSError:
+            pass
+        self._close_quietly(fd)
+        self._unfinished.append((seg, size))
+        self._retry_unfinished()
+
+    def _retry_unfinished(self) -> None:
+        """Rename closed segments to their finished names (after a failure: cut them at their
+        last complete record first); what the disk refuses now is retried after the next open."""
+        left = []
+        for seg, size in self._unfinished:
+            try:
+                fd = self.ops.open(seg.path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    self.ops.ftruncate(fd, size)
+                    if self.config.fsync != "never":
+                        self.ops.fsync(fd)
+                finally:
+                    self.ops.close(fd)
+                self.ops.rename(seg.path, self.folder / seg.base)
+                if self.config.fsync != "never":
+                    self._sync_dir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append((seg, size))
+        self._unfinished = left
+
+    def _sync_dir(self) -> None:
+        fd = self.ops.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.ops.fsync(fd)
+        finally:
+            self.ops.close(fd)
+
+    def _close_quietly(self, fd: int) -> None:
+        try:
+            self.ops.close(fd)
+        except OSError:
+            pass
+
+    def _unlink_quietly(self, path: Path) -> None:
+        try:
+            self.ops.unlink(path)
+        except OSError:
+            pass
+
+    # --- timers -----------------------------------------------------------------------
+
+    def _schedule_age(self) -> None:
+        self._cancel_age()
+        due = self._opened + self.config.rotate_interval - self.clock.seconds()
+        self._age_call = self.clock.callLater(max(0.0, due), self._age_tick)
+
+    def _cancel_age(self) -> None:
+        if self._age_call is not None and self._age_call.active():
+            self._age_call.cancel()
+        self._age_call = None
+
+    def _age_tick(self) -> None:
+        """The open segment reached rotate_interval: rotate it unless it holds only its header."""
+        self._age_call = None
+        if self._fd is None:
+            return
+        if self._records <= 1:
+            self._opened = self.clock.seconds()
+            self._schedule_age()
+            return
+        try:
+            self._rotate(self.clock.seconds())
+        except OSError as e:
+            self._failed(e)
+
+    def _sync_tick(self) -> None:
+        try:
+            self.sync()
+        except OSError as e:
+            self._failed(e)
+
+    # --- start-up and retention -------------------------------------------------------
+
+    def _lock(self) -> None:
+        path = self.folder / f".{self.node}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(errno.EBUSY, f"another process writes the journal of node {self.node} in {self.folder}") \
+                from None
+        self._lock_fd = fd
+
+    def _recover(self) -> None:
+        """Close segments a crash left open; find the chain's last hash and the next counter."""
+        mine = sorted((s for s in r.list_segments(self.folder) if s.node == self.node), key=lambda s: s.counter)
+        for seg in mine:
+            if seg.open:
+                self._recover_segment(seg)
+        mine = sorted((s for s in r.list_segments(self.folder) if s.node == self.node), key=lambda s: s.counter)
+        if not mine:
+            return
+        self._counter = mine[-1].counter + 1
+        for seg in reversed(mine):
+            last = _last_hash(seg.path)
+            if last is not None:
+                self._last, self._prev_seg = last, seg.base
+                return
+
+    def _recover_segment(self, seg: r.SegmentName) -> None:
+        end, _ = _complete_prefix(seg.path)
+        if end == 0:
+            self.log.warn("journal: removing {seg}: a crash left it without a complete record", seg=seg.path.name)
+            self.ops.unlink(seg.path)
+            return
+        size = self.ops.stat(seg.path).st_size
+        fd = self.ops.open(seg.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if size > end:
+                self.ops.ftruncate(fd, end)
+            self.ops.fsync(fd)
+        finally:
+            self.ops.close(fd)
+        self.ops.rename(seg.path, self.folder / seg.base)
+        self.log.warn("journal: closed {seg} left open by a crash ({cut} torn bytes removed)",
+                      seg=seg.base, cut=size - end)
+        self._gap = self._gap or f"recovered {seg.base} after a crash ({size - end} torn bytes removed)"
+
+    def apply_retention(self) -> None:
+        """Delete this node's finished segments last modified more than ``retention`` ago."""
+        if self.config.retention is None:
+            return
+        cutoff = self.clock.seconds() - self.config.retention
+        try:
+            old = [s for s in r.list_segments(self.folder)
+                   if s.node == self.node and not s.open and self.ops.stat(s.path).st_mtime < cutoff]
+        except OSError as e:
+            self.log.error("journal: retention: cannot list {dir}: {err}", dir=str(self.folder), err=e)
+            return
+        if not old:
+            return
+        try:
+            self.write({"kind": r.RETENTION, "deleted": [s.base for s in old], "retention": self.config.retention})
+        except JournalUnavailable:
+            return  # try again later; never delete without saying so in the chain
+        for s in old:
+            try:
+                self.ops.unlink(s.path)
+            except OSError as e:
+                self.log.error("journal: retention: cannot delete {seg}: {err}", seg=s.path.name, err=e)
+
+
+def _complete_prefix(path: Path) -> tuple[int, bytes | None]:
+    """(offset after the last complete sealed record, its hash) of a segment file."""
+    scan = r.Scan()
+    end, last = 0, None
+    with open(path, "rb") as f:
+        try:
+            for off, raw, obj in r.iter_raw(f, scan):
+                h = r.record_hash(raw)
+                if not isinstance(obj, dict) or h is None:
+                    break
+                end, last = off + len(raw), h
+        except r.BadRecord:
+            pass
+    return end, last
+
+
+def _last_hash(path: Path) -> bytes | None:
+    return _complete_prefix(path)[1]
