@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Mapping
 
 from hoopd.confkit import ConfigError, Table
-from hoopd.control.config import ControlConfig, parse_control
 from hoopd.identity.config import IdentityConfig, parse_identity
 from hoopd.journal.config import JournalConfig, parse_journal
 
@@ -108,7 +107,6 @@ class Config:
     connections: Mapping[str, ConnectionConfig]
     source: str = ""
     identity: IdentityConfig = field(default_factory=IdentityConfig)  # [identity]: order, OIDC, LDAP, limits
-    control: ControlConfig = field(default_factory=ControlConfig)  # [control]: API tokens, SSH keys, shutdown
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -213,9 +211,8 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
         _name(ctab, cname, "connection")
         conns[cname] = _connection(cname, ctab.table(cname), base)
     identity = parse_identity(root.table("identity"), base)
-    control = parse_control(root.table("control"), base)
     root.done()
-    return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control)
+    return Config(gateway, listen, tls, logging, journal, users, conns, source, identity)
 
 
 def load(path: str | os.PathLike) -> Config:
