@@ -1,0 +1,90 @@
+"""Policy settings in the TOML config: ``[[rules]]``, ``[policy]``, and per connection
+``[[connections.NAME.rules]]`` and ``unparseable``.
+
+```toml
+[policy]
+unparseable = "admin"       # lowest level whose unparseable statements pass: none | read_only | read_write | admin
+
+[[rules]]                   # global rules, checked after the connection's own
+name = "no-delete-without-where"
+action = "deny"             # allow | deny | review
+message = "add a WHERE clause"
+kinds = ["update", "delete"]
+without_where = true
+# relations, functions, groups, users, applications: globs; levels; text_regex
+```
+
+hoopd.config calls these; they only read and validate (every Table ends with done()).
+"""
+from __future__ import annotations
+
+import re
+
+from hoopd.config import LEVELS
+from hoopd.confkit import ConfigError, Table
+from hoopd.policy.catalog import KINDS
+from hoopd.policy.rules import ACTIONS, Rule
+
+UNPARSEABLE = ("none",) + LEVELS
+DEFAULT_UNPARSEABLE = "admin"
+
+
+def parse_rule(t: Table) -> Rule:
+    name = t.str("name", required=True)
+    action = t.str("action", required=True, choices=ACTIONS)
+    message = t.str("message", "")
+    lists = {}
+    for key in ("kinds", "relations", "functions", "levels", "groups", "users", "applications"):
+        if t.has(key):
+            values = t.str_list(key)
+            if not values:
+                raise ConfigError(t.key(key), "is an empty list, which matches nothing (leave the key out to match all)")
+            lists[key] = values
+    for key, allowed in (("kinds", KINDS), ("levels", LEVELS)):
+        for v in lists.get(key, ()):
+            if v not in allowed:
+                raise ConfigError(t.key(key), f'unknown {key[:-1]} "{v}" (expected one of {", ".join(sorted(allowed))})')
+    regex = None
+    if t.has("text_regex"):
+        src = t.str("text_regex")
+        try:
+            regex = re.compile(src)
+        except re.error as e:
+            raise ConfigError(t.key("text_regex"), f"invalid regular expression: {e}") from None
+    without_where = t.bool("without_where")
+    t.done()
+    return Rule(
+        name=name, action=action, message=message,
+        kinds=frozenset(lists["kinds"]) if "kinds" in lists else None,
+        relations=lists.get("relations"), functions=lists.get("functions"),
+        levels=frozenset(lists["levels"]) if "levels" in lists else None,
+        groups=lists.get("groups"), users=lists.get("users"), applications=lists.get("applications"),
+        text_regex=regex, without_where=without_where,
+    )
+
+
+def parse_rules(t: Table) -> tuple[Rule, ...]:
+    """The ``rules`` array of tables of ``t`` (the root or a connection)."""
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for rt in t.tables("rules"):
+        rule = parse_rule(rt)
+        if rule.name in seen:
+            raise ConfigError(rt.key("name"), f'duplicate rule name "{rule.name}"')
+        seen.add(rule.name)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def parse_global(root: Table) -> tuple[tuple[Rule, ...], str]:
+    """Global ``[[rules]]`` and ``[policy] unparseable`` from the root table."""
+    rules = parse_rules(root)
+    pt = root.table("policy")
+    unparseable = pt.str("unparseable", DEFAULT_UNPARSEABLE, choices=UNPARSEABLE)
+    pt.done()
+    return rules, unparseable
+
+
+def parse_connection(t: Table) -> tuple[tuple[Rule, ...], str | None]:
+    """A connection's own rules and ``unparseable`` (None: the global setting)."""
+    return parse_rules(t), t.str("unparseable", choices=UNPARSEABLE)
