@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
+import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -119,3 +121,13 @@ class IdP:
         sk = self.key(kid) if key is None else None
         return jwt.encode(body, key if key is not None else sk.private, algorithm=alg or sk.alg,
                           headers={"kid": kid, **(headers or {})})
+
+
+@pytest.fixture
+def idp(tmp_path: Path):
+    """A running IdP in the test reactor (stopped afterwards)."""
+    from twisted.internet import reactor
+
+    server = IdP(tmp_path).listen(reactor)
+    yield server
+    pytest_twisted.blockon(server.stop())

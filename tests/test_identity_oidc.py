@@ -8,7 +8,6 @@ import hmac
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -22,14 +21,7 @@ from hoopd.identity.config import OIDCConfig
 from hoopd.identity.http import max_age
 from hoopd.identity.oidc import DEFAULT_TTL, OIDCAuthenticator, looks_like_jwt
 from tests.certs import make_ca, pem_cert
-from tests.oidc_server import AUDIENCE, IdP, rsa_key
-
-
-@pytest.fixture
-def idp(tmp_path: Path):
-    server = IdP(tmp_path).listen(reactor)
-    yield server
-    pytest_twisted.blockon(server.stop())
+from tests.oidc_server import AUDIENCE, IdP, idp, rsa_key  # noqa: F401  (idp: fixture)
 
 
 def authenticator(idp: IdP, clock: Clock | None = None, **over) -> OIDCAuthenticator:
