@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _part_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Tool groups contributed by the parts (each an add_commands function)."""
-    return []
+    from hoopd.policy import cli as policy
+
+    return [policy.add_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from hoopd.confkit import ConfigError, Table
 from hoopd.identity.config import IdentityConfig, parse_identity
@@ -19,6 +19,8 @@ from hoopd.journal.config import JournalConfig, parse_journal
 
 LEVELS = ("read_only", "read_write", "admin")
 LEVEL_RANK = {name: i for i, name in enumerate(LEVELS)}
+if TYPE_CHECKING:
+    from hoopd.policy.rules import Rule
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -86,6 +88,8 @@ class ConnectionConfig:
     connect_timeout: float = 10.0
     credentials: Mapping[str, Credential] = field(default_factory=dict)  # default | read_only | ...
     access: Mapping[str, str] = field(default_factory=dict)  # group -> level
+    rules: tuple[Rule, ...] = ()  # [[connections.NAME.rules]], checked before the global [[rules]]
+    unparseable: str | None = None  # None: the global [policy] unparseable
 
     def credential_for(self, level: str) -> Credential:
         return self.credentials.get(level) or self.credentials["default"]
@@ -107,6 +111,8 @@ class Config:
     connections: Mapping[str, ConnectionConfig]
     source: str = ""
     identity: IdentityConfig = field(default_factory=IdentityConfig)  # [identity]: order, OIDC, LDAP, limits
+    rules: tuple[Rule, ...] = ()  # global [[rules]] (hoopd.policy)
+    unparseable: str = "admin"  # [policy] unparseable: lowest level whose unparseable statements pass
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -159,8 +165,12 @@ def _connection(name: str, t: Table, base: Path) -> ConnectionConfig:
         raise ConfigError(ct.key("default"), "is required (the credential used for levels without their own)")
     at = t.table("access")
     access = {g: at.str(g, choices=LEVELS) for g, _ in list(at.items())}
+    from hoopd.policy.config import parse_connection  # here: hoopd.policy imports this module
+
+    rules, unparseable = parse_connection(t)
     t.done()
-    return ConnectionConfig(name, host, port, database, tls, ca_file, connect_timeout, creds, access)
+    return ConnectionConfig(name, host, port, database, tls, ca_file, connect_timeout, creds, access,
+                            rules, unparseable)
 
 
 def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
@@ -211,8 +221,12 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
         _name(ctab, cname, "connection")
         conns[cname] = _connection(cname, ctab.table(cname), base)
     identity = parse_identity(root.table("identity"), base)
+    from hoopd.policy.config import parse_global
+
+    rules, unparseable = parse_global(root)
     root.done()
-    return Config(gateway, listen, tls, logging, journal, users, conns, source, identity)
+    return Config(gateway, listen, tls, logging, journal, users, conns, source, identity,
+                  rules, unparseable)
 
 
 def load(path: str | os.PathLike) -> Config:

@@ -1,0 +1,99 @@
+"""``hoopd policy explain``: how the gateway classifies SQL and what it decides, offline.
+
+Exit status: 0 when every statement is allowed, 1 when one is refused, 2 on a usage or
+config error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from hoopd.confkit import ConfigError
+
+_FIELDS = (  # (summary key, label) in display order
+    ("kinds", "kinds"), ("relations", "relations"), ("functions", "functions"),
+    ("side_effect_functions", "side-effect functions"), ("reads", "reads"), ("writes", "writes"),
+    ("has_where", "has WHERE"), ("locks", "locks rows"), ("privilege_change", "privilege change"),
+    ("temp_only", "temporary objects only"), ("server_files", "server files/programs"),
+    ("opaque", "opaque"), ("prepared_name", "prepared statement"), ("executes", "executes"),
+    ("error", "parser error"),
+)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("policy", help="SQL policy tools")
+    psub = p.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
+    e = psub.add_parser("explain", help="classify SQL and show the decision with the rule that made it")
+    e.add_argument("--config", required=True, help="the hoopd config file")
+    e.add_argument("--connection", required=True, help="connection name (the client's dbname)")
+    e.add_argument("--level", choices=("read_only", "read_write", "admin"),
+                   help="access level (default: what --groups grant on the connection)")
+    e.add_argument("--user", help="identity name rules see")
+    e.add_argument("--groups", default="", help="comma-separated identity groups")
+    e.add_argument("--application", default="", help="application_name rules see")
+    e.add_argument("--json", action="store_true", help="print JSON instead of text")
+    e.add_argument("sql", help="the SQL text (several statements allowed; PREPARE is remembered for EXECUTE)")
+    e.set_defaults(func=explain)
+
+
+def explain(args: argparse.Namespace) -> int:
+    from hoopd.config import load
+    from hoopd.policy.classify import classify
+    from hoopd.policy.decide import Policy
+    from hoopd.policy.prepared import PreparedRegistry
+    from hoopd.policy.rules import Context
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"hoopd: {e}", file=sys.stderr)
+        return 2
+    conn = cfg.connections.get(args.connection)
+    if conn is None:
+        known = ", ".join(sorted(cfg.connections)) or "none"
+        print(f'hoopd: no connection "{args.connection}" in {args.config} (known: {known})', file=sys.stderr)
+        return 2
+    groups = frozenset(g.strip() for g in args.groups.split(",") if g.strip())
+    level = args.level or conn.level_for(groups)
+    if level is None:
+        print(f'hoopd: give --level, or --groups that have access to "{args.connection}"', file=sys.stderr)
+        return 2
+    ctx = Context(args.connection, level, args.user, groups, args.application)
+    decisions = Policy.from_config(cfg).decide_all(classify(args.sql, PreparedRegistry()), ctx)
+    if args.json:
+        print(json.dumps({"context": _context(ctx), "statements": [d.record() | {"text": d.statement.text}
+                                                                   for d in decisions]}, indent=2))
+    else:
+        print(_render(ctx, decisions))
+    return 0 if all(d.allowed for d in decisions) else 1
+
+
+def _context(ctx: Any) -> dict[str, Any]:
+    return {"connection": ctx.connection, "level": ctx.level, "user": ctx.user,
+            "groups": sorted(ctx.groups), "application": ctx.application}
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, list):
+        return ", ".join(v)
+    return str(v)
+
+
+def _render(ctx: Any, decisions: list) -> str:
+    groups = ",".join(sorted(ctx.groups)) or "-"
+    lines = [f"connection {ctx.connection}, level {ctx.level}, user {ctx.user or '-'}, groups {groups}, "
+             f"application {ctx.application or '-'}"]
+    if not decisions:
+        lines.append("(no statements)")
+    for n, d in enumerate(decisions, 1):
+        s = d.statement.summary()
+        lines += ["", f"statement {n}: {d.statement.text}", f"  kind: {s['kind']} ({s['command']})"]
+        lines += [f"  {label}: {_show(s[key])}" for key, label in _FIELDS if key in s]
+        by = f'rule "{d.rule}"' if d.rule else f"level {ctx.level}"
+        verdict = f"{d.action.upper()} by {by}"
+        lines.append(f"  decision: {verdict}" + (f"\n  message: {d.message}" if d.message else ""))
+    return "\n".join(lines)

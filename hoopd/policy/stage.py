@@ -1,0 +1,132 @@
+"""PolicyStage: the session Stage that checks Query, Parse and FunctionCall messages.
+
+* ``Q`` (simple query): every statement is classified and decided before any runs; one
+  refused statement refuses the whole Query (nothing of it reaches the server).
+* ``P`` (Parse): its statement is decided; a named Parse is remembered like a PREPARE.
+* ``F`` (FunctionCall): a function called by OID with no SQL; only admin passes (and
+  then the rules, with kind ``function_call``).
+* ``C`` (Close of a statement) only forgets the name; it is never refused.
+
+Bind/Execute need no check: they run what an allowed Parse prepared.
+Per session state lives in ``session.extra["policy"]`` (a SessionPolicy). Anything that
+goes wrong while deciding refuses the message (fail closed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hoopd.log import get_logger
+from hoopd.pgwire.errors import ProtocolError
+from hoopd.pgwire.messages import decode_close_or_describe, decode_function_call, decode_parse, decode_query
+from hoopd.policy.classify import Classifier, StatementInfo, default_classifier
+from hoopd.policy.decide import Decision, Policy
+from hoopd.policy.prepared import PreparedRegistry
+from hoopd.policy.rules import Context
+from hoopd.session import Deny, SessionInfo, Verdict
+
+log = get_logger("hoopd.policy")
+
+
+@dataclass
+class SessionPolicy:
+    """The policy's state for one session."""
+
+    prepared: PreparedRegistry = field(default_factory=PreparedRegistry)
+    decisions: list[Decision] = field(default_factory=list)  # of the last message decided
+    undo: tuple[bytes, PreparedRegistry] | None = None  # registry before the last message changed it
+
+
+def function_call_info(oid: int) -> StatementInfo:
+    """A FunctionCall message as a statement: no SQL, only a function OID."""
+    return StatementInfo("function_call", "FunctionCall", f"FunctionCall oid {oid}",
+                         frozenset({"function_call"}), functions=(f"oid:{oid}",), writes=True)
+
+
+class PolicyStage:
+    name = "policy"
+    client_types = frozenset({b"Q", b"P", b"F", b"C"})
+    server_types: frozenset[bytes] = frozenset()
+
+    def __init__(self, policy: Policy, classifier: Classifier | None = None) -> None:
+        self.policy = policy
+        self.classifier = classifier or default_classifier
+
+    @staticmethod
+    def state(session: SessionInfo) -> SessionPolicy:
+        st = session.extra.get("policy")
+        if st is None:
+            st = session.extra["policy"] = SessionPolicy()
+        return st
+
+    def session_started(self, session: SessionInfo) -> None:
+        self.state(session)
+
+    def session_ended(self, session: SessionInfo, reason: str) -> None:
+        pass
+
+    def server_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> bytes | None:
+        return None
+
+    def oversize_message(self, session: SessionInfo, from_client: bool, mtype: bytes, length: int) -> None:
+        pass
+
+    def message_denied(self, session: SessionInfo, mtype: bytes, body: bytes, deny: Deny) -> None:
+        """Another stage refused a message we allowed: forget what it would have prepared."""
+        st = self.state(session)
+        if st.undo is not None and st.undo[0] == body:
+            st.prepared = st.undo[1]
+        st.undo = None
+
+    def client_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> Verdict:
+        st = self.state(session)
+        st.undo = None
+        try:
+            if mtype == b"Q":
+                return self._statements(session, st, body, decode_query(body), None)
+            if mtype == b"P":
+                p = decode_parse(body)
+                return self._statements(session, st, body, p.query, p.name or None)
+            if mtype == b"F":
+                return self._decide(session, st, [function_call_info(decode_function_call(body).oid)])
+            if mtype == b"C":
+                self._close(st, body)
+            return None
+        except ProtocolError as e:
+            return Deny(str(e), e.sqlstate)
+        except Exception:
+            log.failure("policy could not decide; message refused (session {sid})", sid=session.id)
+            return Deny("hoopd: statement could not be classified; refused")
+
+    def _statements(self, session: SessionInfo, st: SessionPolicy, body: bytes, sql: str,
+                    prepare_as: str | None) -> Verdict:
+        infos = self.classifier.classify(sql, st.prepared)
+        verdict = self._decide(session, st, infos)
+        if verdict is None and (prepare_as or any(i.kind in ("prepare", "deallocate", "discard") for i in infos)):
+            st.undo = (body, st.prepared.copy())
+            st.prepared.apply_all(infos)
+            if prepare_as and infos:
+                merged = infos[0]
+                for i in infos[1:]:
+                    merged = merged.with_effects_of(i)
+                st.prepared.add(prepare_as, merged)
+        return verdict
+
+    def _decide(self, session: SessionInfo, st: SessionPolicy, infos: list[StatementInfo]) -> Verdict:
+        ident = session.identity
+        ctx = Context(session.connection or "", session.level, ident.name if ident else None,
+                      ident.groups if ident else frozenset(), session.application_name)
+        st.decisions = self.policy.decide_all(infos, ctx)
+        for d in st.decisions:
+            if not d.allowed:
+                return Deny(d.message)
+        return None
+
+    @staticmethod
+    def _close(st: SessionPolicy, body: bytes) -> None:
+        try:
+            kind, name = decode_close_or_describe(body)
+        except ProtocolError:
+            return  # the server answers malformed messages itself
+        if kind == "S" and name in st.prepared:
+            st.undo = (body, st.prepared.copy())
+            st.prepared.remove(name)
