@@ -44,17 +44,14 @@ log = get_logger("hoopd.journal")
 
 
 def split_statements(text: str) -> list[str]:
-    """The statements of a simple-query string, by PostgreSQL's own parser (its scanner
-    when the text does not parse); the whole text when neither can split it."""
+    """The statements of a simple-query string, by PostgreSQL's own parser; the whole
+    text when it does not parse (PostgreSQL will refuse it whole, too)."""
     if ";" not in text.rstrip().rstrip(";"):
         return [text]
-    for with_parser in (True, False):
-        try:
-            parts = list(split(text, with_parser=with_parser))
-        except (ParseError, ValueError):
-            continue
-        return parts or [text]
-    return [text]
+    try:
+        return list(split(text)) or [text]
+    except (ParseError, ValueError):
+        return [text]
 
 
 def _text(v: bytes) -> str | bytes:
@@ -221,7 +218,7 @@ class JournalStage:
         self._flush(st, failed=True)
         now = self.clock.seconds()
         self._try(st, r.SESSION_END, {
-            "reason": reason, "duration_us": int((now - session.started) * 1e6), "statements": st.statements,
+            "reason": reason, "duration_us": round((now - session.started) * 1e6), "statements": st.statements,
             "errors": st.errors, "denied": st.denied, "rows": st.rows, "bytes_in": session.bytes_in,
             "bytes_out": session.bytes_out})
         session.extra.pop(self.name, None)
@@ -500,7 +497,7 @@ class JournalStage:
     def _elapsed(self, st: _State, head: _Entry | None) -> int | None:
         if head is None:
             return None
-        return int((self.clock.seconds() - max(head.started, st.last_done)) * 1e6)
+        return round((self.clock.seconds() - max(head.started, st.last_done)) * 1e6)
 
     def _error(self, st: _State, head: _Entry | None, body: bytes) -> None:
         fields = self._fields(body)
