@@ -26,6 +26,10 @@ SERVICE_PW = "service-secret"
 PASSWORDS = {"alice": "alice-Pw1", "bob": "bob-Pw2", "carol": "carol-Pw3"}
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
+TLS_CONF = """\
+TLSCACertificateFile {dir}/ca.crt
+TLSCertificateFile {dir}/server.crt
+TLSCertificateKeyFile {dir}/server.key"""
 
 CONF = """\
 {includes}
@@ -34,9 +38,7 @@ argsfile {dir}/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
-TLSCACertificateFile {dir}/ca.crt
-TLSCertificateFile {dir}/server.crt
-TLSCertificateKeyFile {dir}/server.key
+{tls}
 
 database mdb
 maxsize 33554432
@@ -64,8 +66,11 @@ def _free_port() -> int:
 class Slapd:
     """``Slapd(folder).start()``; ``stop()`` kills it. ``url``/``ldaps_url``/``ca_file`` for clients."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, cert_hostnames: tuple[str, ...] = ("localhost",),
+                 cert_ips: tuple[str, ...] = ("127.0.0.1",), tls: bool = True) -> None:
         self.dir = folder
+        self.tls = tls  # False: no TLS at all (StartTLS refused, no ldaps listener)
+        self.cert_names = {"hostnames": cert_hostnames, "ips": cert_ips}
         self.proc: subprocess.Popen | None = None
         self.port = _free_port()
         self.ldaps_port = _free_port()
@@ -76,13 +81,16 @@ class Slapd:
     def start(self) -> "Slapd":
         if not os.path.exists(SLAPD):
             raise RuntimeError("slapd is not installed: run scripts/install-deps.sh (Debian slapd + ldap-utils)")
-        write_self_signed(self.dir, "server")
+        write_self_signed(self.dir, "server", **self.cert_names)
         (self.dir / "db").mkdir(exist_ok=True)
         includes = "\n".join(f"include /etc/ldap/schema/{s}.schema" for s in SCHEMAS)
         conf = self.dir / "slapd.conf"
-        conf.write_text(CONF.format(includes=includes, dir=self.dir, suffix=SUFFIX, rootdn=ROOT_DN, rootpw=ROOT_PW))
+        tls = TLS_CONF.format(dir=self.dir) if self.tls else ""
+        conf.write_text(CONF.format(includes=includes, dir=self.dir, suffix=SUFFIX, rootdn=ROOT_DN, rootpw=ROOT_PW,
+                                    tls=tls))
+        urls = f"{self.url}/ {self.ldaps_url}/" if self.tls else f"{self.url}/"
         self.log = open(self.dir / "slapd.log", "wb")
-        self.proc = subprocess.Popen([SLAPD, "-f", str(conf), "-h", f"{self.url}/ {self.ldaps_url}/", "-d", "0"],
+        self.proc = subprocess.Popen([SLAPD, "-f", str(conf), "-h", urls, "-d", "0"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         for _ in range(200):  # until it answers (a readiness wait, not a timing assertion)
             if self.proc.poll() is not None:

@@ -20,7 +20,7 @@ from twisted.internet import ssl
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.web import resource, server
 
-from tests.certs import make_ca, issue, pem_cert, pem_key
+from tests.certs import issue, make_ca, pem_cert
 
 AUDIENCE = "hoopd"
 
@@ -81,7 +81,7 @@ class IdP:
         cert, key = issue(ca)
         self.ca_file = folder / "idp-ca.crt"
         self.ca_file.write_bytes(pem_cert(ca[0]))
-        self._tls = ssl.PrivateCertificate.loadPEM(pem_cert(cert) + pem_key(key)).options()
+        self._tls = ssl.CertificateOptions(privateKey=key, certificate=cert)
         self.keys: list[SigningKey] = [rsa_key("rsa-1"), ec_key("ec-1")]
         self.extra_jwks: list[dict] = []  # raw JWKs served as they are
         self.cache_control: str | None = "max-age=600"

@@ -193,6 +193,7 @@ def test_refusals_are_logged_with_reason_but_never_the_secret(logged):
 
 # --- the real thing ------------------------------------------------------------------------
 
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_chain_with_real_idp_and_slapd(slapd, idp, logged):  # noqa: F811
     cfg = IdentityConfig(

@@ -7,6 +7,7 @@ import pytest
 
 from hoopd.config import parse
 from hoopd.confkit import ConfigError
+from tests.certs import make_ca, pem_cert
 
 OIDC = {"issuer": "https://idp.example.com/realms/main", "audience": "hoopd"}
 LDAP = {"url": "ldaps://ldap.example.com", "user_base": "ou=people,dc=example,dc=com"}
@@ -81,7 +82,8 @@ def test_http_issuer_allowed_on_loopback_only():
 
 
 def test_files_are_relative_to_the_config_and_the_bind_password_is_a_secret(tmp_path):
-    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "ca.pem").write_bytes(pem_cert(make_ca()[0]))
+    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
     (tmp_path / "bind.pw").write_text("hunter2-bind\n")
     cfg = identity({"ldap": {**LDAP, "bind_dn": "cn=svc,dc=example,dc=com", "bind_password_file": "bind.pw",
                              "ca_file": "ca.pem", "timeout": "3s"},
@@ -90,5 +92,6 @@ def test_files_are_relative_to_the_config_and_the_bind_password_is_a_secret(tmp_
     assert cfg.ldap.bind_password.value == "hunter2-bind" and cfg.ldap.timeout == 3.0
     assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.ldap.bind_password)
     assert cfg.oidc.audience == ("a", "b")
+    assert "identity.oidc.ca_file: no PEM certificate in" in error({"oidc": {**OIDC, "ca_file": "key.pem"}}, tmp_path)
     assert "identity.ldap.bind_password_file: cannot read" in error(
         {"ldap": {**LDAP, "bind_dn": "cn=svc", "bind_password_file": "missing"}}, tmp_path)

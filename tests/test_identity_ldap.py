@@ -142,6 +142,29 @@ async def test_wrong_ca_fails_closed(slapd, make_auth, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_certificate_for_another_host_is_refused(tmp_path, make_auth):
+    other = Slapd(tmp_path, cert_hostnames=("ldap.example.org",), cert_ips=()).start()
+    try:
+        for over in ({}, {"url": other.ldaps_url, "start_tls": False}):
+            err = await refused(make_auth(other, **over), "alice", PASSWORDS["alice"])
+            assert err.reason == "ldap_unavailable" and "doesn't match" in err.detail
+    finally:
+        other.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_start_tls_never_falls_back_to_plaintext(tmp_path, make_auth):
+    plain = Slapd(tmp_path, tls=False).start()
+    try:
+        seed_people(plain)
+        assert (await make_auth(plain, start_tls=False).authenticate("bob", PASSWORDS["bob"], "::1")).name == "bob"
+        err = await refused(make_auth(plain), "bob", PASSWORDS["bob"])
+        assert err.reason == "ldap_unavailable" and "starttls" in err.detail.lower()
+    finally:
+        plain.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_bad_service_account_is_a_config_error(slapd, make_auth):
     err = await refused(make_auth(slapd, bind_password=Secret("wrong")), "alice", PASSWORDS["alice"])
     assert err.reason == "ldap_error" and "service account cannot bind" in err.message

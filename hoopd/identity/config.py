@@ -6,6 +6,7 @@ are resolved against ``base`` (the config file's folder). Secrets become ``confi
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from hoopd.config import Secret
 
 SOURCES = ("local", "oidc", "ldap")
+PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 # Asymmetric JWS algorithms only: "none" and HS* (shared secrets) are never accepted.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 
@@ -82,15 +84,18 @@ def _https_url(t: Table, name: str, required: bool = False) -> str | None:
     return url
 
 
-def _path(t: Table, name: str, base: Path) -> str | None:
+def _ca_file(t: Table, name: str, base: Path) -> str | None:
+    """A readable PEM file with at least one CA certificate."""
     v = t.str(name)
     if v is None:
         return None
     p = base / v
     try:
-        p.read_bytes()
+        data = p.read_bytes()
     except OSError as e:
         raise ConfigError(t.key(name), f"cannot read {p}: {e.strerror}") from None
+    if not PEM_CERT.search(data):
+        raise ConfigError(t.key(name), f"no PEM certificate in {p}")
     return str(p)
 
 
@@ -100,7 +105,8 @@ def _template(t: Table, name: str, default: str, fields: tuple[str, ...]) -> str
     try:
         v.format(**{f: "x" for f in fields})
     except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(t.key(name), f"bad placeholder {e} (use {' or '.join('{' + f + '}' for f in fields)})") from None
+        use = " or ".join("{" + f + "}" for f in fields)
+        raise ConfigError(t.key(name), f"bad placeholder {e} (use {use})") from None
     if not (v.startswith("(") and v.endswith(")")):
         raise ConfigError(t.key(name), f"expected an LDAP filter in parentheses, got {v!r}")
     return v
@@ -120,11 +126,12 @@ def _oidc(t: Table, base: Path) -> OIDCConfig:
         raise ConfigError(t.key("algorithms"), "needs at least one algorithm")
     groups_claim = t.str("groups_claim", "groups")
     if not all(groups_claim.split(".")):
-        raise ConfigError(t.key("groups_claim"), f"expected a dotted claim path like realm_access.roles, got {groups_claim!r}")
+        raise ConfigError(t.key("groups_claim"),
+                          f"expected a dotted claim path like realm_access.roles, got {groups_claim!r}")
     cfg = OIDCConfig(issuer=issuer, audience=audience,  # type: ignore[arg-type]
                      username_claim=t.str("username_claim"), groups_claim=groups_claim, algorithms=algorithms,
                      leeway=t.duration("leeway", 60.0), jwks_uri=_https_url(t, "jwks_uri"),
-                     ca_file=_path(t, "ca_file", base), timeout=t.duration("timeout", 10.0))
+                     ca_file=_ca_file(t, "ca_file", base), timeout=t.duration("timeout", 10.0))
     t.done()
     return cfg
 
@@ -162,7 +169,7 @@ def _ldap(t: Table, base: Path) -> LDAPConfig:
         group_base=t.str("group_base"),
         group_filter=_template(t, "group_filter", LDAPConfig.group_filter, ("dn", "username")),
         group_name_attribute=t.str("group_name_attribute", "cn"), start_tls=start_tls,
-        ca_file=_path(t, "ca_file", base), connect_timeout=t.duration("connect_timeout", 5.0),
+        ca_file=_ca_file(t, "ca_file", base), connect_timeout=t.duration("connect_timeout", 5.0),
         timeout=t.duration("timeout", 10.0), pool_size=t.int("pool_size", 4, lo=1, hi=64))
     t.done()
     return cfg

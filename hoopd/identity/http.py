@@ -15,8 +15,9 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from hoopd.identity.config import PEM_CERT
+
 MAX_BODY = 1 << 20  # discovery documents and key sets are a few KiB
-_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 _MAX_AGE = re.compile(r"(?:^|,)\s*(no-store|no-cache|max-age\s*=\s*\"?(\d+)\"?)", re.I)
 
 
@@ -29,7 +30,7 @@ class CAFilePolicy:
     """Trust only the CA certificates in a PEM file (a private IdP); hostnames are verified."""
 
     def __init__(self, ca_file: str) -> None:
-        blocks = _PEM.findall(Path(ca_file).read_bytes())
+        blocks = PEM_CERT.findall(Path(ca_file).read_bytes())
         if not blocks:
             raise ValueError(f"no PEM certificate in {ca_file}")
         self._trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
 from ldap3 import NONE, SUBTREE, Connection, Server, Tls
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPException, LDAPStartTLSError
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 from twisted.application import service
@@ -28,6 +29,7 @@ from hoopd.identity.config import LDAPConfig
 
 QUEUE_PER_THREAD = 4  # logins waiting for a thread beyond this are refused at once
 INVALID_CREDENTIALS = 49
+_CERT_DUMP = re.compile(r"certificate \{.*\} doesn't match", re.S)
 
 
 def bad_password(username: str, reason: str) -> AuthError:
@@ -35,7 +37,8 @@ def bad_password(username: str, reason: str) -> AuthError:
     return AuthError(f'password authentication failed for user "{username}"', "28P01", reason)
 
 
-def _unavailable(cfg: LDAPConfig, why: str) -> AuthError:
+def _unavailable(cfg: LDAPConfig, e: LDAPException) -> AuthError:
+    why = _CERT_DUMP.sub("certificate doesn't match", str(e))  # ldap3 puts the whole certificate in
     return AuthError("hoopd: the LDAP directory cannot be reached; try again later (details in the gateway log)",
                      "28000", "ldap_unavailable", f"{cfg.url}: {why}"[:300])
 
@@ -72,8 +75,8 @@ def _bind(cfg: LDAPConfig, server: Server, dn: str | None, password: str | None)
     conn = Connection(server, user=dn, password=password, read_only=True, raise_exceptions=False,
                       receive_timeout=max(1, math.ceil(cfg.timeout)))  # ldap3 packs it as whole seconds
     conn.open()
-    if cfg.start_tls:
-        conn.start_tls()
+    if cfg.start_tls and not conn.start_tls():  # never fall back to sending the password in the clear
+        raise LDAPStartTLSError(f"StartTLS refused: {conn.result.get('description') if conn.result else 'no answer'}")
     conn.bind()
     return conn
 
@@ -117,7 +120,7 @@ def check_password(cfg: LDAPConfig, username: str, password: str) -> Identity:
     try:
         svc = _bind(cfg, server, cfg.bind_dn, cfg.bind_password.value if cfg.bind_password else None)
     except LDAPException as e:
-        raise _unavailable(cfg, str(e)) from None
+        raise _unavailable(cfg, e) from None
     try:
         if not svc.bound:
             raise AuthError("hoopd: LDAP is misconfigured: the service account cannot bind (details in the "
@@ -142,7 +145,7 @@ def check_password(cfg: LDAPConfig, username: str, password: str) -> Identity:
             user.unbind()
         return Identity(username, _groups(cfg, svc, username, dn, _values(entries[0], "memberOf")), "ldap")
     except LDAPException as e:  # the directory went away or timed out mid-login
-        raise _unavailable(cfg, str(e)) from None
+        raise _unavailable(cfg, e) from None
     finally:
         svc.unbind()
 
