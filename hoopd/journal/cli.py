@@ -113,8 +113,9 @@ def _journal(args: argparse.Namespace) -> Journal:
 class _Filter:
     """--session / --user / --connection, resolved through the sessions' start records."""
 
-    def __init__(self, journal: Journal, args: argparse.Namespace) -> None:
+    def __init__(self, journal: Journal, args: argparse.Namespace, everything: bool = False) -> None:
         self.journal = journal
+        self.everything = everything  # without filters: also segment bookkeeping records
         self.session = getattr(args, "session", None)
         self.user = getattr(args, "user", None)
         self.connection = getattr(args, "connection", None)
@@ -131,7 +132,7 @@ class _Filter:
     def __call__(self, rec: dict[str, Any]) -> bool:
         sid = rec.get("session")
         if not self.active:
-            return sid is not None or rec.get("kind") not in (r.SEGMENT, r.SEGMENT_END) or bool(rec.get("gap"))
+            return self.everything or sid is not None or rec.get("kind") not in (r.SEGMENT, r.SEGMENT_END) or bool(rec.get("gap"))
         if sid is None or (self.session and not sid.startswith(self.session)):
             return False
         if self.user or self.connection:
@@ -245,7 +246,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     j = _journal(args)
-    flt = _Filter(j, args)
+    flt = _Filter(j, args, everything=True)
     entries = (e for e in j.records(since=parse_time(args.since) if args.since else None,
                                     until=parse_time(args.until) if args.until else None) if flt(e.rec))
     out = open(args.output, "w", newline="") if args.output else sys.stdout
