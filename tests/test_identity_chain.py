@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -174,6 +174,14 @@ def test_a_slow_source_times_out_with_a_clear_error():
     err = outcome(d)
     assert (err.reason, err.sqlstate) == ("timeout", "28000") and "within 15 s" in err.message
     assert pending.called  # cancelled
+
+
+def test_a_caller_that_gives_up_is_not_counted():
+    chain, _ = chain_with(Source("ldap", {"alice": Deferred()}))
+    d = chain.authenticate("alice", SECRET, "10.0.0.1")
+    d.cancel()
+    d.addErrback(lambda f: f.trap(CancelledError))
+    assert not chain.failures
 
 
 def test_unexpected_errors_become_authentication_unavailable(logged):

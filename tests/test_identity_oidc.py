@@ -13,13 +13,13 @@ import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.task import Clock
 
 from hoopd.identity.base import AuthError, Identity
 from hoopd.identity.config import OIDCConfig
-from hoopd.identity.http import max_age
-from hoopd.identity.oidc import DEFAULT_TTL, OIDCAuthenticator, looks_like_jwt
+from hoopd.identity.http import FetchError, max_age
+from hoopd.identity.oidc import DEFAULT_TTL, KeyCache, OIDCAuthenticator, looks_like_jwt
 from tests.certs import make_ca, pem_cert
 from tests.oidc_server import AUDIENCE, IdP, idp, rsa_key  # noqa: F401  (idp: fixture)
 
@@ -320,3 +320,25 @@ def test_max_age_parsing():
     assert max_age("no-store") == 0
     assert max_age("no-cache, max-age=300") == 0
 
+
+
+def test_key_cache_shares_one_fetch_and_survives_a_fetch_that_fires_at_once():
+    clock = Clock()
+    key = {"kty": "EC", "crv": "P-256", "kid": "k1", "x": "", "y": ""}
+    pending: Deferred = Deferred()
+    fetches = [pending, succeed(([key], 300.0)), fail(FetchError("down"))]
+    cache = KeyCache(lambda: fetches.pop(0), clock)
+    a = Deferred.fromCoroutine(cache.key_for("k1", "ES256"))
+    b = Deferred.fromCoroutine(cache.key_for("k1", "ES256"))
+    b.cancel()  # one waiter gives up; the shared fetch goes on
+    assert len(fetches) == 2 and not a.called
+    pending.callback(([], 300.0))
+    assert isinstance(a.result.value, AuthError) and a.result.value.reason == "unknown_key"
+    a.addErrback(lambda f: None)
+    clock.advance(60)
+    d = Deferred.fromCoroutine(cache.key_for("k1", "ES256"))  # the fetch fires at once
+    assert d.called and d.result is key
+    clock.advance(300)
+    c = Deferred.fromCoroutine(cache.key_for("k1", "ES256"))
+    assert c.called and c.result.value.reason == "idp_unavailable"
+    c.addErrback(lambda f: None)

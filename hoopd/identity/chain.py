@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, TimeoutError, fail
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
 from twisted.python.failure import Failure
 
 from hoopd.identity.base import AuthError, Identity, PasswordAuthenticator
@@ -35,6 +35,7 @@ class IdentityChain(service.MultiService):
     LDAP thread pool). ``clock`` (default: reactor) times limits, key caches and timeouts."""
 
     source = "chain"
+    name = "identity"
 
     def __init__(self, cfg: IdentityConfig, reactor: Any, clock: Any = None) -> None:
         super().__init__()
@@ -117,6 +118,8 @@ class IdentityChain(service.MultiService):
             return identity
 
         def refused(f: Failure) -> Failure:
+            if f.check(CancelledError):  # the caller gave up (client gone): nothing to count
+                return f
             if f.check(AuthError):
                 e = f.value
             elif f.check(TimeoutError):

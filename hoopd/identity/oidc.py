@@ -112,11 +112,12 @@ class KeyCache:
 
     def _refresh(self) -> Deferred[None]:
         waiter: Deferred[None] = Deferred()
-        if self._waiters is None:
-            self._waiters = []
-            self.last_fetch = self.clock.seconds()
-            self._fetch().addBoth(self._fetched)
-        self._waiters.append(waiter)
+        if self._waiters is not None:  # a fetch is in flight: wait for it
+            self._waiters.append(waiter)
+            return waiter
+        self._waiters = [waiter]
+        self.last_fetch = self.clock.seconds()
+        self._fetch().addBoth(self._fetched)  # may fire at once
         return waiter
 
     def _fetched(self, result: tuple[list[dict], float] | Failure) -> None:
