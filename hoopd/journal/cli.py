@@ -224,7 +224,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     j = _journal(args)
-    ids = j.find_session(args.session)
+    ids = [args.session] if j.session_start(args.session) else j.find_session(args.session)
     if not ids:
         print(f"hoopd: no session {args.session!r} in {j.folder}", file=sys.stderr)
         return 1

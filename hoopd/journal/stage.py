@@ -32,6 +32,7 @@ from hoopd.pgwire.errors import ProtocolError
 from hoopd.session import Deny, SessionInfo
 
 ROWS_CHUNK = 1 << 20  # bytes of buffered row data that make a ``rows`` record
+ROW_DESCRIPTIONS_KEPT = 1024  # decoded RowDescriptions cached (shared by all sessions)
 UNAVAILABLE = Deny(message="hoopd: the audit journal is unavailable; statement refused", sqlstate="58030")
 _FIELDS = {"S": "severity", "C": "sqlstate", "M": "message", "D": "detail", "H": "hint", "P": "position",
            "W": "where", "s": "schema", "t": "table", "c": "column", "n": "constraint"}
@@ -171,6 +172,7 @@ class JournalStage:
         self.max_rows = config.max_result_rows
         self.max_copy = config.max_copy_bytes
         self.max_value = config.max_value_bytes
+        self._row_descriptions: dict[bytes, _Columns] = {}
 
     # --- records ----------------------------------------------------------------------
 
@@ -370,8 +372,7 @@ class JournalStage:
         elif t == 67:  # C
             self._complete(st, head, {"tag": m.decode_command_complete(body)})
         elif t == 84:  # T
-            cols = m.decode_row_description(body)
-            columns = _Columns([c.name for c in cols], [c.type_oid for c in cols], tuple(c.format for c in cols))
+            columns = self._columns(body)
             if head is not None and head.op == "describe":
                 self._described(st, head, columns)
                 st.queue.popleft()
@@ -418,6 +419,17 @@ class JournalStage:
         elif t in b"123":
             if head is not None and head.op == {49: "parse", 50: "bind", 51: "close"}[t]:
                 st.queue.popleft()
+
+    def _columns(self, body: bytes) -> _Columns:
+        """A RowDescription, decoded once per distinct body (the same few recur all day)."""
+        columns = self._row_descriptions.get(body)
+        if columns is None:
+            cols = m.decode_row_description(body)
+            columns = _Columns([c.name for c in cols], [c.type_oid for c in cols], tuple(c.format for c in cols))
+            if len(self._row_descriptions) >= ROW_DESCRIPTIONS_KEPT:
+                self._row_descriptions.clear()
+            self._row_descriptions[body] = columns
+        return columns
 
     def _described(self, st: _State, head: _Entry, columns: _Columns | None) -> None:
         if head.target == "S":
