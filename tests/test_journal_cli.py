@@ -158,7 +158,8 @@ def test_replay(jdir: Path, capsys: pytest.CaptureFixture) -> None:
     assert i1 < out.index("(3 rows)") < i2 < out.index("(2 rows)") < out.index("session ended: client terminate")
     assert " id |  name" in out and "  3 | item 3" in out and "SELECT 3 (3.000 ms)" in out
     code, out, _ = run(capsys, "replay", "--dir", str(jdir), "bbbb2222bbbb2222", "--rows", "1")
-    assert "bind" in out and "\\x00ff62696e" in out and "ERROR 42501: permission denied" in out
+    assert "#2 bind (unnamed) to (unnamed) [\\x00ff62696e]" in out
+    assert "error (#3): ERROR 42501: permission denied" in out
     code, _, err = run(capsys, "replay", "--dir", str(jdir), "cccc")
     assert code == 1 and "no session" in err
 

@@ -58,8 +58,17 @@ def _ms(us: Any) -> str:
     return f"{us / 1000:.3f} ms" if isinstance(us, int) else "?"
 
 
+def literal(v: Any) -> str:
+    """A parameter as an SQL-ish literal: NULL, 'text' or \\x hex for binary."""
+    if v is None:
+        return "NULL"
+    if isinstance(v, bytes):
+        return "\\x" + v.hex()
+    return "'" + str(v).replace("'", "''") + "'"
+
+
 def _params(vals: Iterable[Any]) -> str:
-    return "[" + ", ".join("NULL" if v is None else repr(value(v)) for v in vals) + "]"
+    return "[" + ", ".join(literal(v) for v in vals) + "]"
 
 
 def statement(rec: dict[str, Any]) -> str:
@@ -172,14 +181,15 @@ class Replay:
                        f" protocol {g('protocol')}")
             self.write()
         elif k == r.STATEMENT:
-            self.write(f"{when} #{rec.get('stmt')} {rec.get('op')}")
             text = rec.get("text")
             if rec.get("op") in ("query", "parse") and text is not None:
+                name = f" {rec.get('name')}" if rec.get("name") else ""
+                self.write(f"{when} #{rec.get('stmt')} {rec.get('op')}{name}")
                 parts = rec.get("parts")
                 for i, p in enumerate(parts or [text]):
                     self.write(("    " + (f"[{i}] " if parts else "")) + str(p).replace("\n", "\n    "))
             else:
-                self.write("    " + statement(rec))
+                self.write(f"{when} #{rec.get('stmt')} {statement(rec)}")
         elif k == r.ROWS:
             self.rows.extend(rec.get("rows") or ())
         elif k == r.RESULT:
@@ -190,7 +200,8 @@ class Replay:
         elif k in (r.SEGMENT, r.SEGMENT_END, r.RETENTION):
             return
         else:
-            self.write(f"{when} {k}: {summary(rec)}")
+            about = f" (#{rec['stmt']})" if rec.get("stmt") is not None and k != r.DENIED else ""
+            self.write(f"{when} {k}{about}: {summary(rec)}")
 
     def result(self, rec: dict[str, Any], when: str) -> None:
         part = f".{rec['part']}" if rec.get("part") is not None else ""

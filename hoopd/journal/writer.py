@@ -98,6 +98,7 @@ class JournalWriter(Service):
                 self.log.error("journal: cannot close segment {seg}: {err}", seg=self._seg.path.name if self._seg else "",
                                err=e)
                 self._abandon()
+        self._retry_unfinished()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
