@@ -13,6 +13,7 @@ import ipaddress
 import math
 import re
 import ssl
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,11 +75,20 @@ def _bind(cfg: LDAPConfig, server: Server, dn: str | None, password: str | None)
     """An open (and, with start_tls, encrypted) connection after one bind attempt; check ``.bound``."""
     conn = Connection(server, user=dn, password=password, read_only=True, raise_exceptions=False,
                       receive_timeout=max(1, math.ceil(cfg.timeout)))  # ldap3 packs it as whole seconds
-    conn.open()
-    if cfg.start_tls and not conn.start_tls():  # never fall back to sending the password in the clear
-        raise LDAPStartTLSError(f"StartTLS refused: {conn.result.get('description') if conn.result else 'no answer'}")
-    conn.bind()
+    try:
+        conn.open()
+        if cfg.start_tls and not conn.start_tls():  # never fall back to sending the password in the clear
+            raise LDAPStartTLSError(f"StartTLS refused: {(conn.result or {}).get('description', 'no answer')}")
+        conn.bind()
+    except LDAPException:
+        _close(conn)
+        raise
     return conn
+
+
+def _close(conn: Connection) -> None:
+    with suppress(LDAPException, OSError):  # the socket may be dead already
+        conn.unbind()
 
 
 def _search(conn: Connection, base: str, flt: str, attrs: list[str], what: str, limit: int = 0) -> list[dict]:
@@ -142,12 +152,12 @@ def check_password(cfg: LDAPConfig, username: str, password: str) -> Identity:
                 raise AuthError(f'password authentication failed for user "{username}"', "28P01", "ldap_error",
                                 f"bind as {dn!r}: {user.result.get('description')}")
         finally:
-            user.unbind()
+            _close(user)
         return Identity(username, _groups(cfg, svc, username, dn, _values(entries[0], "memberOf")), "ldap")
     except LDAPException as e:  # the directory went away or timed out mid-login
         raise _unavailable(cfg, e) from None
     finally:
-        svc.unbind()
+        _close(svc)
 
 
 class LDAPAuthenticator(service.Service):
