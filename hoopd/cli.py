@@ -58,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _part_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Tool groups contributed by the parts (each an add_commands function)."""
+    from hoopd.control import tokens
     from hoopd.journal import cli as journal
     from hoopd.policy import cli as policy
 
-    return [journal.add_commands, policy.add_commands]
+    return [tokens.add_commands, journal.add_commands, policy.add_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

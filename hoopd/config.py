@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from hoopd.confkit import ConfigError, Table
+from hoopd.control.config import ControlConfig, parse_control
 from hoopd.identity.config import IdentityConfig, parse_identity
 from hoopd.journal.config import JournalConfig, parse_journal
 
@@ -111,6 +112,7 @@ class Config:
     connections: Mapping[str, ConnectionConfig]
     source: str = ""
     identity: IdentityConfig = field(default_factory=IdentityConfig)  # [identity]: order, OIDC, LDAP, limits
+    control: ControlConfig = field(default_factory=ControlConfig)  # [control]: API tokens, SSH keys, shutdown
     rules: tuple[Rule, ...] = ()  # global [[rules]] (hoopd.policy)
     unparseable: str = "admin"  # [policy] unparseable: lowest level whose unparseable statements pass
 
@@ -221,11 +223,12 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
         _name(ctab, cname, "connection")
         conns[cname] = _connection(cname, ctab.table(cname), base)
     identity = parse_identity(root.table("identity"), base)
+    control = parse_control(root.table("control"), base)
     from hoopd.policy.config import parse_global
 
     rules, unparseable = parse_global(root)
     root.done()
-    return Config(gateway, listen, tls, logging, journal, users, conns, source, identity,
+    return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
                   rules, unparseable)
 
 

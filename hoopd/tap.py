@@ -1,16 +1,24 @@
 """twistd plugin entry: ``twistd -n hoopd --config FILE`` builds the service tree."""
 from __future__ import annotations
 
+import os
+import signal
+from dataclasses import replace
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.internet import defer, task
 from twisted.python import usage
 
 from hoopd.config import Config, load
 from hoopd.confkit import ConfigError
+from hoopd.control.http import ControlSite
+from hoopd.control.plane import ControlPlane
+from hoopd.control.ssh import make_factory as make_ssh_factory
 from hoopd.log import configure, get_logger
 from hoopd.proxy.client import GatewayFactory
 from hoopd.proxy.registry import SessionRegistry
+from hoopd.sdnotify import Notifier, watchdog_service
 
 log = get_logger("hoopd.tap")
 
@@ -28,15 +36,106 @@ class Options(usage.Options):
 
 
 class GatewayService(service.MultiService):
-    """The root of the tree: owns the registry and the postgres factory."""
+    """The root of the tree: owns the registry, the postgres factory and the control plane.
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    Listeners are named services (postgres, http, ssh). READY=1 goes to systemd once all
+    are bound; ``reload`` re-reads the config (SIGHUP, console, API); stopping first
+    closes the postgres listener, gives live sessions ``[control].shutdown_grace``, ends
+    the rest with 57P01, then stops every child (journal last to first).
+    """
+
+    def __init__(self, config: Config, reactor: Any, notifier: Notifier | None = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.notifier = notifier or Notifier(None)
+        self.stopping = False
         self.registry = SessionRegistry()
         self.factory = GatewayFactory(config, self.registry, reactor)
-        strports.service(config.listen.postgres, self.factory).setServiceParent(self)
+        self.control = ControlPlane(self, reactor)
+        self.factory.stages.append(self.control.tracker)
+        self._ports: dict[str, Any] = {}
+        self._listen("postgres", config.listen.postgres, self.factory)
+        if config.listen.http:
+            self._listen("http", config.listen.http, ControlSite(self.control))
+        if config.listen.ssh:
+            self._listen("ssh", config.listen.ssh, make_ssh_factory(self.control))
+
+    def _listen(self, name: str, description: str, factory: Any) -> None:
+        svc = strports.service(description, factory)
+        svc.setName(name)
+        svc.setServiceParent(self)
+        self._ports[name] = None
+
+    def listeners(self) -> dict[str, str | None]:
+        """Listener name -> "host:port" it is bound to, or None while it is not."""
+        def show(port: Any) -> str | None:
+            if port is None:
+                return None
+            a = port.getHost()
+            return f"{a.host}:{a.port}" if hasattr(a, "port") else str(a)
+        return {name: show(port) for name, port in self._ports.items()}
+
+    def startService(self) -> None:
+        super().startService()
+        bound = []
+        for name in self._ports:
+            # strports services expose the Deferred of their port only as _waitingForPort
+            d = self.getServiceNamed(name)._waitingForPort
+            d.addCallback(self._bound, name)
+            bound.append(d)
+        defer.gatherResults(bound).addCallback(lambda _: self.notifier.ready(
+            "serving " + ", ".join(f"{k} on {v}" for k, v in self.listeners().items())))
+
+    def _bound(self, port: Any, name: str) -> Any:
+        self._ports[name] = port
+        return port
+
+    def reload(self, by: str = "SIGHUP") -> str | None:
+        """Re-read the config file: None when applied to new sessions, else why it was rejected."""
+        self.notifier.reloading()
+        try:
+            new = load(self.config.source)
+        except ConfigError as e:
+            log.error("reload ({by}) rejected, keeping the running config: {err}", by=by, err=str(e))
+            self.notifier.ready("reload rejected; running the previous config")
+            return str(e)
+        moved = [k for k in ("postgres", "http", "ssh") if getattr(new.listen, k) != getattr(self.config.listen, k)]
+        if moved:
+            log.warn("reload: listen.{keys} changed; that takes a restart", keys=", listen.".join(moved))
+        configure(new.logging.level, new.logging.levels)
+        self.config = new
+        self.factory.reconfigure(new)
+        for svc in self:
+            if hasattr(svc, "reconfigure"):  # parts that keep config (identity, journal, ...)
+                svc.reconfigure(new)
+        log.info("config reloaded ({by}) from {src}: {n} connections, {u} local users", by=by, src=new.source,
+                 n=len(new.connections), u=len(new.users))
+        self.notifier.ready("config reloaded")
+        return None
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        self.stopping = True
+        self.notifier.stopping()
+        yield self.getServiceNamed("postgres").stopService()  # stop accepting clients
+        self._ports["postgres"] = None
+        yield self._drain(self.config.control.shutdown_grace)
+        if len(self.registry):
+            log.info("shutdown: ending {n} sessions still open after the grace period", n=len(self.registry))
+            for s in self.registry:
+                s.kill("the gateway is shutting down", "shutdown")
+            yield self._drain(5.0)  # their 57P01 errors get written out
+        yield super().stopService()
+
+    @defer.inlineCallbacks
+    def _drain(self, seconds: float) -> Any:
+        """Wait until no session is live, for at most ``seconds``."""
+        deadline = self.reactor.seconds() + seconds
+        if len(self.registry):
+            log.info("shutdown: waiting up to {s:g}s for {n} live sessions", s=seconds, n=len(self.registry))
+        while len(self.registry) and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, min(0.1, max(deadline - self.reactor.seconds(), 0)), lambda: None)
 
 
 def makeService(options: Options) -> service.IService:
@@ -44,6 +143,16 @@ def makeService(options: Options) -> service.IService:
 
     config: Config = options["loaded"]
     configure(config.logging.level, config.logging.levels)
+    config = replace(config, source=os.path.abspath(options["config"]))  # reload finds it after a chdir
     log.info("hoopd starting: node {node}, {n} connections, postgres on {ep}", node=config.gateway.node,
              n=len(config.connections), ep=config.listen.postgres)
-    return GatewayService(config, reactor)
+    notifier = Notifier.from_environ()
+    try:
+        gw = GatewayService(config, reactor, notifier)
+    except ConfigError as e:  # e.g. no SSH host key: a clear line, not a traceback
+        raise SystemExit(f"hoopd: {e}") from None
+    watchdog = watchdog_service(notifier, reactor)
+    if watchdog is not None:
+        watchdog.setServiceParent(gw)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gw.reload, "SIGHUP"))
+    return gw

@@ -26,7 +26,7 @@ def upstreams(pg, folder) -> str:
     wrong_ca = folder / "wrong"
     wrong_ca.mkdir()
     write_self_signed(wrong_ca)
-    r = pg.roles
+    r = {role.name: role.password for role in pg.roles}
     return "".join([
         connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]),
         connection_toml("md5", "127.0.0.1", pg.port, "shop", "app_md5", r["app_md5"]),
@@ -50,7 +50,7 @@ def gw(pg, tmp_path_factory):
     g = Gateway(folder, body).start()
     yield g
     g.stop()
-    secrets = [v for v in pg.roles.values() if v]
+    secrets = [role.password for role in pg.roles]
     assert not [s for s in secrets if s in g.log()], "an upstream password reached the gateway log"
 
 
@@ -94,7 +94,7 @@ def test_upstream_tls_verification_failure_is_clear_and_leaks_nothing(gw, pg):
     with pytest.raises(psycopg.OperationalError) as e:
         connect(gw, dbname="tlswrongca")
     assert 'cannot connect to connection "tlswrongca"' in str(e.value)
-    assert pg.roles["app_scram"] not in str(e.value)
+    assert pg.app_scram.password not in str(e.value)
     assert "certificate verify failed" in gw.log() or "CERTIFICATE_VERIFY_FAILED" in gw.log()
 
 
@@ -129,7 +129,7 @@ def test_read_only_level_runs_upstream_read_only(gw):
 
 
 def test_parameter_status_and_server_version_relayed(gw, pg):
-    with connect(gw) as c, psycopg.connect(pg.dsn("shop")) as direct:
+    with connect(gw) as c, psycopg.connect(pg.superuser_dsn("shop")) as direct:
         assert c.info.parameter_status("server_version") == direct.info.parameter_status("server_version")
         assert c.info.parameter_status("client_encoding") == "UTF8"
         assert c.info.backend_pid != direct.info.backend_pid or True  # minted: see test_protocol_3_2_key
@@ -219,7 +219,7 @@ def test_disconnect_mid_query_cancels_upstream(gw, pg):
     r.send(m.query("select pg_sleep(60)"))
     time.sleep(0.5)
     r.sock.close()
-    with psycopg.connect(pg.dsn("shop"), autocommit=True) as su:
+    with psycopg.connect(pg.superuser_dsn("shop"), autocommit=True) as su:
         for _ in range(100):
             n = su.execute("select count(*) from pg_stat_activity where application_name = 'walkaway'"
                            " and state = 'active'").fetchone()[0]
@@ -277,7 +277,7 @@ def test_slow_client_keeps_gateway_memory_flat(gw, pg):
     r.login("dev", USERS["dev"][0], extra={"application_name": "slowpoke"})
     r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     r.send(m.query("select repeat('x', 10000) from generate_series(1, 50000)"))  # ~500 MB
-    with psycopg.connect(pg.dsn("shop"), autocommit=True) as su:
+    with psycopg.connect(pg.superuser_dsn("shop"), autocommit=True) as su:
         for _ in range(100):
             ev = su.execute("select wait_event from pg_stat_activity where application_name = 'slowpoke'").fetchone()
             if ev and ev[0] == "ClientWrite":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
 
 from hoopd.config import parse
 from hoopd.session import Deny, SessionInfo
@@ -73,7 +73,7 @@ def gateway(pg):
         "listen": {"postgres": f"tcp:{port}:interface=127.0.0.1"},
         "users": [{"name": "dev", "password_hash": _VERIFIERS["dev"], "groups": ["dba"]}],
         "connections": {"shop": {"host": "127.0.0.1", "port": pg.port, "tls": "disable",
-                                 "credentials": {"default": {"user": "app_scram", "password": pg.roles["app_scram"]}},
+                                 "credentials": {"default": {"user": "app_scram", "password": pg.app_scram.password}},
                                  "access": {"dba": "admin"}}},
     })
     svc = GatewayService(cfg, reactor)
@@ -85,8 +85,8 @@ def gateway(pg):
     pytest_twisted.blockon(defer.maybeDeferred(svc.stopService))
 
 
-def in_thread(fn, *args):
-    return threads.deferToThread(fn, *args)
+def in_thread(fn, *args, **kw):
+    return threads.deferToThread(fn, *args, **kw)
 
 
 @pytest_twisted.inlineCallbacks
@@ -134,7 +134,8 @@ def test_denied_statement_keeps_session_and_transaction_semantics(gateway):
     assert out["own_error"] == 'syntax error at or near "selec"'
     assert len(obs.denied) == 4 and rec.denied == []  # the deciding stage is not told twice
     assert b"SELECT 1\0" in rec.tags  # server messages reached the stage
-    assert rec.ended and rec.ended[0][1] == "client terminate"
+    yield wait_for(lambda: rec.ended)
+    assert rec.ended[0][1] == "client terminate"
 
 
 @pytest_twisted.inlineCallbacks
@@ -143,14 +144,12 @@ def test_held_statement_waits_for_its_decision(gateway):
     conn = yield in_thread(psycopg.connect, dsn, autocommit=True)
     try:
         first = in_thread(lambda: conn.execute("select 'hold me' as x").fetchone())
-        while not rec.holds:
-            yield deferLater(0.05)
+        yield wait_for(lambda: rec.holds)
         assert not first.called
         rec.holds[0].callback(None)  # approved
         assert (yield first) == ("hold me",)
         second = in_thread(lambda: conn.execute("select 'hold again'").fetchone())
-        while len(rec.holds) < 2:
-            yield deferLater(0.05)
+        yield wait_for(lambda: len(rec.holds) == 2)
         rec.holds[1].callback(Deny("hoopd: not approved"))
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             yield second
@@ -173,14 +172,17 @@ def test_registry_lists_and_kills_sessions(gateway):
     with pytest.raises(psycopg.errors.AdminShutdown) as e:
         yield in_thread(lambda: conn.execute("select 1"))
     assert "administrator command" in str(e.value)
-    while rec.ended == []:
-        yield deferLater(0.05)
+    yield wait_for(lambda: rec.ended)
     assert rec.ended[0][1] == "killed by tester: test over"
     assert len(svc.registry) == 0
     conn.close()
 
 
-def deferLater(seconds: float) -> defer.Deferred:
-    from twisted.internet.task import deferLater as _dl
-
-    return _dl(reactor, seconds, lambda: None)
+@defer.inlineCallbacks
+def wait_for(condition, tries: int = 200):
+    """Poll a condition on the reactor (no wall-clock assertion: it only bounds the wait)."""
+    for _ in range(tries):
+        if condition():
+            return
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError("condition never became true")

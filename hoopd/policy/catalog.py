@@ -50,6 +50,7 @@ SIMPLE_KINDS = {
     "ImportForeignSchemaStmt": "ddl",
     "CreateTableAsStmt": "ddl",
     "RefreshMatViewStmt": "utility",
+    "AlterSystemStmt": "utility",
 }
 DDL_PREFIXES = ("Create", "Alter", "Drop", "Rename", "Comment")
 """Statement nodes not named above: these prefixes make DDL, anything else is ``utility``."""

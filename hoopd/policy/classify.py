@@ -63,7 +63,7 @@ class StatementInfo:
     functions: tuple[str, ...] = ()  # functions called, as written
     side_effect_functions: tuple[str, ...] = ()  # the called functions known to have side effects
     has_where: bool | None = None  # UPDATE/DELETE (also nested): False if any lacks a WHERE
-    locks: bool = False            # SELECT ... FOR UPDATE/SHARE, LOCK TABLE
+    locks: bool = False            # SELECT ... FOR UPDATE/SHARE, LOCK stronger than ACCESS SHARE
     privilege_change: str | None = None  # "role" | "session_authorization" | "read_write" | "unknown"
     temp_only: bool = False        # its DDL only creates temporary objects
     server_files: bool = False     # COPY to/from a server file or program
@@ -497,8 +497,8 @@ def _other_statement(w: _Walker, node: str, f: dict, scope: frozenset[str]) -> N
         _simple(w, f, scope, kind)
         if node == "NotifyStmt":
             w.writes = True
-        elif node == "LockStmt":
-            w.locks = True
+        elif node == "LockStmt":  # ACCESS SHARE (1) is what SELECT takes anyway (pg_dump locks so)
+            w.locks = w.locks or f.get("mode", 8) > 1
 
 
 def _vacuum(w: _Walker, f: dict, scope: frozenset[str]) -> None:
@@ -526,6 +526,8 @@ _HANDLERS = {
 
 # --- command tags ----------------------------------------------------------------------
 
+_TRANSACTION_TAGS = {"START": "START TRANSACTION", "ROLLBACK TO": "ROLLBACK TO SAVEPOINT",
+                     "PREPARE": "PREPARE TRANSACTION"}
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 
@@ -539,7 +541,8 @@ def _command(node: str, f: dict) -> str:
         label = name.replace("_", " ").upper() if name.lower() in PRIVILEGED_SETTINGS else name
         return ("RESET " if kind == "VAR_RESET" else "SET ") + label
     if node == "TransactionStmt":
-        return f.get("kind", "TRANS_STMT_")[11:].replace("_", " ")
+        tag = f.get("kind", "TRANS_STMT_")[11:].replace("_", " ")
+        return _TRANSACTION_TAGS.get(tag, tag)
     if node == "SelectStmt" and "intoClause" in f:
         return "SELECT INTO"
     if node == "ExplainStmt":

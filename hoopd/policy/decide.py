@@ -8,11 +8,12 @@ EXECUTE of an unknown prepared statement) pass below admin only when a rule allo
 
 Levels:
 
-* ``read_only``: SELECT (no FOR UPDATE/SHARE), COPY TO STDOUT, SHOW, SET/RESET of
+* ``read_only``: SELECT (no FOR UPDATE/SHARE), LOCK ... IN ACCESS SHARE MODE (pg_dump),
+  COPY TO STDOUT, SHOW, SET/RESET of
   settings that are not privilege changes, transaction control (no READ WRITE), DISCARD,
   DEALLOCATE, CLOSE, DECLARE/FETCH, LISTEN/UNLISTEN, EXPLAIN, PREPARE/EXECUTE of the
   same; no function with a known side effect, no writes.
-* ``read_write``: plus INSERT, UPDATE, DELETE, MERGE, COPY FROM STDIN, LOCK, row locks,
+* ``read_write``: plus INSERT, UPDATE, DELETE, MERGE, COPY FROM STDIN, any LOCK, row locks,
   NOTIFY, DDL that only creates temporary objects, sequences (nextval/setval), advisory
   locks, large objects, READ WRITE transactions; no other DDL, no DCL, no SET ROLE or
   SESSION AUTHORIZATION, no server files or programs, no admin-only functions, no
@@ -32,11 +33,13 @@ from hoopd.policy.rules import Context, Rule, first_match
 
 READ_ONLY_KINDS = frozenset({
     "select", "copy_to", "show", "set", "transaction", "discard", "deallocate", "close",
-    "declare", "fetch", "listen_notify", "explain", "prepare", "execute",
+    "declare", "fetch", "listen_notify", "explain", "prepare", "execute", "lock",
 })
-READ_WRITE_KINDS = READ_ONLY_KINDS | {"insert", "update", "delete", "merge", "copy_from", "lock"}
+READ_WRITE_KINDS = READ_ONLY_KINDS | {"insert", "update", "delete", "merge", "copy_from"}
 _ALLOWED_KINDS = {"read_only": READ_ONLY_KINDS, "read_write": READ_WRITE_KINDS}
 _OPAQUE_KINDS = frozenset({"do", "call"})
+_SETTING = {"role": "role", "session_authorization": "session_authorization",
+            "read_write": "transaction_read_only", "unknown": "a computed setting name"}
 
 
 def upstream_settings(level: str) -> dict[str, str]:
@@ -79,7 +82,9 @@ def level_denial(info: StatementInfo, level: str) -> str | None:
     if level not in _ALLOWED_KINDS:
         return "any statement (unknown access level)"
     if info.privilege_change and not (level == "read_write" and info.privilege_change == "read_write"):
-        return f"privilege changes ({info.command})"
+        if info.kind in ("set", "transaction"):
+            return f"privilege changes ({info.command})"
+        return f"privilege changes (set_config of {_SETTING[info.privilege_change]} inside {info.command})"
     if info.server_files:
         return f"server-side files or programs ({info.command})"
     for f in info.side_effect_functions:
@@ -93,8 +98,11 @@ def level_denial(info: StatementInfo, level: str) -> str | None:
             return f"{k} (inside {info.command})"
         return k if info.command.lower() == k else f"{k} ({info.command})"
     if level == "read_only" and not info.opaque:
+        if info.locks and info.kind == "lock":
+            return "LOCK stronger than ACCESS SHARE MODE"
         if info.locks:
-            return f"row locks ({info.command} ... FOR UPDATE/SHARE)"
+            return "row locks (" + ("SELECT ... FOR UPDATE/SHARE)" if info.kind == "select"
+                                    else f"FOR UPDATE/SHARE inside {info.command})")
         if info.writes:
             return f"writes ({info.command})"
     return None

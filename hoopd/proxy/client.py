@@ -27,7 +27,7 @@ from hoopd.pgwire.scram import ScramFailure, ScramServerExchange, mock_verifier,
 from hoopd.proxy.params import upstream_params
 from hoopd.proxy.registry import SessionRegistry
 from hoopd.proxy.relay import Relay
-from hoopd.proxy.tls import ALPN, server_options, tls_version
+from hoopd.proxy.tls import ALPN, negotiated_alpn, server_options, tls_version
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream, send_cancel
 from hoopd.session import SessionInfo, Stage
 
@@ -107,6 +107,8 @@ class ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timeout()
+        if self.relay is not None:
+            self.relay.stop()
         if self.relay is not None and not self.relay.quiet and not self.relay.terminated:
             self.cancel_upstream()  # the client left mid-query: stop the work it asked for
         if self.upstream is not None and self.upstream.transport is not None:
@@ -129,6 +131,8 @@ class ClientProtocol(Protocol):
 
     def _fatal(self, sqlstate: str, message: str, reason: str | None = None, detail: str | None = None) -> None:
         self._end_reason = reason or message
+        if self.relay is not None:
+            self.relay.stop()
         self.transport.write(m.error_response(sqlstate, message, severity="FATAL", detail=detail))
         self.transport.loseConnection()
         self.state = "closing"
@@ -238,7 +242,7 @@ class ClientProtocol(Protocol):
     def _startup(self, st: m.Startup) -> None:
         self.startup = st
         cfg = self.config
-        if self.direct_tls and getattr(self.transport, "negotiatedProtocol", None) != ALPN:
+        if self.direct_tls and negotiated_alpn(self.transport) != ALPN:
             raise ProtocolError("direct TLS connection without ALPN \"postgresql\"")
         minor = st.version & 0xFFFF
         self.info.protocol = (3, min(minor, MAX_MINOR) if minor != 1 else 0)
@@ -394,4 +398,5 @@ class ClientProtocol(Protocol):
     def _upstream_lost(self, reason: Failure) -> None:
         if self._end_reason is None:
             self._end_reason = "upstream closed"
+        self.relay.stop()
         self.transport.loseConnection()

@@ -65,6 +65,11 @@ class Relay:
         self.client.registerProducer(self.upstream, True)
         self.upstream.registerProducer(self.client, True)
 
+    def stop(self) -> None:
+        """Unwire the producers (a TLS transport will not close while one is registered)."""
+        self.client.unregisterProducer()
+        self.upstream.unregisterProducer()
+
     # --- client -> server -------------------------------------------------------------
 
     def client_data(self, data: bytes) -> None:

@@ -37,12 +37,17 @@ def upstream_options(conn: ConnectionConfig):  # -> IOpenSSLClientConnectionCrea
     return ssl.optionsForClientTLS(conn.host, trustRoot=trust)
 
 
+def _ssl_connection(transport) -> SSL.Connection | None:
+    conn = transport.getHandle()
+    return conn if isinstance(conn, SSL.Connection) else None
+
+
 def tls_version(transport) -> str | None:
     """The negotiated TLS version of a transport, or None for plaintext."""
-    try:
-        conn = transport.getHandle()
-    except AttributeError:
-        return None
-    if isinstance(conn, SSL.Connection):
-        return conn.get_protocol_version_name()
-    return None
+    conn = _ssl_connection(transport)
+    return conn.get_protocol_version_name() if conn else None
+
+
+def negotiated_alpn(transport) -> bytes | None:
+    conn = _ssl_connection(transport)
+    return (conn.get_alpn_proto_negotiated() or None) if conn else None

@@ -1,0 +1,74 @@
+"""Who is calling the HTTP API: a ``[[control.tokens]]`` bearer token, or an OIDC token.
+
+An OIDC token counts only when a TokenVerifier is wired and its groups meet
+``[control].admin_groups`` (admin) or ``viewer_groups`` (viewer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+
+from hoopd.control.config import ControlConfig
+from hoopd.control.providers import TokenVerifier
+from hoopd.control.tokens import matches
+from hoopd.identity.base import AuthError, Identity
+from hoopd.log import get_logger
+
+log = get_logger("hoopd.control")
+RANK = {"viewer": 0, "admin": 1}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a short code and a message for the JSON body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str  # how admin actions are attributed: "api:<token name>" or "oidc:<user>"
+    role: str  # viewer | admin
+
+    def require(self, role: str) -> None:
+        if RANK[self.role] < RANK[role]:
+            raise ApiError(403, "forbidden", f"{self.name} has the {self.role} role; this needs {role}")
+
+
+def bearer(header: bytes | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.decode("latin-1").strip().partition(" ")
+    return (value.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def _oidc_role(cfg: ControlConfig, identity: Identity) -> Principal:
+    if identity.groups & cfg.admin_groups:
+        return Principal(f"oidc:{identity.name}", "admin")
+    if identity.groups & cfg.viewer_groups:
+        return Principal(f"oidc:{identity.name}", "viewer")
+    raise ApiError(403, "forbidden", f"oidc:{identity.name} is in none of the control admin or viewer groups")
+
+
+@defer.inlineCallbacks
+def authenticate(cfg: ControlConfig, verifier: TokenVerifier | None, header: bytes | None) -> Any:
+    """Fires with a Principal; fails with ApiError(401) for a missing or wrong token."""
+    token = bearer(header)
+    if token is None:
+        raise ApiError(401, "unauthorized", "an Authorization: Bearer token is required")
+    found = [t for t in cfg.tokens if matches(token, t.token_hash)]
+    if found:
+        return Principal(f"api:{found[0].name}", found[0].role)
+    if verifier is not None and token.count(".") == 2:
+        try:
+            identity = yield verifier.verify(token)
+        except AuthError as e:
+            log.info("control API: OIDC token refused: {why}", why=e.reason)
+        except Exception:
+            log.failure("control API: OIDC token check failed")
+        else:
+            return _oidc_role(cfg, identity)
+    raise ApiError(401, "unauthorized", "invalid token")

@@ -1,0 +1,73 @@
+"""The ``[control]`` config section: who may use the HTTP control port and the SSH console.
+
+``parse_control(table, base)`` is called by ``hoopd.config.parse``; a relative
+``ssh_authorized_keys`` path is resolved against ``base`` (the config file's folder).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hoopd.confkit import ConfigError, Table
+
+ROLES = ("viewer", "admin")
+TOKEN_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One bearer token for ``/api/``; only its hash is kept (``hoopd hash-token``)."""
+
+    name: str
+    role: str  # viewer | admin
+    token_hash: str = field(repr=False)  # "sha256:<hex>"
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    tokens: tuple[ApiToken, ...] = ()
+    admin_groups: frozenset[str] = frozenset()  # OIDC groups that get the admin role on /api/
+    viewer_groups: frozenset[str] = frozenset()  # OIDC groups that get the viewer role
+    ssh_authorized_keys: str | None = None  # file of "NAME KEYTYPE KEY [comment]" lines
+    open_health: bool = True  # /healthz and /readyz without a token
+    open_metrics: bool = False  # /metrics without a token
+    shutdown_grace: float = 30.0  # seconds live sessions get on shutdown before 57P01
+    ready_timeout: float = 2.0  # per upstream TCP probe in /readyz
+
+
+def parse_control(t: Table, base: Path) -> ControlConfig:
+    """Read ``[control]``."""
+    d = ControlConfig()
+    tokens: list[ApiToken] = []
+    for tt in t.tables("tokens"):
+        name = tt.str("name", required=True)
+        if not _TOKEN_NAME.match(name):
+            raise ConfigError(tt.key("name"), f"token names are letters, digits, _ . @ - (at most 64), got {name!r}")
+        if any(x.name == name for x in tokens):
+            raise ConfigError(tt.key("name"), f"duplicate token name {name!r}")
+        role = tt.str("role", required=True, choices=ROLES)
+        th = tt.str("token_hash", required=True)
+        if not TOKEN_HASH.match(th):
+            raise ConfigError(tt.key("token_hash"), 'expected "sha256:" and 64 hex digits (run `hoopd hash-token`)')
+        tokens.append(ApiToken(name, role, th))
+        tt.done()
+    keys = t.str("ssh_authorized_keys")
+    if keys is not None and not os.path.isabs(keys):
+        keys = str(base / keys)
+    cfg = ControlConfig(
+        tokens=tuple(tokens),
+        admin_groups=frozenset(t.str_list("admin_groups")),
+        viewer_groups=frozenset(t.str_list("viewer_groups")),
+        ssh_authorized_keys=keys,
+        open_health=t.bool("open_health", d.open_health),
+        open_metrics=t.bool("open_metrics", d.open_metrics),
+        shutdown_grace=t.duration("shutdown_grace", d.shutdown_grace),
+        ready_timeout=t.duration("ready_timeout", d.ready_timeout),
+    )
+    if cfg.ready_timeout <= 0:
+        raise ConfigError(t.key("ready_timeout"), "must be more than 0 seconds")
+    t.done()
+    return cfg

@@ -1,0 +1,114 @@
+"""The OpenAPI 3.1 document for the control port, served at ``/api/v1/openapi.json``."""
+from __future__ import annotations
+
+from typing import Any
+
+_ERR = {"$ref": "#/components/responses/Error"}
+_JSON = "application/json"
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _op(summary: str, op_id: str, ok: dict[str, Any], errors: tuple[int, ...] = (401, 403), *,
+        secure: bool = True, more: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "operationId": op_id,
+                          "responses": {"200": ok, **{str(c): _ERR for c in errors}, **(more or {})}, **extra}
+    if not secure:
+        op["security"] = []
+    return op
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "session id"}
+_SESSION_PROPS: dict[str, Any] = {
+    "id": {"type": "string"}, "user": {"type": ["string", "null"]},
+    "groups": {"type": "array", "items": {"type": "string"}}, "source": {"type": ["string", "null"]},
+    "connection": {"type": ["string", "null"]}, "level": {"type": ["string", "null"]},
+    "peer": {"type": "string"}, "tls": {"type": ["string", "null"]}, "protocol": {"type": "string"},
+    "application_name": {"type": "string"}, "started": {"type": "number", "description": "epoch seconds"},
+    "statements": {"type": "integer"}, "bytes_in": {"type": "integer"}, "bytes_out": {"type": "integer"},
+    "transaction_status": {"type": "string", "enum": ["I", "T", "E"]},
+    "active": {"type": "boolean", "description": "live (true) or recently ended (false)"},
+    "ended": {"type": "number", "description": "epoch seconds (ended sessions only)"},
+    "end_reason": {"type": "string", "description": "ended sessions only"},
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "hoopd control API", "version": "1",
+             "description": "Sessions, kill, reload and the redacted config of a hoopd gateway. "
+                            "Bearer tokens come from [[control.tokens]] (role viewer or admin) or, when "
+                            "configured, OIDC tokens of [control].admin_groups / viewer_groups."},
+    "servers": [{"url": "/"}],
+    "security": [{"bearer": []}],
+    "paths": {
+        "/healthz": {"get": _op("The process is alive", "healthz", _ok("alive", _ref("Health")), (401,),
+                                description="Open unless [control].open_health = false.")},
+        "/readyz": {"get": _op("Listeners bound, journal writable, every upstream reachable", "readyz",
+                               _ok("ready", _ref("Readiness")), (401,),
+                               more={"503": _ok("not ready", _ref("Readiness"))})},
+        "/metrics": {"get": _op("Prometheus metrics", "metrics",
+                                {"description": "Prometheus text format",
+                                 "content": {"text/plain": {"schema": {"type": "string"}}}}, (401,),
+                                description="Open when [control].open_metrics = true.")},
+        "/api/v1/openapi.json": {"get": _op("This document", "openapi", _ok("OpenAPI 3.1", {"type": "object"}),
+                                            (), secure=False)},
+        "/api/v1/sessions": {"get": _op(
+            "List sessions", "listSessions",
+            _ok("sessions", {"type": "object", "required": ["sessions"],
+                             "properties": {"sessions": {"type": "array", "items": _ref("Session")}}}),
+            (400, 401, 403),
+            parameters=[
+                {"name": "user", "in": "query", "schema": {"type": "string"}},
+                {"name": "connection", "in": "query", "schema": {"type": "string"}},
+                {"name": "active", "in": "query", "schema": {"type": "string", "enum": ["true", "false", "all"],
+                                                              "default": "true"},
+                 "description": "live sessions (true), recently ended ones (false) or both (all)"},
+            ])},
+        "/api/v1/sessions/{id}": {"get": _op(
+            "One session, with its journal events", "getSession",
+            _ok("the session", {"allOf": [_ref("Session"), {"type": "object", "properties": {
+                "events": {"type": ["array", "null"], "items": {"type": "object"},
+                           "description": "journal records of the session; null without a journal"}}}]}),
+            (401, 403, 404), parameters=[_ID])},
+        "/api/v1/sessions/{id}/kill": {"post": _op(
+            "Terminate a live session (57P01); needs the admin role", "killSession",
+            _ok("killed", {"type": "object", "properties": {"killed": {"type": "string"},
+                                                            "reason": {"type": "string"}}}),
+            (400, 401, 403, 404), parameters=[_ID],
+            requestBody={"required": False, "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"reason": {"type": "string"}}}}}})},
+        "/api/v1/reload": {"post": _op(
+            "Re-read the config file; needs the admin role", "reload",
+            _ok("applied to new sessions", {"type": "object", "properties": {"reloaded": {"type": "boolean"}}}),
+            (401, 403, 422))},
+        "/api/v1/config": {"get": _op("The running config with every secret removed", "getConfig",
+                                      _ok("config", {"type": "object"}))},
+        "/api/v1/stats": {"get": _op("Counters at a glance", "getStats", _ok("stats", _ref("Stats")))},
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "responses": {"Error": _ok("an error", _ref("Error"))},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error", "message"],
+                      "properties": {"error": {"type": "string", "description": "short code"},
+                                     "message": {"type": "string"}}},
+            "Health": {"type": "object", "properties": {"status": {"type": "string"}}},
+            "Readiness": {"type": "object", "required": ["ready", "checks"],
+                          "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object"}}},
+            "Session": {"type": "object", "required": ["id", "active"], "properties": _SESSION_PROPS},
+            "Stats": {"type": "object", "properties": {
+                "node": {"type": "string"}, "uptime": {"type": "number"},
+                "sessions_active": {"type": "integer"}, "sessions_total": {"type": "integer"},
+                "statements": {"type": "integer"}, "bytes_in": {"type": "integer"},
+                "bytes_out": {"type": "integer"},
+                "login_failures": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "connections": {"type": "array", "items": {"type": "string"}}}},
+        },
+    },
+}

@@ -1,0 +1,153 @@
+"""The control plane: what the HTTP API and the SSH console can see and do, in one place.
+
+Both front ends call these methods with ``by`` naming who acts (``api:<token>``,
+``oidc:<user>``, ``ssh:<name>``), so every admin action is logged, counted and, when a
+journal is wired, journaled the same way whichever door it came through.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory, Protocol as TxProtocol
+
+from hoopd.config import Config
+from hoopd.control.metrics import Metrics
+from hoopd.control.providers import JournalView, TokenVerifier
+from hoopd.control.summary import config_summary
+from hoopd.control.tracker import SessionTracker
+from hoopd.log import get_logger
+from hoopd.proxy.registry import SessionRegistry
+
+log = get_logger("hoopd.control")
+
+
+class Gateway(Protocol):
+    """What the control plane reads from the gateway service (hoopd.tap.GatewayService)."""
+
+    config: Config
+    registry: SessionRegistry
+    stopping: bool
+
+    def reload(self, by: str) -> str | None:
+        """Re-read the config file; None when applied, else why it was rejected."""
+        ...
+
+    def listeners(self) -> dict[str, str | None]:
+        """Listener name -> the address it is bound to, or None while it is not."""
+        ...
+
+
+class _Probe(TxProtocol):
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+def _who(by: str) -> str:
+    return by.split(":", 1)[0]
+
+
+class ControlPlane:
+    def __init__(self, gateway: Gateway, reactor: Any, journal: JournalView | None = None,
+                 token_verifier: TokenVerifier | None = None) -> None:
+        self.gateway = gateway
+        self.reactor = reactor
+        self.journal = journal
+        self.token_verifier = token_verifier
+        self.tracker = SessionTracker(reactor)
+        self.metrics = Metrics(gateway.registry, self.tracker)
+        self.started = reactor.seconds()
+
+    @property
+    def config(self) -> Config:
+        return self.gateway.config
+
+    # --- reading ----------------------------------------------------------------------
+
+    def sessions(self, *, user: str | None = None, connection: str | None = None,
+                 active: bool | None = True) -> list[dict[str, Any]]:
+        """Live sessions (active=True), recently ended ones (False) or both (None), oldest first."""
+        found: list[dict[str, Any]] = []
+        if active is not False:
+            found += sorted(({**s.info.summary(), "active": True} for s in self.gateway.registry),
+                            key=lambda s: s["started"])
+        if active is not True:
+            found = list(self.tracker.recent) + found
+        return [s for s in found if (user is None or s["user"] == user)
+                and (connection is None or s["connection"] == connection)]
+
+    def session(self, session_id: str) -> dict[str, Any] | None:
+        live = self.gateway.registry.get(session_id)
+        if live is not None:
+            return {**live.info.summary(), "active": True}
+        return self.tracker.ended(session_id)
+
+    def stats(self) -> dict[str, Any]:
+        live = list(self.gateway.registry)
+        return {
+            "node": self.config.gateway.node,
+            "uptime": round(self.reactor.seconds() - self.started, 3),
+            "sessions_active": len(live),
+            "sessions_total": self.gateway.registry.total,
+            "statements": sum(s.info.statements for s in live) + sum(self.tracker.ended_statements.values()),
+            "bytes_in": sum(s.info.bytes_in for s in live) + sum(self.tracker.ended_bytes_in.values()),
+            "bytes_out": sum(s.info.bytes_out for s in live) + sum(self.tracker.ended_bytes_out.values()),
+            "login_failures": self.metrics.login_failures(),
+            "connections": sorted(self.config.connections),
+        }
+
+    def config_summary(self) -> dict[str, Any]:
+        return config_summary(self.config)
+
+    # --- acting -----------------------------------------------------------------------
+
+    def kill(self, session_id: str, reason: str, by: str) -> bool:
+        """End a live session with 57P01; False when there is no such live session."""
+        if self.gateway.registry.get(session_id) is None:
+            return False
+        log.info("admin {by}: kill session {sid} ({reason})", by=by, sid=session_id, reason=reason or "no reason")
+        self._record("kill", by, session=session_id, reason=reason)
+        self.gateway.registry.kill(session_id, reason, by)
+        return True
+
+    def reload(self, by: str) -> str | None:
+        log.info("admin {by}: reload", by=by)
+        err = self.gateway.reload(by)
+        self._record("reload", by, ok=err is None, error=err)
+        return err
+
+    def _record(self, action: str, by: str, **detail: Any) -> None:
+        self.metrics.admin_action(action, _who(by))
+        if self.journal is not None:
+            try:
+                self.journal.admin_action(action, by, **detail)
+            except Exception:
+                log.failure("could not journal admin action {action} by {by}", action=action, by=by)
+
+    # --- readiness --------------------------------------------------------------------
+
+    def _probe(self, host: str, port: int) -> defer.Deferred[dict[str, Any]]:
+        t0 = self.reactor.seconds()
+        ep = HostnameEndpoint(self.reactor, host, port, timeout=self.config.control.ready_timeout)
+        d = ep.connect(Factory.forProtocol(_Probe))
+        d.addCallbacks(lambda _: {"ok": True, "seconds": round(self.reactor.seconds() - t0, 6)},
+                       lambda f: {"ok": False, "error": f.getErrorMessage()})
+        return d
+
+    @defer.inlineCallbacks
+    def readiness(self) -> Any:
+        """(ready, detail): listeners bound, journal writable, every upstream reachable over TCP."""
+        listeners = self.gateway.listeners()
+        checks: dict[str, Any] = {
+            "listeners": {"ok": all(listeners.values()), "bound": listeners},
+            "stopping": {"ok": not self.gateway.stopping},
+        }
+        if self.journal is not None:
+            problem = self.journal.problem()
+            checks["journal"] = {"ok": problem is None, **({"error": problem} if problem else {})}
+        conns = list(self.config.connections.values())
+        results = yield defer.gatherResults([self._probe(c.host, c.port) for c in conns])
+        checks["upstreams"] = {"ok": all(r["ok"] for r in results),
+                               "connections": {c.name: r for c, r in zip(conns, results)}}
+        return all(c["ok"] for c in checks.values()), checks

@@ -1,0 +1,57 @@
+"""A no-op stage that remembers what the registry forgets: ended sessions and their totals.
+
+It asks for no message types, so the relay's fast path is unchanged; it only hears
+``session_started`` / ``session_ended`` / ``message_denied``.
+"""
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any
+
+from hoopd.session import Deny, SessionInfo
+
+RECENT = 200  # ended sessions kept for `sessions --all` and the API
+
+
+class SessionTracker:
+    name = "control"
+    client_types: frozenset[bytes] = frozenset()
+    server_types: frozenset[bytes] = frozenset()
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.started: Counter[tuple[str, str]] = Counter()  # (connection, level) -> sessions begun
+        self.ended_bytes_in: Counter[str] = Counter()  # connection -> bytes of ended sessions
+        self.ended_bytes_out: Counter[str] = Counter()
+        self.ended_statements: Counter[str] = Counter()
+        self.denied: Counter[str] = Counter()  # connection -> client messages a stage refused
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+
+    def session_started(self, session: SessionInfo) -> None:
+        self.started[(session.connection or "", session.level or "")] += 1
+
+    def session_ended(self, session: SessionInfo, reason: str) -> None:
+        conn = session.connection or ""
+        self.ended_bytes_in[conn] += session.bytes_in
+        self.ended_bytes_out[conn] += session.bytes_out
+        self.ended_statements[conn] += session.statements
+        self.recent.append({**session.summary(), "active": False, "ended": self.clock.seconds(),
+                            "end_reason": reason})
+
+    def message_denied(self, session: SessionInfo, mtype: bytes, body: bytes, deny: Deny) -> None:
+        self.denied[session.connection or ""] += 1
+
+    def client_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> None:
+        return None
+
+    def server_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> None:
+        return None
+
+    def oversize_message(self, session: SessionInfo, from_client: bool, mtype: bytes, length: int) -> None:
+        return None
+
+    def ended(self, session_id: str) -> dict[str, Any] | None:
+        for s in reversed(self.recent):
+            if s["id"] == session_id:
+                return s
+        return None
