@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.task import Clock
 
 from hoopd.identity.base import AuthError, Identity
@@ -331,6 +331,7 @@ def test_key_cache_shares_one_fetch_and_survives_a_fetch_that_fires_at_once():
     a = Deferred.fromCoroutine(cache.key_for("k1", "ES256"))
     b = Deferred.fromCoroutine(cache.key_for("k1", "ES256"))
     b.cancel()  # one waiter gives up; the shared fetch goes on
+    b.addErrback(lambda f: f.trap(CancelledError))
     assert len(fetches) == 2 and not a.called
     pending.callback(([], 300.0))
     assert isinstance(a.result.value, AuthError) and a.result.value.reason == "unknown_key"
