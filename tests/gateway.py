@@ -53,10 +53,10 @@ class Gateway:
         self.log_path = folder / "gateway.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Gateway":
+    def start(self, env: dict[str, str] | None = None) -> "Gateway":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "hoopd", "--config", str(self.config)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.folder)
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.folder, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -78,6 +78,9 @@ class Gateway:
                 self.proc.wait()
         if self.proc:
             self._log.close()
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
