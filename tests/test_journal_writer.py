@@ -276,3 +276,21 @@ def test_hmac_chain_is_keyed(tmp_path: Path) -> None:
     raw = next(iter(r.iter_raw(open(next(tmp_path.glob("*.hjs")), "rb"), r.Scan())))[1]
     assert r.record_hash(raw) == r.link(r.GENESIS, raw[:-32], key) != r.link(r.GENESIS, raw[:-32], None)
     assert msgpack.unpackb(raw, timestamp=3)["h"] == r.record_hash(raw)
+
+
+def test_hooks_for_metrics(tmp_path: Path) -> None:
+    ops = FlakyOS()
+    w = make_writer(tmp_path, ops=ops)
+    written, failed = [], []
+    w.written_hooks.append(lambda rec, n, secs: written.append((rec["seq"], n, secs >= 0)))
+    w.failed_hooks.append(failed.append)
+    w.startService()
+    w.write(rec(1))
+    ops.broken = errno.EIO
+    with pytest.raises(JournalUnavailable):
+        w.write(rec(2))
+    w.stopService()
+    size = len(r.seal(r.new_packer(), {"ts": datetime.fromtimestamp(T0, timezone.utc), "node": "gw-1", **rec(1)},
+                      r.GENESIS, None)[0])
+    assert written == [(1, size, True)]
+    assert len(failed) == 1 and failed[0].errno == errno.EIO

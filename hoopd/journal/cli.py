@@ -11,7 +11,6 @@ import os
 import re
 import sys
 import tomllib
-from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -164,28 +163,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if args.since:
         _print((e for e in j.records(since=parse_time(args.since)) if flt(e.rec)), flt, args.json)
     else:
-        _print(_last(j, start, flt, args.lines), flt, args.json)
+        _print(j.last(args.lines, flt, start), flt, args.json)
     _warn(j)
     if args.follow:
         _print((e for e in j.follow(start, poll=args.poll) if flt(e.rec)), flt, args.json)
     return 0
-
-
-def _last(j: Journal, ends: dict[str, tuple[r.SegmentName, int]], flt: Callable[[dict], bool],
-          n: int) -> list[Entry]:
-    """The last n matching records up to ``ends``, reading segments newest first."""
-    if n <= 0:
-        return []
-    limit = {seg.path: off for seg, off in ends.values()}
-    found: list[Entry] = []
-    for seg in reversed(j.segments()):
-        end = limit.get(seg.path)
-        got = deque((e for e in j.read(seg) if (end is None or e.offset < end) and flt(e.rec)), maxlen=n)
-        found = list(got) + found
-        if len(found) >= n:
-            break
-    found.sort(key=lambda e: e.ts)
-    return found[-n:]
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:

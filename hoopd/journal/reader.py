@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -132,6 +133,23 @@ class Journal:
         streams = [node_stream(v) for v in self.by_node(chosen).values()]
         yield from heapq.merge(*streams, key=lambda e: e.ts)
         self.progress.finish()
+
+    def last(self, n: int, match: Callable[[dict[str, Any]], bool],
+             ends: dict[str, tuple[r.SegmentName, int]] | None = None) -> list[Entry]:
+        """The last n matching records (up to ``ends``, node -> (segment, offset)), oldest
+        first, reading segments newest first only as far back as needed."""
+        if n <= 0:
+            return []
+        limit = {seg.path: off for seg, off in (ends or {}).values()}
+        found: list[Entry] = []
+        for seg in reversed(self.segments()):
+            end = limit.get(seg.path)
+            got = deque((e for e in self.read(seg) if (end is None or e.offset < end) and match(e.rec)), maxlen=n)
+            found = list(got) + found
+            if len(found) >= n:
+                break
+        found.sort(key=lambda e: e.ts)
+        return found[-n:]
 
     # --- sessions ---------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ SEGMENT, SEGMENT_END, RETENTION = "segment", "segment_end", "retention"
 SESSION_START, SESSION_END = "session_start", "session_end"
 STATEMENT, RESULT, ROWS, ERROR, NOTICE = "statement", "result", "rows", "error", "notice"
 COPY, NOTIFICATION, DENIED = "copy", "notification", "denied"
+ADMIN = "admin"  # an administrator's action (kill, reload, ...), written by the control plane
 
 
 def key_id(key: bytes) -> str:

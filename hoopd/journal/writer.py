@@ -16,8 +16,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -67,6 +68,10 @@ class JournalWriter(Service):
         self._age_call: Any = None
         self._sync_loop: LoopingCall | None = None
         self._retention_loop: LoopingCall | None = None
+        # hooks (metrics, live followers): called after each record written / each failed write
+        self.written_hooks: list[Callable[[dict[str, Any], int, float], None]] = []  # record, bytes, seconds
+        self.failed_hooks: list[Callable[[OSError], None]] = []
+        self.last_error: str | None = None  # while failing: why
 
     # --- service ----------------------------------------------------------------------
 
@@ -120,12 +125,15 @@ class JournalWriter(Service):
         if not self.running:
             raise JournalUnavailable("the journal is not running")
         now = self.clock.seconds()
+        t0 = time.perf_counter()
+        full = {"ts": r.timestamp(now), "node": self.node, **record}
         try:
             if self._fd is None:
                 self._open_segment()
             elif self._size >= self.config.rotate_bytes or now - self._opened >= self.config.rotate_interval:
                 self._rotate(now)
-            self._append({"ts": r.timestamp(now), "node": self.node, **record})
+            size = self._size
+            self._append(full)
             if self.config.fsync == "always":
                 self.ops.fsync(self._fd)
         except OSError as e:
@@ -134,6 +142,9 @@ class JournalWriter(Service):
         if self._failing:
             self.log.info("journal: writing again after {n} failed writes", n=self._failing)
             self._failing = 0
+            self.last_error = None
+        for hook in self.written_hooks:
+            hook(full, self._size - size, time.perf_counter() - t0)
 
     def sync(self) -> None:
         """fsync the open segment if anything is unsynced. Raises OSError."""
@@ -161,6 +172,9 @@ class JournalWriter(Service):
             self.log.error("journal: cannot write to {dir}: {err}; statements are refused until it recovers",
                            dir=str(self.folder), err=e)
         self._failing += 1
+        self.last_error = str(e)
+        for hook in self.failed_hooks:
+            hook(e)
         self._gap = f"previous segment ended early: {e}"
         self._abandon()
 
