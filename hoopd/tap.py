@@ -15,6 +15,7 @@ from hoopd.confkit import ConfigError
 from hoopd.control.http import ControlSite
 from hoopd.control.plane import ControlPlane
 from hoopd.control.ssh import make_factory as make_ssh_factory
+from hoopd.identity.chain import IdentityChain
 from hoopd.log import configure, get_logger
 from hoopd.proxy.client import GatewayFactory
 from hoopd.proxy.registry import SessionRegistry
@@ -51,7 +52,9 @@ class GatewayService(service.MultiService):
         self.notifier = notifier or Notifier(None)
         self.stopping = False
         self.registry = SessionRegistry()
-        self.factory = GatewayFactory(config, self.registry, reactor)
+        self.identity = IdentityChain(config.identity, reactor)
+        self.identity.setServiceParent(self)  # before the listeners: it owns the LDAP pool
+        self.factory = GatewayFactory(config, self.registry, reactor, identity=self.identity)
         self.control = ControlPlane(self, reactor)
         self.factory.stages.append(self.control.tracker)
         self._ports: dict[str, Any] = {}
@@ -103,16 +106,23 @@ class GatewayService(service.MultiService):
         moved = [k for k in ("postgres", "http", "ssh") if getattr(new.listen, k) != getattr(self.config.listen, k)]
         if moved:
             log.warn("reload: listen.{keys} changed; that takes a restart", keys=", listen.".join(moved))
-        configure(new.logging.level, new.logging.levels)
-        self.config = new
-        self.factory.reconfigure(new)
-        for svc in self:
-            if hasattr(svc, "reconfigure"):  # parts that keep config (identity, journal, ...)
-                svc.reconfigure(new)
+        try:
+            self._apply(new)
+        except Exception as e:  # a part refused what load() accepted: say so, keep serving
+            log.failure("reload ({by}): applying the new config failed", by=by)
+            self.notifier.ready("reload failed")
+            return f"applying the new config failed: {e}"
         log.info("config reloaded ({by}) from {src}: {n} connections, {u} local users", by=by, src=new.source,
                  n=len(new.connections), u=len(new.users))
         self.notifier.ready("config reloaded")
         return None
+
+    def _apply(self, new: Config) -> None:
+        """Hand a validated config to every part that keeps one (new sessions use it)."""
+        configure(new.logging.level, new.logging.levels)
+        self.config = new
+        self.factory.reconfigure(new)
+        self.identity.reconfigure(new.identity)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

@@ -17,7 +17,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from hoopd.config import Config
-from hoopd.identity.base import AuthError, Identity, PasswordAuthenticator
+from hoopd.identity.base import AuthError, Identity
+from hoopd.identity.chain import IdentityChain
 from hoopd.log import get_logger
 from hoopd.pgwire import errors as pe
 from hoopd.pgwire import messages as m
@@ -41,11 +42,11 @@ class GatewayFactory(Factory):
     """Shared state for all client connections: config, registry, stages, authenticators."""
 
     def __init__(self, config: Config, registry: SessionRegistry, reactor: Any,
-                 stages: list[Stage] | None = None, password_auth: PasswordAuthenticator | None = None) -> None:
+                 stages: list[Stage] | None = None, identity: IdentityChain | None = None) -> None:
         self.registry = registry
         self.reactor = reactor
         self.stages = stages or []
-        self.password_auth = password_auth
+        self.identity = identity or IdentityChain(config.identity, reactor)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -107,6 +108,7 @@ class ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timeout()
+        self.state = "closing"
         if self.relay is not None:
             self.relay.stop()
         if self.relay is not None and not self.relay.quiet and not self.relay.terminated:
@@ -257,8 +259,13 @@ class ClientProtocol(Protocol):
         if "replication" in st.params and st.params["replication"].lower() not in ("false", "off", "no", "0"):
             raise ProtocolError("hoopd: replication connections are not supported", pe.INVALID_AUTHORIZATION)
         self.state = "auth"
-        local = cfg.users.get(user)
-        if local is not None or self.gw.password_auth is None:
+        chain = self.gw.identity
+        limited = chain.check_rate(user, self.peer_host)
+        if limited is not None:
+            self._auth_failed(limited)
+            return
+        local = cfg.users.get(user) if chain.local_accounts else None
+        if local is not None or not chain.sources:
             verifier = parse_verifier(local.password_hash) if local else mock_verifier()
             self._scram = ScramServerExchange(verifier)
             self.transport.write(m.auth_sasl(["SCRAM-SHA-256"]))
@@ -285,6 +292,7 @@ class ClientProtocol(Protocol):
             self._password_message(body)
 
     def _auth_failed(self, err: AuthError) -> None:
+        """Refuse the login (the identity chain has already counted it, or counts it here for SCRAM)."""
         user = self.startup.params["user"]
         log.info("session {sid} from {peer}: authentication failed for {user}: {why}",
                  sid=self.info.id, peer=self.info.peer, user=user, why=err.reason)
@@ -304,22 +312,21 @@ class ClientProtocol(Protocol):
                     self.transport.write(m.auth_sasl_continue(self._scram.client_first(data)))
                     return
                 final = self._scram.client_final(body)
+                u = self.config.users.get(user) if self.gw.identity.local_accounts else None
+                if u is None:
+                    raise ScramFailure("no such local user")  # a mock exchange: same answer as a bad password
             except ScramFailure:
-                self._auth_failed(bad)
-                return
-            if user not in self.config.users:
+                self.gw.identity.failed(user, self.peer_host, bad)
                 self._auth_failed(bad)
                 return
             self.transport.write(m.auth_sasl_final(final))
-            u = self.config.users[user]
-            self._authenticated(Identity(user, u.groups, "local"))
+            identity = Identity(user, u.groups, "local")
+            self.gw.identity.succeeded(identity, self.peer_host)
+            self._authenticated(identity)
             return
         password = m.decode_password(body)
         self.state = "checking"
-        d = self.gw.password_auth.authenticate(user, password, self.peer_host)
-        if d is None:
-            self._auth_failed(bad)
-            return
+        d = self.gw.identity.authenticate(user, password, self.peer_host)
         d.addCallbacks(self._authenticated, lambda f: self._auth_failed(
             f.value if f.check(AuthError) else AuthError("hoopd: authentication unavailable", "28000", "error")))
 
