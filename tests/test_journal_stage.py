@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -404,3 +405,15 @@ def test_relay_refuses_statements_the_journal_cannot_record(tmp_path: Path) -> N
     relay.client_data(m.query("select 1"))
     assert upstream.seen[-1] == (m.query("select 1"), True)
     h.end()
+
+
+def test_other_parts_record_into_the_session_sequence(h: Harness) -> None:
+    h.c(b"Q", m.cstr("select 1"))
+    h.stage.record(h.info, "decision", {"stmt": 1, "rule": "read-only", "verdict": "allow"})
+    h.stage.reconfigure(replace(h.writer.config, max_result_rows=1))
+    h.s((b"T", row_description(("x", INT4))), (b"D", row(b"1")), (b"D", row(b"2")), (b"C", tag("SELECT 2")),
+        (b"Z", b"I"))
+    recs = h.end()
+    assert kinds(recs) == ["session_start", "statement", "decision", "result", "session_end"]
+    assert [x["seq"] for x in recs] == [1, 2, 3, 4, 5]
+    assert recs[3]["rows"] == [["1"]] and recs[3]["truncated"]

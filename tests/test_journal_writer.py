@@ -294,3 +294,58 @@ def test_hooks_for_metrics(tmp_path: Path) -> None:
                       r.GENESIS, None)[0])
     assert written == [(1, size, True)]
     assert len(failed) == 1 and failed[0].errno == errno.EIO
+
+
+def test_reconfigure_applies_limits_but_not_dir_or_key(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    ops, log = FlakyOS(), Log()
+    w = make_writer(tmp_path, ops=ops, log=log, fsync="never")
+    w.startService()
+    w.reconfigure(replace(w.config, fsync="interval", fsync_interval=1.0, dir="/elsewhere", hmac_key=b"k" * 16))
+    assert w.config.dir == str(tmp_path) and w.config.hmac_key is None and w.config.fsync == "interval"
+    assert any("take a restart" in msg for msg in log.levels("warn"))
+    w.write(rec(1))
+    before = ops.fsyncs
+    w.clock.advance(1.0)
+    assert ops.fsyncs == before + 1
+    w.stopService()
+
+
+FSIZE_SCRIPT = r"""
+import json, resource, sys
+from pathlib import Path
+from hoopd.journal.writer import JournalUnavailable
+from tests.test_journal_helpers import make_writer
+resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))  # the kernel refuses to grow files past 16 KiB
+w = make_writer(Path(sys.argv[1]), fsync="always", rotate_bytes=1 << 20)
+w.startService()
+ok, failed = [], []
+for i in range(100):
+    try:
+        w.write({"session": "s", "seq": i, "kind": "statement", "text": "x" * 300})
+        ok.append(i)
+    except JournalUnavailable:
+        failed.append(i)
+w.stopService()
+print(json.dumps({"ok": ok, "failed": failed}))
+"""
+
+
+def test_a_real_file_size_limit_fails_closed_and_recovers(tmp_path: Path) -> None:
+    """No fakes: the kernel cuts a write short at RLIMIT_FSIZE (then EFBIG); each failure
+    closes the segment at its last whole record and the next write starts a new one."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FSIZE_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         cwd=Path(__file__).parent.parent, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["failed"] and len(res["ok"]) > 50
+    got = [x["seq"] for x in records(tmp_path) if x["kind"] == "statement"]
+    assert got == res["ok"]
+    assert all(p.stat().st_size <= 16384 for p in tmp_path.glob("*.hjs"))
+    assert not list(tmp_path.glob("*.open.hjs"))
+    assert chain_ok(tmp_path)

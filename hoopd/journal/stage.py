@@ -169,10 +169,23 @@ class JournalStage:
     def __init__(self, writer: JournalWriter, config: JournalConfig) -> None:
         self.writer = writer
         self.clock = writer.clock
+        self._row_descriptions: dict[bytes, _Columns] = {}
+        self._limits(config)
+
+    def _limits(self, config: JournalConfig) -> None:
         self.max_rows = config.max_result_rows
         self.max_copy = config.max_copy_bytes
         self.max_value = config.max_value_bytes
-        self._row_descriptions: dict[bytes, _Columns] = {}
+
+    def reconfigure(self, config: JournalConfig) -> None:
+        """Apply a reloaded [journal] section (limits at once; see JournalWriter.reconfigure)."""
+        self._limits(config)
+        self.writer.reconfigure(config)
+
+    def record(self, session: SessionInfo, kind: str, fields: dict[str, Any]) -> None:
+        """Write a record of another part (a policy decision, an approval) into a session's
+        sequence. Raises JournalUnavailable: the caller must then refuse what it describes."""
+        self._write(self._state(session), kind, fields)
 
     # --- records ----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,6 +83,9 @@ class JournalWriter(Service):
         self._recover()
         self._open_segment()
         Service.startService(self)
+        self._start_loops()
+
+    def _start_loops(self) -> None:
         if self.config.fsync == "interval":
             self._sync_loop = LoopingCall(self._sync_tick)
             self._sync_loop.clock = self.clock
@@ -91,10 +95,27 @@ class JournalWriter(Service):
             self._retention_loop.clock = self.clock
             self._retention_loop.start(min(RETENTION_CHECK, self.config.retention), now=True)
 
-    def stopService(self) -> None:
+    def _stop_loops(self) -> None:
         for loop in (self._sync_loop, self._retention_loop):
             if loop is not None and loop.running:
                 loop.stop()
+        self._sync_loop = self._retention_loop = None
+
+    def reconfigure(self, config: JournalConfig) -> None:
+        """Apply a reloaded [journal] section. ``dir`` and the HMAC key take a restart."""
+        if config.dir != self.config.dir or config.hmac_key != self.config.hmac_key:
+            self.log.warn("journal: reload: journal.dir and journal.hmac_key_file changes take a restart")
+            config = replace(config, dir=self.config.dir, hmac_key=self.config.hmac_key,
+                             hmac_key_file=self.config.hmac_key_file)
+        self.config = config
+        if self.running:
+            self._stop_loops()
+            self._start_loops()
+            if self._fd is not None:
+                self._schedule_age()
+
+    def stopService(self) -> None:
+        self._stop_loops()
         self._cancel_age()
         if self._fd is not None:
             try:
