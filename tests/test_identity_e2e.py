@@ -32,6 +32,8 @@ def gw(pg, slapd, idp, tmp_path):  # noqa: F811
     yield g
     g.stop()
     assert SERVICE_PW not in g.log()
+    assert "Traceback" not in g.log()
+    assert "shutdown: waiting" not in g.log()  # every session ended and left the registry
 
 
 def psql(gw, user: str, password: str, sql: str, sslmode: str = "require"):

@@ -52,6 +52,8 @@ def gw(pg, tmp_path_factory):
     g.stop()
     secrets = [role.password for role in pg.roles]
     assert not [s for s in secrets if s in g.log()], "an upstream password reached the gateway log"
+    assert "Traceback" not in g.log()
+    assert "shutdown: waiting" not in g.log()  # every session ended and left the registry
 
 
 def connect(gw, user="dev", dbname="shop", **kw) -> psycopg.Connection:

@@ -109,17 +109,21 @@ class ClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timeout()
         self.state = "closing"
-        if self.relay is not None:
-            self.relay.stop()
-        if self.relay is not None and not self.relay.quiet and not self.relay.terminated:
-            self.cancel_upstream()  # the client left mid-query: stop the work it asked for
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.on_lost = None
-            if self.relay is None or not self.relay.terminated:
-                self.upstream.transport.write(m.TERMINATE)
-            self.upstream.transport.loseConnection()
-        self._end(self._end_reason or ("client terminate" if self.relay and self.relay.terminated
-                                        else "client disconnect"))
+        try:
+            up = self.upstream
+            if self.relay is not None:
+                if up is not None and up.connected:
+                    self.relay.stop(client=False)
+                if not self.relay.quiet and not self.relay.terminated:
+                    self.cancel_upstream()  # the client left mid-query: stop the work it asked for
+            if up is not None and up.connected:
+                up.on_lost = None
+                if self.relay is None or not self.relay.terminated:
+                    up.transport.write(m.TERMINATE)
+                up.transport.loseConnection()
+        finally:
+            self._end(self._end_reason or ("client terminate" if self.relay and self.relay.terminated
+                                            else "client disconnect"))
 
     def _end(self, reason: str) -> None:
         if self._registered:
@@ -405,5 +409,5 @@ class ClientProtocol(Protocol):
     def _upstream_lost(self, reason: Failure) -> None:
         if self._end_reason is None:
             self._end_reason = "upstream closed"
-        self.relay.stop()
+        self.relay.stop(upstream=False)
         self.transport.loseConnection()

@@ -65,10 +65,13 @@ class Relay:
         self.client.registerProducer(self.upstream, True)
         self.upstream.registerProducer(self.client, True)
 
-    def stop(self) -> None:
-        """Unwire the producers (a TLS transport will not close while one is registered)."""
-        self.client.unregisterProducer()
-        self.upstream.unregisterProducer()
+    def stop(self, client: bool = True, upstream: bool = True) -> None:
+        """Unwire the producers of the transports still connected (a TLS transport will
+        not close while one is registered; a lost one has no TLS layer left to ask)."""
+        if client:
+            self.client.unregisterProducer()
+        if upstream:
+            self.upstream.unregisterProducer()
 
     # --- client -> server -------------------------------------------------------------
 

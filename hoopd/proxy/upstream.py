@@ -160,6 +160,7 @@ class UpstreamProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
         if not self.ready.called:
             self.ready.errback(UpstreamError(f"connection closed during login: {reason.getErrorMessage()}"))
         elif self.on_lost is not None:
