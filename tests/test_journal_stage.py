@@ -417,3 +417,19 @@ def test_other_parts_record_into_the_session_sequence(h: Harness) -> None:
     assert kinds(recs) == ["session_start", "statement", "decision", "result", "session_end"]
     assert [x["seq"] for x in recs] == [1, 2, 3, 4, 5]
     assert recs[3]["rows"] == [["1"]] and recs[3]["truncated"]
+
+
+def test_copy_data_sent_before_the_copy_in_response(h: Harness) -> None:
+    """asyncpg sends the COPY and its data without waiting; an earlier statement in flight
+    completes in between and must not take the COPY's data."""
+    h.c(b"Q", m.cstr("select 1"))
+    h.c(b"Q", m.cstr("copy n from stdin"))
+    h.c(b"d", b"3\tc\n")
+    h.c(b"c", b"")
+    h.s((b"T", row_description(("x", INT4))), (b"D", row(b"1")), (b"C", tag("SELECT 1")), (b"Z", b"I"))
+    h.s((b"G", copy_response(2)), (b"C", tag("COPY 1")), (b"Z", b"I"))
+    recs = h.end()
+    (cp,) = by_kind(recs, "copy")
+    stmts = by_kind(recs, "statement")
+    assert (cp["stmt"], cp["data"], cp["rows"], cp["direction"]) == (stmts[1]["stmt"], b"3\tc\n", 1, "in")
+    assert kinds(recs).index("copy") > [i for i, x in enumerate(recs) if x["kind"] == "result"][0]

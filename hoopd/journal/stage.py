@@ -230,7 +230,9 @@ class JournalStage:
 
     def session_ended(self, session: SessionInfo, reason: str) -> None:
         st = self._state(session)
-        self._flush(st, failed=True)
+        self._flush_result(st)
+        if st.copy is not None:
+            self._write_copy(st, None)
         now = self.clock.seconds()
         self._try(st, r.SESSION_END, {
             "reason": reason, "duration_us": round((now - session.started) * 1e6), "statements": st.statements,
@@ -356,9 +358,11 @@ class JournalStage:
             st.queue.append(_Entry("sync", None, True, now))
 
     def _client_copy(self, st: _State, t: int, body: bytes) -> None:
+        """COPY FROM STDIN data. Clients may send it before the server's CopyInResponse
+        (asyncpg does): it then belongs to the statement the client sent last."""
         cp = st.copy
         if cp is None:
-            return
+            cp = st.copy = _Copy(st.stmt or None, "in", "text")
         if t == 100:  # d
             self._copy_data(cp, body, len(body))
         elif t == 102:  # f
@@ -392,11 +396,13 @@ class JournalStage:
             else:
                 st.columns = columns
         elif t == 90:  # Z
-            self._flush(st, failed=True)
+            self._flush_result(st)
             st.columns = None
             while st.queue:
                 if st.queue.popleft().sync:
                     break
+            if st.copy is not None and all(e.stmt != st.copy.stmt for e in st.queue):
+                self._write_copy(st, None)  # its statement is over without a CommandComplete
             st.last_done = self.clock.seconds()
         elif t == 69:  # E
             self._error(st, head, body)
@@ -418,10 +424,13 @@ class JournalStage:
                                      "us": self._elapsed(st, head)})
             st.last_done = self.clock.seconds()
         elif t in b"GHW":
-            rd = m.Reader(body, "CopyResponse")
-            fmt = rd.byte()
-            st.copy = _Copy(head.stmt if head else None, _COPY_DIRECTION[bytes([t])],
-                            "binary" if fmt == b"\x01" else "text")
+            fmt = "binary" if m.Reader(body, "CopyResponse").byte() == b"\x01" else "text"
+            stmt = head.stmt if head else None
+            if st.copy is not None and st.copy.stmt != stmt:
+                self._write_copy(st, None)
+            if st.copy is None:
+                st.copy = _Copy(stmt, "in", fmt)
+            st.copy.direction, st.copy.format = _COPY_DIRECTION[bytes([t])], fmt
         elif t == 100:  # d
             if st.copy is not None:
                 self._copy_data(st.copy, body, len(body))
@@ -492,7 +501,7 @@ class JournalStage:
 
     def _complete(self, st: _State, head: _Entry | None, fields: dict[str, Any]) -> None:
         """CommandComplete, EmptyQueryResponse or PortalSuspended: the result is whole."""
-        if st.copy is not None:
+        if st.copy is not None and st.copy.stmt == (head.stmt if head else None):
             self._write_copy(st, fields.get("tag"))
         self._write_result(st, head, fields)
         if head is not None:
@@ -526,7 +535,9 @@ class JournalStage:
 
     def _error(self, st: _State, head: _Entry | None, body: bytes) -> None:
         fields = self._fields(body)
-        self._flush(st, failed=True)
+        self._flush_result(st)
+        if st.copy is not None and st.copy.stmt == (head.stmt if head else None):
+            self._write_copy(st, None)
         st.columns = None
         st.errors += 1
         rec: dict[str, Any] = {"stmt": head.stmt if head else None}
@@ -537,13 +548,10 @@ class JournalStage:
         if head is not None and not head.sync:
             st.queue.popleft()
 
-    def _flush(self, st: _State, failed: bool) -> None:
-        """Write a result or COPY cut short (by an error, the end of the session, ...)."""
-        if st.copy is not None:
-            self._write_copy(st, None)
+    def _flush_result(self, st: _State) -> None:
+        """Write a result cut short (by an error, the end of the session, ...)."""
         if st.result is not None:
-            head = st.queue[0] if st.queue else None
-            self._write_result(st, head, {"tag": None, "failed": failed})
+            self._write_result(st, st.queue[0] if st.queue else None, {"tag": None, "failed": True})
 
     @staticmethod
     def _fields(body: bytes) -> dict[str, Any]:
