@@ -1,6 +1,7 @@
 """One measurement each: a pgbench run, a psql stream, a slow raw-socket reader, RSS of a process."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -15,12 +16,14 @@ from tests.rawclient import RawClient, error_of
 _TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.M)
 _LAT = re.compile(r"^latency average = ([\d.]+) ms", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+_DONE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
 @dataclass(frozen=True)
 class PgbenchResult:
     tps: float
     latency_ms: float
+    transactions: int
 
 
 def pgbench(target: Target, mode: str, clients: int, seconds: float) -> PgbenchResult:
@@ -30,10 +33,10 @@ def pgbench(target: Target, mode: str, clients: int, seconds: float) -> PgbenchR
            *target.pg_args(), DBNAME]
     proc = subprocess.run(cmd, env=target.env(), capture_output=True, text=True, timeout=seconds + 60)
     out = proc.stdout
-    tps, lat, failed = _TPS.search(out), _LAT.search(out), _FAILED.search(out)
-    if proc.returncode or not tps or not lat or (failed and int(failed.group(1))):
+    tps, lat, done, failed = _TPS.search(out), _LAT.search(out), _DONE.search(out), _FAILED.search(out)
+    if proc.returncode or not tps or not lat or not done or (failed and int(failed.group(1))):
         raise RuntimeError(f"pgbench against {target.name} failed ({proc.returncode}):\n{proc.stderr.strip()}\n{out}")
-    return PgbenchResult(float(tps.group(1)), float(lat.group(1)))
+    return PgbenchResult(float(tps.group(1)), float(lat.group(1)), int(done.group(1)))
 
 
 def psql_seconds(target: Target, sql: str) -> float:
@@ -49,7 +52,17 @@ def psql_seconds(target: Target, sql: str) -> float:
     return elapsed
 
 
-# --- memory --------------------------------------------------------------------------
+# --- CPU and memory of a process -----------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process (all its threads) has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
 
 def proc_status_kib(pid: int) -> dict[str, int]:
     """The Vm* lines of /proc/PID/status, in KiB."""

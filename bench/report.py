@@ -14,8 +14,10 @@ def config_key(mode: str, clients: int) -> str:
     return f"{mode}_c{clients}"
 
 
-def summarize_pgbench(runs: dict[str, dict[str, list[tuple[float, float]]]]) -> dict[str, Any]:
-    """runs[config][target] = [(tps, latency_ms), ...] -> medians and ratios per config and target."""
+def summarize_pgbench(runs: dict[str, dict[str, list[tuple[float, float]]]],
+                      proxy_cpu: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """runs[config][target] = [(tps, latency_ms), ...] -> medians and ratios per config and target;
+    proxy_cpu[config][target] = [proxy CPU microseconds per transaction, ...] -> its median."""
     out: dict[str, Any] = {}
     for key, by_target in runs.items():
         med = {t: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
@@ -26,16 +28,22 @@ def summarize_pgbench(runs: dict[str, dict[str, list[tuple[float, float]]]]) -> 
                         "vs_direct": round(tps / d_tps, 3), "vs_pgbouncer": round(tps / b_tps, 3),
                         "added_us": round((lat - d_lat) * 1000, 1)}
                     for t, (tps, lat) in med.items()}
+        for t, us in proxy_cpu[key].items():
+            out[key][t]["cpu_us_per_txn"] = round(statistics.median(us), 1)
     return out
 
 
-def summarize_streams(runs: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
-    """runs[kind][target] = [seconds, ...] -> median seconds and ratio to direct."""
+def summarize_streams(runs: dict[str, dict[str, list[float]]],
+                      proxy_cpu: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """runs[kind][target] = [seconds, ...] -> median seconds and ratio to direct;
+    proxy_cpu[kind][target] = [proxy CPU seconds, ...] -> its median."""
     out: dict[str, Any] = {}
     for kind, by_target in runs.items():
         med = {t: statistics.median(s) for t, s in by_target.items()}
         out[kind] = {t: {"seconds": round(s, 3), "runs": [round(x, 3) for x in by_target[t]],
                          "vs_direct": round(s / med["direct"], 3)} for t, s in med.items()}
+        for t, used in proxy_cpu[kind].items():
+            out[kind][t]["cpu_seconds"] = round(statistics.median(used), 3)
     return out
 
 
@@ -72,18 +80,20 @@ def table(meta: dict[str, Any], pgb: dict[str, Any], streams: dict[str, Any], sl
     lines = [f"pgbench -S, scale {meta['scale']}, {meta['rounds']} round(s) x {meta['duration']} s, "
              "median, targets alternated round-robin",
              f"{'mode':9}{'c':>3}  {'target':10}{'TPS':>10}{'lat ms':>9}{'vs direct':>11}{'vs pgb':>8}"
-             f"{'added us':>10}"]
+             f"{'added us':>10}{'proxy CPU us/txn':>18}"]
     for mode, c in CONFIGS:
         for t in TARGETS:
             r = pgb[config_key(mode, c)][t]
             lines.append(f"{mode:9}{c:>3}  {t:10}{r['tps']:>10.0f}{r['latency_ms']:>9.3f}{r['vs_direct']:>11.2f}"
-                         f"{r['vs_pgbouncer']:>8.2f}{r['added_us']:>+10.1f}")
+                         f"{r['vs_pgbouncer']:>8.2f}{r['added_us']:>+10.1f}"
+                         + (f"{r['cpu_us_per_txn']:>18.1f}" if "cpu_us_per_txn" in r else ""))
     lines += ["", "1M-row result through psql (median wall time)",
-              f"{'kind':9}{'target':12}{'seconds':>9}{'vs direct':>11}"]
+              f"{'kind':9}{'target':12}{'seconds':>9}{'vs direct':>11}{'proxy CPU s':>13}"]
     for kind in STREAMS:
         for t in TARGETS:
             r = streams[kind][t]
-            lines.append(f"{kind:9}{t:12}{r['seconds']:>9.3f}{r['vs_direct']:>11.2f}")
+            lines.append(f"{kind:9}{t:12}{r['seconds']:>9.3f}{r['vs_direct']:>11.2f}"
+                         + (f"{r['cpu_seconds']:>13.2f}" if "cpu_seconds" in r else ""))
     lines += ["", f"slow client through hoopd: {slow['mib_read']:.0f} MiB read in {slow['seconds']:.1f} s "
               f"({slow['mib_read'] / slow['seconds']:.1f} MiB/s, {slow['recv_bytes']} B recv()s)",
               f"  hoopd RSS: before {slow['rss_before_mb']:.1f} MB, sampled peak {slow['sampled_peak_mb']:.1f} MB "

@@ -1,6 +1,7 @@
 """hoopd benchmark: direct PostgreSQL vs hoopd vs pgbouncer, in one run, on one machine.
 
     .venv/bin/python bench/run.py [--quick] [--rounds N] [--duration S]
+    .venv/bin/python bench/run.py --profile DIR [--duration S]   # hoopd hot spots (py-spy)
 
 Makes a throwaway PostgreSQL 15 cluster (``pgbench -i -s 10``), starts hoopd (no journal,
 no TLS, a local SCRAM user) and pgbouncer (session pooling, SCRAM) in front of it, then:
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +35,8 @@ from bench import measure, report  # noqa: E402
 from bench.report import CONFIGS, STREAMS, TARGETS, config_key  # noqa: E402
 from bench.services import (PgBouncer, Target, ensure_pgbouncer, hoopd_gateway, new_password,  # noqa: E402
                             start_postgres, version_of)
+from bench.profile import profile_hoopd  # noqa: E402
+from tests.gateway import Gateway  # noqa: E402
 from tests.pgcluster import Cluster  # noqa: E402
 
 STREAM_SQL = {
@@ -54,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
     p.add_argument("--slow-mib", type=int, help="MiB the slow client reads (default 1024; quick 128)")
     p.add_argument("--slow-rate", type=float, help="slow client's read rate in MiB/s (default 20; quick 64)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="instead of measuring: profile hoopd with py-spy under each workload, into DIR")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json",
                    help="where to write the results (default bench/results/latest.json)")
     a = p.parse_args(argv)
@@ -83,30 +89,50 @@ def _quietly(what: str, fn: Callable[[], object]) -> Callable[[], None]:
 
 
 def run_pgbench(targets: list[Target], rounds: int, duration: int) -> dict[str, Any]:
+    """Every config x target, ``rounds`` times, the target order rotated each round.
+
+    For the proxies, also their CPU time per transaction (from /proc: steadier than TPS
+    when other work shares the machine)."""
     say("warm-up: 1 s of pgbench -S per target")
     for t in targets:
         measure.pgbench(t, "simple", 1, 1)
     runs: dict[str, dict[str, list[tuple[float, float]]]] = {
         config_key(mode, c): {t.name: [] for t in targets} for mode, c in CONFIGS}
+    cpu: dict[str, dict[str, list[float]]] = {
+        config_key(mode, c): {t.name: [] for t in targets if t.pid} for mode, c in CONFIGS}
     for r in range(rounds):
         for mode, c in CONFIGS:
+            key = config_key(mode, c)
             for t in _rotated(targets, r):
+                cpu0 = measure.cpu_seconds(t.pid) if t.pid else 0.0
                 res = measure.pgbench(t, mode, c, duration)
-                runs[config_key(mode, c)][t.name].append((res.tps, res.latency_ms))
+                runs[key][t.name].append((res.tps, res.latency_ms))
+                extra = ""
+                if t.pid:
+                    us = (measure.cpu_seconds(t.pid) - cpu0) * 1e6 / res.transactions
+                    cpu[key][t.name].append(us)
+                    extra = f", {t.name} CPU {us:.0f} us/txn"
                 say(f"round {r + 1}/{rounds} {mode:8} c={c} {t.name:9} {res.tps:9.0f} TPS "
-                    f"{res.latency_ms:.3f} ms")
-    return report.summarize_pgbench(runs)
+                    f"{res.latency_ms:.3f} ms{extra}")
+    return report.summarize_pgbench(runs, cpu)
 
 
 def run_streams(targets: list[Target], rounds: int) -> dict[str, Any]:
     runs: dict[str, dict[str, list[float]]] = {k: {t.name: [] for t in targets} for k in STREAMS}
+    cpu: dict[str, dict[str, list[float]]] = {k: {t.name: [] for t in targets if t.pid} for k in STREAMS}
     for r in range(rounds):
         for kind in STREAMS:
             for t in _rotated(targets, r):
-                s = measure.psql_seconds(t, STREAM_SQL[kind])
-                runs[kind][t.name].append(s)
-                say(f"round {r + 1}/{rounds} 1M-row {kind:6} {t.name:9} {s:.3f} s")
-    return report.summarize_streams(runs)
+                cpu0 = measure.cpu_seconds(t.pid) if t.pid else 0.0
+                sec = measure.psql_seconds(t, STREAM_SQL[kind])
+                runs[kind][t.name].append(sec)
+                extra = ""
+                if t.pid:
+                    used = measure.cpu_seconds(t.pid) - cpu0
+                    cpu[kind][t.name].append(used)
+                    extra = f", {t.name} CPU {used:.2f} s"
+                say(f"round {r + 1}/{rounds} 1M-row {kind:6} {t.name:9} {sec:.3f} s{extra}")
+    return report.summarize_streams(runs, cpu)
 
 
 def run_slow_stream(hoopd: Target, pid: int, mib: int, rate_mib: float) -> dict[str, Any]:
@@ -125,7 +151,16 @@ def run_slow_stream(hoopd: Target, pid: int, mib: int, rate_mib: float) -> dict[
             "hwm_mb": round(mb(hwm), 1), "hwm_reset": reset, "peak_rss_mb": round(mb(max(hwm, sampler.peak_kib)), 1)}
 
 
-def bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
+@dataclass
+class Setup:
+    cluster: Cluster
+    hoopd: Gateway
+    targets: list[Target]  # direct, hoopd, pgbouncer
+    pgbouncer_bin: str
+
+
+def setup(args: argparse.Namespace, stack: ExitStack) -> Setup:
+    """Start PostgreSQL (with pgbench data), hoopd and pgbouncer; ``stack`` undoes all of it."""
     base = Path(tempfile.mkdtemp(prefix="hoopd-bench-"))
     stack.callback(_quietly("removing " + str(base), lambda: shutil.rmtree(base)))
     os.chmod(base, 0o711)  # the postgres OS user must reach its folders inside
@@ -145,21 +180,24 @@ def bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     bouncer = PgBouncer(base / "pgbouncer", cluster.port, password)
     stack.callback(_quietly("stopping pgbouncer", bouncer.stop))
     bouncer.start(pgbouncer_bin)
-    targets = [Target("direct", cluster.port, password), Target("hoopd", gw.port, password),
-               Target("pgbouncer", bouncer.port, password)]
+    targets = [Target("direct", cluster.port, password), Target("hoopd", gw.port, password, gw.proc.pid),
+               Target("pgbouncer", bouncer.port, password, bouncer.proc.pid)]
     say(f"hoopd on {gw.port} (pid {gw.proc.pid}), pgbouncer on {bouncer.port}")
+    return Setup(cluster, gw, targets, pgbouncer_bin)
 
+
+def bench(args: argparse.Namespace, s: Setup) -> dict[str, Any]:
     load_before = [round(x, 2) for x in os.getloadavg()]
-    pgb = run_pgbench(targets, args.rounds, args.duration)
-    streams = run_streams(targets, args.rounds)
-    slow = run_slow_stream(targets[1], gw.proc.pid, args.slow_mib, args.slow_rate)
+    pgb = run_pgbench(s.targets, args.rounds, args.duration)
+    streams = run_streams(s.targets, args.rounds)
+    slow = run_slow_stream(s.targets[1], s.hoopd.proc.pid, args.slow_mib, args.slow_rate)
     meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
             "scale": args.scale, "rounds": args.rounds, "duration": args.duration, "cpus": os.cpu_count(),
             "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
-            "versions": {"postgres": version_of([str(cluster.bindir / "postgres"), "--version"]),
+            "versions": {"postgres": version_of([str(s.cluster.bindir / "postgres"), "--version"]),
                          "pgbench": version_of(["pgbench", "--version"]),
-                         "pgbouncer": version_of([pgbouncer_bin, "--version"]),
+                         "pgbouncer": version_of([s.pgbouncer_bin, "--version"]),
                          "python": sys.version.split()[0]}}
     return {"meta": meta, "pgbench": pgb, "streams": streams, "slow_stream": slow}
 
@@ -174,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     try:
         with ExitStack() as stack:
-            res = bench(args, stack)
+            s = setup(args, stack)
+            if args.profile:
+                profile_hoopd(s.targets[1], args.profile, args.duration)
+                return 0
+            res = bench(args, s)
     except KeyboardInterrupt:
         say("interrupted; everything stopped and removed")
         return 130

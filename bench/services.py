@@ -31,6 +31,7 @@ class Target:
     name: str
     port: int
     password: str = field(repr=False)
+    pid: int | None = None  # the proxy process in between (its CPU time is measured), None for direct
 
     def env(self) -> dict[str, str]:
         """The environment for pgbench/psql (password out of argv)."""
