@@ -433,3 +433,16 @@ def test_copy_data_sent_before_the_copy_in_response(h: Harness) -> None:
     stmts = by_kind(recs, "statement")
     assert (cp["stmt"], cp["data"], cp["rows"], cp["direction"]) == (stmts[1]["stmt"], b"3\tc\n", 1, "in")
     assert kinds(recs).index("copy") > [i for i, x in enumerate(recs) if x["kind"] == "result"][0]
+
+
+def test_copy_in_pipelined_in_the_extended_protocol(h: Harness) -> None:
+    h.c(b"P", parse("", "copy n from stdin"))
+    h.c(b"B", bind("", "", []))
+    h.c(b"E", execute())
+    h.c(b"S", b"")
+    h.c(b"d", b"1\n")
+    h.c(b"c", b"")
+    h.s((b"1", b""), (b"2", b""), (b"G", copy_response(1)), (b"C", tag("COPY 1")), (b"Z", b"I"))
+    recs = h.end()
+    (cp,) = by_kind(recs, "copy")
+    assert cp["stmt"] == by_kind(recs, "statement")[2]["stmt"] and cp["data"] == b"1\n" and cp["rows"] == 1

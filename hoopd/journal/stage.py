@@ -359,10 +359,11 @@ class JournalStage:
 
     def _client_copy(self, st: _State, t: int, body: bytes) -> None:
         """COPY FROM STDIN data. Clients may send it before the server's CopyInResponse
-        (asyncpg does): it then belongs to the statement the client sent last."""
+        (asyncpg does): it then belongs to the message the client sent last."""
         cp = st.copy
         if cp is None:
-            cp = st.copy = _Copy(st.stmt or None, "in", "text")
+            last = next((e for e in reversed(st.queue) if e.op != "sync"), None)
+            cp = st.copy = _Copy(last.stmt if last else None, "in", "text")
         if t == 100:  # d
             self._copy_data(cp, body, len(body))
         elif t == 102:  # f
@@ -401,7 +402,7 @@ class JournalStage:
             while st.queue:
                 if st.queue.popleft().sync:
                     break
-            if st.copy is not None and all(e.stmt != st.copy.stmt for e in st.queue):
+            if st.copy is not None and (st.copy.stmt is None or all(e.stmt != st.copy.stmt for e in st.queue)):
                 self._write_copy(st, None)  # its statement is over without a CommandComplete
             st.last_done = self.clock.seconds()
         elif t == 69:  # E
