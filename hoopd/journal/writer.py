@@ -165,7 +165,10 @@ class JournalWriter(Service):
             self._failing = 0
             self.last_error = None
         for hook in self.written_hooks:
-            hook(full, self._size - size, time.perf_counter() - t0)
+            try:
+                hook(full, self._size - size, time.perf_counter() - t0)
+            except Exception:
+                self.log.failure("journal: a written hook failed")
 
     def sync(self) -> None:
         """fsync the open segment if anything is unsynced. Raises OSError."""
@@ -195,7 +198,10 @@ class JournalWriter(Service):
         self._failing += 1
         self.last_error = str(e)
         for hook in self.failed_hooks:
-            hook(e)
+            try:
+                hook(e)
+            except Exception:
+                self.log.failure("journal: a failed hook failed")
         self._gap = f"previous segment ended early: {e}"
         self._abandon()
 
@@ -234,7 +240,7 @@ class JournalWriter(Service):
         self._finish(now)
         self._open_segment()
         if self.config.retention is not None:
-            self.apply_retention()
+            self.clock.callLater(0, self.apply_retention)  # after the write that rotated
 
     def _finish(self, now: float) -> None:
         """Close the open segment cleanly: a segment_end record, fsync, rename. Raises OSError."""
