@@ -56,6 +56,7 @@ class GatewayService(service.MultiService):
         self.identity.setServiceParent(self)  # before the listeners: it owns the LDAP pool
         self.factory = GatewayFactory(config, self.registry, reactor, identity=self.identity)
         self.control = ControlPlane(self, reactor)
+        self.control.metrics.login_failure_sources.append(lambda: self.identity.failures)
         self.factory.stages.append(self.control.tracker)
         self._ports: dict[str, Any] = {}
         self._listen("postgres", config.listen.postgres, self.factory)

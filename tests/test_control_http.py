@@ -161,9 +161,15 @@ def test_sessions_kill_and_metrics(gw):
         assert ended["id"] == s["id"] and ended["end_reason"] == "killed by api:ops: runaway report"
         code, stats, _ = yield call(gw, "GET", "/api/v1/stats", VIEWER)
         assert (stats["sessions_active"], stats["sessions_total"]) == (1, 2)
-        gw.control.metrics.login_failed("bad_password")
+        with pytest.raises(psycopg.OperationalError):
+            yield threads.deferToThread(psycopg.connect, dsn(gw).replace("dev-password", "wrong"))
+        gw.control.metrics.login_failed("no_access")  # what the core reports beyond the identity chain
+        gw.control.metrics.policy_cache_stats = lambda: {"exact_hits": 5, "shape_hits": 2, "parses": 3}
         code, text, _ = yield call(gw, "GET", "/metrics", VIEWER)
         assert 'hoopd_login_failures_total{reason="bad_password"} 1.0' in text
+        assert 'hoopd_login_failures_total{reason="no_access"} 1.0' in text
+        assert 'hoopd_policy_cache_total{result="exact_hit"} 5.0' in text
+        assert 'hoopd_policy_cache_total{result="miss"} 3.0' in text
         assert 'hoopd_sessions_active{connection="shop",level="admin"} 0.0' in text
         assert 'hoopd_admin_actions_total{action="kill",via="api"} 1.0' in text
     finally:

@@ -2,22 +2,28 @@
 
 Session gauges and byte/statement totals are computed at scrape time from the session
 registry (live sessions) plus the SessionTracker (ended ones), so the relay does no extra
-work per message. The other parts report through small methods (the lead wires them):
+work per message. Counters other parts already keep are read at scrape time too:
 
-- ``login_failed(reason)``: every refused login (AuthError.reason, or no_access,
-  unknown_connection, too_many_sessions, upstream_failed, login_timeout, protocol_error)
-  -> hoopd_login_failures_total{reason}
+- ``login_failure_sources``: callables returning reason -> count (the identity chain's
+  ``failures``), summed into hoopd_login_failures_total{reason}
+- ``policy_cache_stats``: a callable returning Classifier.stats() -> hoopd_policy_cache_total{result}
+
+and the rest report through small methods (the lead wires them):
+
+- ``login_failed(reason)``: refusals outside the identity chain (no_access,
+  unknown_connection, too_many_sessions, upstream_failed, login_timeout)
 - ``statement(kind, decision)``: policy, once per decided statement -> hoopd_statements_total
 - ``upstream_connected(connection, seconds)``: after each upstream login -> hoopd_upstream_connect_seconds
-- ``journal_written(seconds, nbytes)`` / ``journal_failed()``: the journal writer
+- ``journal_written(seconds, nbytes)`` / ``journal_failed()``: the journal writer's hooks
   -> hoopd_journal_write_seconds, hoopd_journal_bytes_total, hoopd_journal_errors_total
-- ``policy_cache(hit)``: the policy parse cache -> hoopd_policy_cache_total{result}
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections import Counter
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client import Counter as PCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from hoopd.control.tracker import SessionTracker
@@ -25,12 +31,27 @@ from hoopd.control.tracker import SessionTracker
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class _SessionCollector:
-    def __init__(self, sessions: Iterable[Any], tracker: SessionTracker) -> None:
+class _Collector:
+    def __init__(self, sessions: Iterable[Any], tracker: SessionTracker, metrics: "Metrics") -> None:
         self.sessions = sessions
         self.tracker = tracker
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._sessions()
+        fails = CounterMetricFamily("hoopd_login_failures", "Refused logins", labels=["reason"])
+        for reason, n in sorted(self.metrics.login_failures().items()):
+            fails.add_metric([reason], n)
+        yield fails
+        if self.metrics.policy_cache_stats is not None:
+            st = self.metrics.policy_cache_stats()
+            cache = CounterMetricFamily("hoopd_policy_cache", "Statement classifications by cache outcome",
+                                        labels=["result"])
+            for result, key in (("exact_hit", "exact_hits"), ("shape_hit", "shape_hits"), ("miss", "parses")):
+                cache.add_metric([result], st.get(key, 0))
+            yield cache
+
+    def _sessions(self) -> Iterator[Metric]:
         t = self.tracker
         active = GaugeMetricFamily("hoopd_sessions_active", "Live client sessions", labels=["connection", "level"])
         total = CounterMetricFamily("hoopd_sessions", "Client sessions begun (logged in and relaying)",
@@ -42,17 +63,17 @@ class _SessionCollector:
                                     labels=["connection"])
         denied = CounterMetricFamily("hoopd_denied_messages", "Client messages refused by a stage",
                                      labels=["connection"])
-        live: dict[tuple[str, str], int] = {}
-        bytes_in, bytes_out, count = (t.ended_bytes_in.copy(), t.ended_bytes_out.copy(), t.ended_statements.copy())
+        live: Counter[tuple[str, str]] = Counter()
+        bytes_in, bytes_out, count = t.ended_bytes_in.copy(), t.ended_bytes_out.copy(), t.ended_statements.copy()
         for s in self.sessions:
             info = s.info
             conn = info.connection or ""
-            live[(conn, info.level or "")] = live.get((conn, info.level or ""), 0) + 1
+            live[(conn, info.level or "")] += 1
             bytes_in[conn] += info.bytes_in
             bytes_out[conn] += info.bytes_out
             count[conn] += info.statements
         for key in set(live) | set(t.started):
-            active.add_metric(list(key), live.get(key, 0))
+            active.add_metric(list(key), live[key])
         for key, n in t.started.items():
             total.add_metric(list(key), n)
         for fam, values in ((bin_, bytes_in), (bout, bytes_out), (stmts, count), (denied, t.denied)):
@@ -64,23 +85,24 @@ class _SessionCollector:
 class Metrics:
     def __init__(self, sessions: Iterable[Any], tracker: SessionTracker) -> None:
         r = self.registry = CollectorRegistry()
-        self._login_failures = Counter("hoopd_login_failures", "Refused logins", ["reason"], registry=r)
-        self._statements = Counter("hoopd_statements", "Statements decided by policy", ["kind", "decision"],
-                                   registry=r)
+        self.login_failure_sources: list[Callable[[], Mapping[str, int]]] = []
+        self.policy_cache_stats: Callable[[], Mapping[str, int]] | None = None
+        self._login_failures: Counter[str] = Counter()
+        self._statements = PCounter("hoopd_statements", "Statements decided by policy", ["kind", "decision"],
+                                    registry=r)
         self._upstream = Histogram("hoopd_upstream_connect_seconds", "Upstream connect and login time",
                                    ["connection"], registry=r)
         self._journal_write = Histogram("hoopd_journal_write_seconds", "Journal write time", registry=r,
                                         buckets=(.0001, .0005, .001, .005, .01, .05, .1, .5, 1, float("inf")))
-        self._journal_bytes = Counter("hoopd_journal_bytes", "Bytes written to the journal", registry=r)
-        self._journal_errors = Counter("hoopd_journal_errors", "Failed journal writes", registry=r)
-        self._policy_cache = Counter("hoopd_policy_cache", "Policy parse cache lookups", ["result"], registry=r)
-        self._admin = Counter("hoopd_admin_actions", "Admin actions (kill, reload) by channel", ["action", "via"],
-                              registry=r)
+        self._journal_bytes = PCounter("hoopd_journal_bytes", "Bytes written to the journal", registry=r)
+        self._journal_errors = PCounter("hoopd_journal_errors", "Failed journal writes", registry=r)
+        self._admin = PCounter("hoopd_admin_actions", "Admin actions (kill, reload) by channel", ["action", "via"],
+                               registry=r)
         ProcessCollector(registry=r)
-        r.register(_SessionCollector(sessions, tracker))
+        r.register(_Collector(sessions, tracker, self))
 
     def login_failed(self, reason: str) -> None:
-        self._login_failures.labels(reason).inc()
+        self._login_failures[reason] += 1
 
     def statement(self, kind: str, decision: str) -> None:
         self._statements.labels(kind, decision).inc()
@@ -95,9 +117,6 @@ class Metrics:
     def journal_failed(self) -> None:
         self._journal_errors.inc()
 
-    def policy_cache(self, hit: bool) -> None:
-        self._policy_cache.labels("hit" if hit else "miss").inc()
-
     def admin_action(self, action: str, via: str) -> None:
         self._admin.labels(action, via).inc()
 
@@ -105,6 +124,8 @@ class Metrics:
         return generate_latest(self.registry)
 
     def login_failures(self) -> dict[str, int]:
-        """reason -> count, for the console's ``stats``."""
-        return {s.labels["reason"]: int(s.value) for fam in self._login_failures.collect()
-                for s in fam.samples if s.name.endswith("_total")}
+        """reason -> count, from every source."""
+        total = self._login_failures.copy()
+        for source in self.login_failure_sources:
+            total.update(source())
+        return dict(total)
