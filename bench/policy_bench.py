@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -47,22 +46,28 @@ SHAPES = {
 }
 
 
-def per_call(fn: Callable[[int], object], seconds: float) -> float:
-    """Microseconds per call of fn(i), i counting up, for about ``seconds``."""
-    n, start, deadline = 0, time.perf_counter(), time.perf_counter() + seconds
+def per_call(fn: Callable[[int], object], seconds: float, rounds: int = 5) -> float:
+    """Microseconds per call of fn(i), i counting up: the best of ``rounds`` runs that
+    share ``seconds`` (the minimum is the least disturbed by other load on the machine)."""
     counter = itertools.count(1)
-    while True:
-        for _ in range(200):
-            fn(next(counter))
-        n += 200
-        now = time.perf_counter()
-        if now >= deadline:
-            return (now - start) / n * 1e6
+    best = float("inf")
+    for _ in range(rounds):
+        n, start = 0, time.perf_counter()
+        deadline = start + seconds / rounds
+        while True:
+            for _ in range(100):
+                fn(next(counter))
+            n += 100
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        best = min(best, (now - start) / n * 1e6)
+    return best
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=0.5, help="time per measurement (default 0.5)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="time per measurement (default 1)")
     t = ap.parse_args().seconds
 
     policy = Policy([Rule("no-mass-delete", "deny", without_where=True),
@@ -97,7 +102,6 @@ def main() -> int:
             "normalize": per_call(lambda i: pg.normalize(sql), t),
         }
         print(f"  {label:14} " + "  ".join(f"{k} {v:.1f}" for k, v in rows.items()))
-    assert re.match(r"\d+", str(pg.get_postgresql_version()[0]))
     return 0
 
 

@@ -23,7 +23,7 @@ Levels:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from hoopd.config import LEVEL_RANK, LEVELS, Config
 from hoopd.policy.catalog import side_effect_level
@@ -52,8 +52,7 @@ def upstream_settings(level: str) -> dict[str, str]:
     return {"default_transaction_read_only": "on"} if level == "read_only" else {}
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """The verdict on one statement."""
 
     allowed: bool
@@ -91,7 +90,8 @@ def level_denial(info: StatementInfo, level: str) -> str | None:
         if level == "read_only" or side_effect_level(f.rpartition(".")[2].lower()) == "admin":
             return f"function {f}()"
     allowed = _ALLOWED_KINDS[level]
-    for k in sorted(info.kinds, key=lambda k: (k != info.kind, k)):
+    kinds = info.kinds
+    for k in (info.kind,) if len(kinds) == 1 else sorted(kinds, key=lambda k: (k != info.kind, k)):
         if k in allowed or k in _OPAQUE_KINDS or (k == "ddl" and level == "read_write" and info.temp_only):
             continue
         if k != info.kind:

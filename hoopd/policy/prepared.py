@@ -10,7 +10,6 @@ statement does less than what the server holds.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Iterable
 
 from hoopd.policy.classify import StatementInfo
@@ -57,13 +56,16 @@ class PreparedRegistry:
             if b is not None:
                 out = out.with_effects_of(b)
         opaque = any(b is None or b.opaque for b in bodies) or bool(info.kinds & {"do", "call"})
-        return out if out.opaque == opaque else replace(out, opaque=opaque)
+        return out if out.opaque == opaque else out._replace(opaque=opaque)
 
     def resolve(self, infos: Iterable[StatementInfo]) -> list[StatementInfo]:
         """Resolve statements in order, as if each earlier one had run (a PREPARE then an
         EXECUTE of it in one Query). Does not change this registry."""
         infos = list(infos)
-        if not any(i.executes or i.kind in _CHANGES for i in infos):
+        for i in infos:
+            if i.executes or i.kind in _CHANGES:
+                break
+        else:
             return infos
         work = self.copy()
         out = []

@@ -11,8 +11,8 @@ any schema.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from dataclasses import dataclass, field
+from fnmatch import translate
 from typing import Iterable
 
 from hoopd.policy.classify import StatementInfo
@@ -45,21 +45,29 @@ class Rule:
     applications: tuple[str, ...] | None = None
     text_regex: re.Pattern[str] | None = None
     without_where: bool | None = None
+    _globs: dict[str, "_Globs"] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for key in ("relations", "functions", "groups", "users", "applications"):
+            patterns = getattr(self, key)
+            if patterns is not None:
+                self._globs[key] = _Globs(patterns, names=key in ("relations", "functions"))
 
     def matches(self, info: StatementInfo, ctx: Context) -> bool:
         if self.levels is not None and ctx.level not in self.levels:
             return False
         if self.kinds is not None and not (self.kinds & info.kinds):
             return False
-        if self.users is not None and not (ctx.user is not None and _any_glob([ctx.user], self.users)):
+        g = self._globs
+        if "users" in g and not (ctx.user is not None and g["users"].any((ctx.user,))):
             return False
-        if self.groups is not None and not _any_glob(ctx.groups, self.groups):
+        if "groups" in g and not g["groups"].any(ctx.groups):
             return False
-        if self.applications is not None and not _any_glob([ctx.application], self.applications):
+        if "applications" in g and not g["applications"].any((ctx.application,)):
             return False
-        if self.relations is not None and not _any_name(info.relations, self.relations):
+        if "relations" in g and not g["relations"].any(info.relations):
             return False
-        if self.functions is not None and not _any_name(info.functions, self.functions):
+        if "functions" in g and not g["functions"].any(info.functions):
             return False
         if self.without_where is not None and self.without_where != (info.has_where is False):
             return False
@@ -73,20 +81,41 @@ def first_match(rules: Iterable[Rule], info: StatementInfo, ctx: Context) -> Rul
     return None
 
 
-def _any_glob(values: Iterable[str], patterns: tuple[str, ...]) -> bool:
-    return any(fnmatchcase(v, p) for v in values for p in patterns)
+def _alternation(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    patterns = list(patterns)
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns)) if patterns else None
+
+
+class _Globs:
+    """Patterns compiled once. With ``names``, the relation/function rules of the module
+    docstring: a qualified pattern also matches an unqualified name on its last part, an
+    unqualified pattern matches the last part of any name."""
+
+    __slots__ = ("whole", "last_part", "names")
+
+    def __init__(self, patterns: Iterable[str], names: bool = False) -> None:
+        patterns = list(patterns)
+        self.names = names
+        self.whole = _alternation(patterns)
+        # names: patterns matched against the last part of a name (see above)
+        self.last_part = _alternation(p.rpartition(".")[2] for p in patterns) if names else None
+
+    def any(self, values: Iterable[str]) -> bool:
+        for v in values:
+            if self.whole is not None and self.whole.match(v):
+                return True
+            if self.names and self._by_last_part(v):
+                return True
+        return False
+
+    def _by_last_part(self, name: str) -> bool:
+        schema, _, bare = name.rpartition(".")
+        assert self.whole is not None and self.last_part is not None
+        if not schema:  # unqualified name: any pattern's last part
+            return self.last_part.match(bare) is not None
+        return self.whole.match(bare) is not None  # qualified name: unqualified patterns on its last part
 
 
 def name_matches(name: str, pattern: str) -> bool:
-    """A relation or function name as written against a pattern (see module docstring)."""
-    if fnmatchcase(name, pattern):
-        return True
-    schema, _, bare = name.rpartition(".")
-    p_schema, dot, p_bare = pattern.rpartition(".")
-    if not dot:
-        return fnmatchcase(bare, pattern)
-    return not schema and fnmatchcase(bare, p_bare)
-
-
-def _any_name(names: Iterable[str], patterns: tuple[str, ...]) -> bool:
-    return any(name_matches(n, p) for n in names for p in patterns)
+    """A relation or function name as written against one pattern (see module docstring)."""
+    return _Globs((pattern,), names=True).any((name,))

@@ -25,6 +25,7 @@ from hoopd.policy.rules import Context
 from hoopd.session import Deny, SessionInfo, Verdict
 
 log = get_logger("hoopd.policy")
+_REGISTRY_KINDS = frozenset({"prepare", "deallocate", "discard"})
 
 
 @dataclass
@@ -34,6 +35,8 @@ class SessionPolicy:
     prepared: PreparedRegistry = field(default_factory=PreparedRegistry)
     decisions: list[Decision] = field(default_factory=list)  # of the last message decided
     undo: tuple[bytes, PreparedRegistry] | None = None  # registry before the last message changed it
+    context: Context | None = None  # rebuilt when what it is made of changes (see _context)
+    context_of: tuple = ()
 
 
 def function_call_info(oid: int) -> StatementInfo:
@@ -101,7 +104,7 @@ class PolicyStage:
                     prepare_as: str | None) -> Verdict:
         infos = self.classifier.classify(sql, st.prepared)
         verdict = self._decide(session, st, infos)
-        if verdict is None and (prepare_as or any(i.kind in ("prepare", "deallocate", "discard") for i in infos)):
+        if verdict is None and (prepare_as or any(i.kind in _REGISTRY_KINDS for i in infos)):
             st.undo = (body, st.prepared.copy())
             st.prepared.apply_all(infos)
             if prepare_as and infos:
@@ -111,11 +114,18 @@ class PolicyStage:
                 st.prepared.add(prepare_as, merged)
         return verdict
 
+    @staticmethod
+    def _context(session: SessionInfo, st: SessionPolicy) -> Context:
+        of = (session.connection, session.level, session.identity, session.application_name)
+        if st.context is None or of != st.context_of:
+            ident = session.identity
+            st.context = Context(session.connection or "", session.level, ident.name if ident else None,
+                                 ident.groups if ident else frozenset(), session.application_name)
+            st.context_of = of
+        return st.context
+
     def _decide(self, session: SessionInfo, st: SessionPolicy, infos: list[StatementInfo]) -> Verdict:
-        ident = session.identity
-        ctx = Context(session.connection or "", session.level, ident.name if ident else None,
-                      ident.groups if ident else frozenset(), session.application_name)
-        st.decisions = self.policy.decide_all(infos, ctx)
+        st.decisions = self.policy.decide_all(infos, self._context(session, st))
         for d in st.decisions:
             if not d.allowed:
                 return Deny(d.message)
