@@ -147,6 +147,10 @@ def _password() -> str:
     return secrets.token_urlsafe(12)
 
 
+_PREFIX = "hoopd-pg-"
+_OWNER = "owner.pid"  # the test process a temporary cluster belongs to
+
+
 @dataclass(frozen=True)
 class Role:
     """A login role of the test cluster and the pg_hba method it authenticates with over TCP."""
@@ -207,14 +211,31 @@ class TestCluster(Cluster):
 
     @classmethod
     def create(cls) -> "TestCluster":
-        """A started cluster in a new temporary folder (``destroy()`` removes both)."""
-        cluster = cls(Path(tempfile.mkdtemp(prefix="hoopd-pg-")))
+        """A started cluster in a new temporary folder (``destroy()`` removes both).
+
+        Clusters left behind by test runs that were killed are removed first.
+        """
+        cls.remove_orphans()
+        root = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        (root / _OWNER).write_text(str(os.getpid()))
+        cluster = cls(root)
         try:
             cluster.setup()
         except BaseException:
             cluster.destroy()
             raise
         return cluster
+
+    @classmethod
+    def remove_orphans(cls) -> None:
+        """Stop and remove the temporary clusters whose owning process is gone."""
+        for root in Path(tempfile.gettempdir()).glob(_PREFIX + "*"):
+            try:
+                os.kill(int((root / _OWNER).read_text()), 0)
+            except ProcessLookupError:
+                cls(root).destroy()
+            except (OSError, ValueError):
+                pass  # owner alive but not ours, or still being created
 
     def setup(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
