@@ -16,10 +16,16 @@ from hoopd.control.http import ControlSite
 from hoopd.control.plane import ControlPlane
 from hoopd.control.ssh import make_factory as make_ssh_factory
 from hoopd.identity.chain import IdentityChain
+from hoopd.journal.stage import JournalStage
+from hoopd.journal.view import LiveJournal
+from hoopd.journal.writer import JournalWriter
 from hoopd.log import configure, get_logger
+from hoopd.policy.decide import Policy
+from hoopd.policy.stage import PolicyStage
 from hoopd.proxy.client import GatewayFactory
 from hoopd.proxy.registry import SessionRegistry
 from hoopd.sdnotify import Notifier, watchdog_service
+from hoopd.session import Stage
 
 log = get_logger("hoopd.tap")
 
@@ -54,8 +60,17 @@ class GatewayService(service.MultiService):
         self.registry = SessionRegistry()
         self.identity = IdentityChain(config.identity, reactor)
         self.identity.setServiceParent(self)  # before the listeners: it owns the LDAP pool
-        self.factory = GatewayFactory(config, self.registry, reactor, identity=self.identity)
-        self.control = ControlPlane(self, reactor)
+        self.policy = PolicyStage(Policy.from_config(config))
+        self.journal: JournalStage | None = None
+        view = None
+        if config.journal.dir:  # the writer starts before the listeners and stops after them
+            writer = JournalWriter(config.journal, config.gateway.node, reactor)
+            writer.setServiceParent(self)
+            self.journal = JournalStage(writer, config.journal)
+            view = LiveJournal(writer, reactor)
+        stages: list[Stage] = [self.policy] + ([self.journal] if self.journal else [])  # journal sees final bytes
+        self.factory = GatewayFactory(config, self.registry, reactor, stages=stages, identity=self.identity)
+        self.control = ControlPlane(self, reactor, journal=view)
         self.control.metrics.login_failure_sources.append(lambda: self.identity.failures)
         self.factory.stages.append(self.control.tracker)
         self._ports: dict[str, Any] = {}
@@ -124,6 +139,9 @@ class GatewayService(service.MultiService):
         self.config = new
         self.factory.reconfigure(new)
         self.identity.reconfigure(new.identity)
+        self.policy.policy = Policy.from_config(new)
+        if self.journal is not None:
+            self.journal.reconfigure(new.journal)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
