@@ -294,6 +294,11 @@ def test_openapi_document_matches_routes():
             node = node[part]  # KeyError: a dangling $ref
 
 
+def test_openapi_document_passes_the_official_validator():
+    validator = pytest.importorskip("openapi_spec_validator", reason="openapi-spec-validator is not installed")
+    validator.validate(json.loads(json.dumps(DOCUMENT)))
+
+
 # --- sd_notify, watchdog, reload ---------------------------------------------------------------
 
 @pytest.fixture

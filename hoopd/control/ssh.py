@@ -212,9 +212,6 @@ class ConsoleShell(HistoricRecvLine):
         else:
             self.terminal.write(self.ps[self.pn])
 
-    def connectionLost(self, reason: Failure) -> None:
-        self.console.interrupt()
-
 
 def _exit(proto: Any, status: int) -> None:
     """Send exit-status and close the channel."""
