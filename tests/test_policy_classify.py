@@ -51,6 +51,8 @@ CASES = [
     # CTE names are not relations, with PostgreSQL's scoping
     ("WITH t AS (SELECT 1) SELECT * FROM t", dict(relations=())),
     ("WITH t AS (SELECT 1) DELETE FROM t", dict(kind="delete", relations=("t",))),  # target: the real t
+    ("WITH t AS (SELECT 1), d AS (DELETE FROM t RETURNING 1) SELECT * FROM d",
+     dict(relations=("t",), writes=True)),  # a DML target is never a CTE, also inside one
     ("WITH t AS (SELECT * FROM t) SELECT * FROM t", dict(relations=("t",))),  # inner t: the table
     ("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT * FROM t", dict(relations=())),
     ("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a", dict(relations=("b",))),
@@ -152,7 +154,8 @@ CASES = [
                                                           side_effect_functions=("set_config",))),
     ("SELECT pg_catalog.set_config('ROLE', 'x', true)", dict(privilege_change="role")),
     ("SELECT set_config('session_authorization', 'x', false)", dict(privilege_change="session_authorization")),
-    ("SELECT set_config('default_transaction_read_only', 'off', false)", dict(privilege_change="read_write")),
+    ("SELECT set_config('default_transaction_read_only', 'off', false)",
+     dict(privilege_change="read_write", side_effect_functions=())),
     ("SELECT set_config('transaction_read_only', 'off', true)", dict(privilege_change="read_write")),
     ("SELECT set_config('transaction_read_only', 'on', true)", dict(privilege_change=None)),
     ("SELECT set_config('ro' || 'le', 'x', false)", dict(privilege_change="unknown")),

@@ -318,7 +318,7 @@ READ_WRITE_ALLOWS = [
     "SELECT lo_create(0)", "SELECT pg_notify('c', 'x')", "NOTIFY chan", "SELECT * FROM orders FOR UPDATE",
     "LOCK TABLE orders IN ROW EXCLUSIVE MODE", "BEGIN READ WRITE", "SET TRANSACTION READ WRITE",
     "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "SET default_transaction_read_only = off",
-    "COMMIT PREPARED 'x'",
+    "COMMIT PREPARED 'x'", "SELECT set_config('default_transaction_read_only', 'off', false)",
 ]
 READ_WRITE_REFUSES = {
     "DROP TABLE orders": "ddl (DROP TABLE)",

@@ -190,3 +190,32 @@ def test_internal_error_fails_closed(stage: PolicyStage, monkeypatch: pytest.Mon
     monkeypatch.setattr(C, "_normalize", boom)
     d = _run(stage, _session("admin"), b"Q", Q("SELECT 42"))
     assert d is not None and d.message == "hoopd: statement could not be classified; refused"
+
+
+def test_decisions_are_recorded() -> None:
+    records: list[tuple[str, str, dict]] = []
+    policy = Policy([Rule("ok-orders", "allow", relations=("orders",)),
+                     Rule("ask", "review", kinds=frozenset({"update"}))])
+    stage = PolicyStage(policy, Classifier(), record=lambda s, kind, f: records.append((s.id, kind, f)))
+    s = _session("read_write")
+    assert _run(stage, s, b"Q", Q("SELECT 1; SELECT * FROM orders")) is None
+    assert [(r[1], r[2]["via"], r[2]["index"], r[2]["action"], r[2].get("rule")) for r in records] == [
+        ("policy", "Q", 1, "allow", "ok-orders")]  # allowed by the level alone: no record
+    records.clear()
+    assert _run(stage, s, b"P", P("UPDATE customers SET name = 'x' WHERE id = 1")) is not None
+    (r,) = records
+    assert r[2]["action"] == "review" and r[2]["via"] == "P" and "approvals are not enabled" in r[2]["message"]
+    records.clear()
+    assert _run(stage, s, b"F", F()) is not None
+    assert records[0][2]["action"] == "deny" and records[0][2]["statement"]["kind"] == "function_call"
+
+
+def test_unrecordable_decision_refuses() -> None:
+    def broken(*a: object) -> None:
+        raise OSError("disk full")
+
+    stage = PolicyStage(Policy([Rule("ok", "allow")]), Classifier(), record=broken)
+    d = _run(stage, _session("read_write"), b"Q", Q("SELECT 1"))
+    assert d is not None and "could not be recorded" in d.message
+    # nothing to record (allowed by the level alone): passes
+    assert _run(PolicyStage(Policy(), Classifier(), record=broken), _session(), b"Q", Q("SELECT 1")) is None

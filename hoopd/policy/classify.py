@@ -370,7 +370,8 @@ def _set_config(w: _Walker, name: str, args: list) -> None:
             change = "read_write"
     if change:
         w.privilege_change(change)
-        w.side_effects[name] = None
+        if change != "read_write":  # that one is like SET default_transaction_read_only (read_write may)
+            w.side_effects[name] = None
 
 
 def _variable_set(w: _Walker, f: dict, scope: frozenset[str]) -> None:

@@ -10,10 +10,15 @@
 Bind/Execute need no check: they run what an allowed Parse prepared.
 Per session state lives in ``session.extra["policy"]`` (a SessionPolicy). Anything that
 goes wrong while deciding refuses the message (fail closed).
+
+With ``record`` (e.g. JournalStage.record), every deny and review decision, and every
+allow a rule made, is written as a ``policy`` record before the message goes on; when
+that write fails, the message is refused.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from hoopd.log import get_logger
 from hoopd.pgwire.errors import ProtocolError
@@ -50,9 +55,11 @@ class PolicyStage:
     client_types = frozenset({b"Q", b"P", b"F", b"C"})
     server_types: frozenset[bytes] = frozenset()
 
-    def __init__(self, policy: Policy, classifier: Classifier | None = None) -> None:
-        self.policy = policy
+    def __init__(self, policy: Policy, classifier: Classifier | None = None,
+                 record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None) -> None:
+        self.policy = policy  # replace it on reload; sessions pick it up with their next message
         self.classifier = classifier or default_classifier
+        self.record = record
 
     @staticmethod
     def state(session: SessionInfo) -> SessionPolicy:
@@ -85,12 +92,12 @@ class PolicyStage:
         st.undo = None
         try:
             if mtype == b"Q":
-                return self._statements(session, st, body, decode_query(body), None)
+                return self._statements(session, st, mtype, body, decode_query(body), None)
             if mtype == b"P":
                 p = decode_parse(body)
-                return self._statements(session, st, body, p.query, p.name or None)
+                return self._statements(session, st, mtype, body, p.query, p.name or None)
             if mtype == b"F":
-                return self._decide(session, st, [function_call_info(decode_function_call(body).oid)])
+                return self._decide(session, st, mtype, [function_call_info(decode_function_call(body).oid)])
             if mtype == b"C":
                 self._close(st, body)
             return None
@@ -100,10 +107,10 @@ class PolicyStage:
             log.failure("policy could not decide; message refused (session {sid})", sid=session.id)
             return Deny("hoopd: statement could not be classified; refused")
 
-    def _statements(self, session: SessionInfo, st: SessionPolicy, body: bytes, sql: str,
+    def _statements(self, session: SessionInfo, st: SessionPolicy, mtype: bytes, body: bytes, sql: str,
                     prepare_as: str | None) -> Verdict:
         infos = self.classifier.classify(sql, st.prepared)
-        verdict = self._decide(session, st, infos)
+        verdict = self._decide(session, st, mtype, infos)
         if verdict is None and (prepare_as or any(i.kind in _REGISTRY_KINDS for i in infos)):
             st.undo = (body, st.prepared.copy())
             st.prepared.apply_all(infos)
@@ -124,12 +131,19 @@ class PolicyStage:
             st.context_of = of
         return st.context
 
-    def _decide(self, session: SessionInfo, st: SessionPolicy, infos: list[StatementInfo]) -> Verdict:
-        st.decisions = self.policy.decide_all(infos, self._context(session, st))
-        for d in st.decisions:
-            if not d.allowed:
-                return Deny(d.message)
-        return None
+    def _decide(self, session: SessionInfo, st: SessionPolicy, mtype: bytes,
+                infos: list[StatementInfo]) -> Verdict:
+        st.decisions = decisions = self.policy.decide_all(infos, self._context(session, st))
+        denied = next((d for d in decisions if not d.allowed), None)
+        if self.record is not None:
+            try:
+                for i, d in enumerate(decisions):
+                    if d.rule is not None or not d.allowed:
+                        self.record(session, "policy", {"via": mtype.decode(), "index": i, **d.record()})
+            except Exception:
+                log.failure("policy decision not recorded; message refused (session {sid})", sid=session.id)
+                return Deny("hoopd: the policy decision could not be recorded; statement refused")
+        return Deny(denied.message) if denied is not None else None
 
     @staticmethod
     def _close(st: SessionPolicy, body: bytes) -> None:
