@@ -26,7 +26,7 @@ run: venv
 test: deps venv
 	$(VPY) -m pytest -q
 
-bench: venv
+bench: deps venv
 	$(VPY) bench/run.py
 
 clean:
