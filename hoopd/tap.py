@@ -71,7 +71,12 @@ class GatewayService(service.MultiService):
         stages: list[Stage] = [self.policy] + ([self.journal] if self.journal else [])  # journal sees final bytes
         self.factory = GatewayFactory(config, self.registry, reactor, stages=stages, identity=self.identity)
         self.control = ControlPlane(self, reactor, journal=view)
-        self.control.metrics.login_failure_sources.append(lambda: self.identity.failures)
+        metrics = self.control.metrics
+        metrics.login_failure_sources.append(lambda: self.identity.failures)
+        metrics.policy_cache_stats = self.policy.classifier.stats
+        if self.journal is not None:
+            writer.written_hooks.append(lambda rec, nbytes, seconds: metrics.journal_written(seconds, nbytes))
+            writer.failed_hooks.append(lambda err: metrics.journal_failed())
         self.factory.stages.append(self.control.tracker)
         self._ports: dict[str, Any] = {}
         self._listen("postgres", config.listen.postgres, self.factory)

@@ -16,6 +16,7 @@ from twisted.internet import defer, reactor, task, threads
 
 from hoopd.config import load
 from hoopd.control.tokens import hash_token
+from hoopd.journal.reader import Journal
 from hoopd.tap import GatewayService
 from tests.control_fakes import FakeJournal
 from tests.gateway import USERS, _VERIFIERS, free_port
@@ -224,5 +225,40 @@ def test_control_port_over_tls(pg, tmp_path, tmp_tls):
                 return r.status, json.load(r)
         code, body = yield threads.deferToThread(get)
         assert code == 200 and body["node"] == "ctl"
+    finally:
+        yield svc.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_real_journal_feeds_readiness_metrics_and_session_events(pg, tmp_path):
+    port = free_port()
+    cfg = tmp_path / "hoopd.toml"
+    write_config(cfg, pg, f"tcp:{port}:interface=127.0.0.1", down=False,
+                 extra=f'[journal]\ndir = "{tmp_path / "journal"}"\nfsync = "always"\n')
+    svc = GatewayService(load(cfg), reactor)
+    svc.startService()
+    svc.url = f"http://127.0.0.1:{port}"
+    try:
+        code, body, _ = yield call(svc, "GET", "/readyz")
+        assert code == 200 and body["checks"]["journal"] == {"ok": True}
+        conn = yield threads.deferToThread(psycopg.connect, dsn(svc), autocommit=True)
+        try:
+            yield threads.deferToThread(lambda: conn.execute("select 'journaled' as x").fetchone())
+            (live,) = list(svc.registry)
+            code, one, _ = yield call(svc, "GET", f"/api/v1/sessions/{live.info.id}", VIEWER)
+            assert code == 200 and any("journaled" in json.dumps(e) for e in one["events"])
+            code, _, _ = yield call(svc, "POST", f"/api/v1/sessions/{live.info.id}/kill", ADMIN,
+                                    b'{"reason": "audit"}')
+            assert code == 200
+        finally:
+            yield threads.deferToThread(conn.close)
+        code, text, _ = yield call(svc, "GET", "/metrics", VIEWER)
+        written = [line for line in text.splitlines() if line.startswith("hoopd_journal_bytes_total ")]
+        assert written and float(written[0].split()[1]) > 0
+        assert "hoopd_journal_errors_total 0.0" in text
+        assert 'hoopd_policy_cache_total{result="miss"}' in text
+        admin = [e.rec for e in Journal(tmp_path / "journal").records() if e.rec["kind"] == "admin"]
+        assert [(a["action"], a["by"], a["target_session"], a["reason"]) for a in admin] == [
+            ("kill", "api:ops", live.info.id, "audit")]
     finally:
         yield svc.stopService()

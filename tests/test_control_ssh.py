@@ -59,7 +59,7 @@ def gw(pg, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ssh")
     console = Console(folder)
     body = (f'ssh = "tcp:{console.port}:interface=127.0.0.1"\n'
-            f'[control]\nssh_authorized_keys = "{console.keys_file}"\n'
+            f'[control]\nssh_authorized_keys = "{console.keys_file}"\n[journal]\ndir = "{folder / "journal"}"\n'
             + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", pg.app_scram.password))
     g = Gateway(folder, body).start()
     g.console = console
@@ -75,7 +75,6 @@ def test_exec_mode_prints_and_exits_with_a_status(gw):
     assert status == 0 and "sessions_active:     0\n" in out and "connections:         shop\n" in out
     assert gw.console.exec("frobnicate now") == (2, "", "error: unknown command 'frobnicate' (try help)\n")
     assert gw.console.exec("kill nope") == (1, "", "error: no live session nope\n")
-    assert gw.console.exec("tail") == (1, "", "error: tail is not available: this gateway has no journal\n")
 
 
 def test_host_key_is_made_once_and_private(gw):
@@ -86,11 +85,13 @@ def test_host_key_is_made_once_and_private(gw):
     assert served.get_base64() == paramiko.Ed25519Key.from_private_key_file(str(key_file)).get_base64()
 
 
-def _read_until(chan: paramiko.Channel, marker: bytes) -> bytes:
+def _read_until(chan: paramiko.Channel, marker: bytes, wait: float = 20, must: bool = True) -> bytes:
     buf = b""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + wait
     while marker not in buf:
-        assert time.monotonic() < deadline, f"never saw {marker!r} in {buf!r}"
+        if time.monotonic() > deadline:
+            assert not must, f"never saw {marker!r} in {buf!r}"
+            break
         if chan.recv_ready():
             buf += chan.recv(65536)
         elif chan.exit_status_ready():
@@ -194,3 +195,29 @@ def test_reload_from_the_console(gw):
     assert gw.console.exec("whoami")[0] == 0
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5):
         pass  # still serving
+
+
+def psql(gw, sql: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["psql", "-X", "-At", f"host=127.0.0.1 port={gw.port} dbname=shop user=dev sslmode=disable",
+                           "-c", sql], env=gw.env("dev"), capture_output=True, text=True, timeout=30)
+
+
+def test_tail_follows_what_a_client_just_ran(gw):
+    with gw.console.client() as c:
+        chan = c.invoke_shell(term="xterm", width=200, height=40)
+        _read_until(chan, b"hoopd> ")
+        chan.send(b"tail -f -n 0 --user dev\r")
+        seen = b""
+        for _ in range(10):  # a statement run before the follow began is not shown: run it until one is
+            r = psql(gw, "select 'tail-me-' || 42")
+            assert r.returncode == 0 and r.stdout.strip() == "tail-me-42"
+            seen += _read_until(chan, b"tail-me-", wait=2, must=False)
+            if b"tail-me-" in seen:
+                break
+        chan.send(b"\x03")  # Ctrl-C ends the follow, the prompt comes back
+        seen += _read_until(chan, b"hoopd> ")
+        assert b"select 'tail-me-' || 42" in seen
+        chan.send(b"quit\r")
+        assert chan.recv_exit_status() == 0
+    status, out, _ = gw.console.exec("tail -n 50 --user dev")
+    assert status == 0 and "select 'tail-me-' || 42" in out
