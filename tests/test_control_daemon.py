@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from hoopd.journal.reader import Journal
 from tests.gateway import BIN, Gateway, connection_toml, free_port, users_toml
 
 pytestmark = pytest.mark.integration
@@ -101,7 +102,7 @@ def test_notify_watchdog_and_sighup_reload(pg, tmp_path):
 
 
 def test_graceful_shutdown_waits_then_ends_sessions_with_57P01(pg, tmp_path):
-    gw = Gateway(tmp_path, body(pg, access="", grace="1s"))
+    gw = Gateway(tmp_path, f'[journal]\ndir = "{tmp_path / "journal"}"\n' + body(pg, access="", grace="1s"))
     gw.start()
     try:
         stays = psycopg.connect(gw.dsn("dev"))  # psycopg opens a transaction: idle in transaction
@@ -115,6 +116,10 @@ def test_graceful_shutdown_waits_then_ends_sessions_with_57P01(pg, tmp_path):
         assert "shutdown: waiting up to 1s for 1 live sessions" in log
         assert "shutdown: ending 1 sessions still open after the grace period" in log
         stays.close()
+        journal = Journal(tmp_path / "journal")
+        ends = [e.rec["reason"] for e in journal.records() if e.rec["kind"] == "session_end"]
+        assert ends == ["killed by shutdown: the gateway is shutting down"]
+        assert journal.segments() and not [seg for seg in journal.segments() if seg.open]  # closed cleanly
     finally:
         gw.stop()
 
