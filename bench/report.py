@@ -80,12 +80,14 @@ def table(meta: dict[str, Any], pgb: dict[str, Any], streams: dict[str, Any], sl
     lines = [f"pgbench -S, scale {meta['scale']}, {meta['rounds']} round(s) x {meta['duration']} s, "
              "median, targets alternated round-robin",
              f"{'mode':9}{'c':>3}  {'target':10}{'TPS':>10}{'lat ms':>9}{'vs direct':>11}{'vs pgb':>8}"
-             f"{'added us':>10}{'proxy CPU us/txn':>18}"]
+             f"{'added us':>10}{'proxy CPU us/txn':>18}",
+             "(added us: (latency - direct latency) x 1000, the cost per round trip at c=1)"]
     for mode, c in CONFIGS:
         for t in TARGETS:
             r = pgb[config_key(mode, c)][t]
             lines.append(f"{mode:9}{c:>3}  {t:10}{r['tps']:>10.0f}{r['latency_ms']:>9.3f}{r['vs_direct']:>11.2f}"
-                         f"{r['vs_pgbouncer']:>8.2f}{r['added_us']:>+10.1f}"
+                         f"{r['vs_pgbouncer']:>8.2f}"
+                         + (f"{r['added_us']:>+10.1f}" if c == 1 else f"{'':10}")
                          + (f"{r['cpu_us_per_txn']:>18.1f}" if "cpu_us_per_txn" in r else ""))
     lines += ["", "1M-row result through psql (median wall time)",
               f"{'kind':9}{'target':12}{'seconds':>9}{'vs direct':>11}{'proxy CPU s':>13}"]
