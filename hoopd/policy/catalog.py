@@ -126,17 +126,12 @@ PRIVILEGED_SETTINGS = {"role": "role", "session_authorization": "session_authori
 READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
 """Setting these to anything but a true value is the ``read_write`` privilege change."""
 
-_TRUE_WORDS = ("true", "yes", "on", "1")
-
-
 def is_true(value: object) -> bool:
     """Whether a setting value is certainly true the way PostgreSQL's parse_bool reads it
-    (unique prefixes of true/yes, "on", "1", the integer 1, the boolean true)."""
+    (prefixes of "true" and "yes", "on", "1", the integer 1, the boolean true)."""
     if value is True or (type(value) is int and value == 1):
         return True
     if not isinstance(value, str):
         return False
     v = value.strip().lower()
-    if v in ("on", "1"):
-        return True
-    return bool(v) and v != "o" and any(w.startswith(v) for w in _TRUE_WORDS[:2])
+    return v in ("on", "1") or (v != "" and ("true".startswith(v) or "yes".startswith(v)))

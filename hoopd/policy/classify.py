@@ -5,8 +5,10 @@ writes, the relations and functions it names, and the effects that make naive po
 fail (data-modifying CTEs, EXPLAIN ANALYZE, PREPARE/EXECUTE, DO/CALL, privilege changes).
 
 The parse tree comes from ``pglast.parser.parse_sql_json`` + ``json.loads`` and is walked
-as plain dicts: that costs 13 us for a pgbench select and 28 us for psql's ``\\d`` query,
-where ``pglast.parse_sql`` (Python node objects) costs 47 us and 146 us (bench/policy_bench.py).
+as plain dicts. That is the faster of pglast's two parse calls: parse_sql_json + json.loads
+took 13 us for a pgbench select and 28 us for psql's ``\\d NAME`` query on the 2-core dev
+machine, ``pglast.parse_sql`` (Python node objects) 47 us and 146 us (bench/policy_bench.py
+prints both).
 
 Caching, and why not by fingerprint alone
 -----------------------------------------
@@ -130,7 +132,7 @@ def unparseable(sql: str, error: str) -> StatementInfo:
 # --- the tree walk ---------------------------------------------------------------------
 
 _EMPTY: frozenset[str] = frozenset()
-_NO_DESCENT = frozenset({"withClause", "relation", "location"})
+_DML_SKIP = frozenset({"withClause", "relation"})  # walked by the handler itself
 _SELECT_SKIP = frozenset({"withClause", "intoClause"})
 _FUNC_SKIP = frozenset({"funcname"})
 _COPY_SKIP = frozenset({"relation", "query"})
@@ -221,7 +223,7 @@ class _Walker:
         else:
             self.fields(d, scope)
 
-    def fields(self, d: dict, scope: frozenset[str], skip: frozenset[str] = _NO_DESCENT) -> None:
+    def fields(self, d: dict, scope: frozenset[str], skip: frozenset[str] = _EMPTY) -> None:
         for k, v in d.items():
             if k not in skip and isinstance(v, (dict, list)):
                 self.node(v, scope)
@@ -337,7 +339,7 @@ def _dml(kind: str):  # noqa: ANN202
             w.relation(f["relation"], scope, target=True)
         if kind in ("update", "delete"):
             w.has_where = _where(w.has_where, "whereClause" in f)
-        w.fields(f, body_scope)
+        w.fields(f, body_scope, skip=_DML_SKIP)
     return handler
 
 
