@@ -2,6 +2,8 @@
 every statement, parameter and row they sent and got is in the journal."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncio
 import errno
 from pathlib import Path
@@ -39,7 +41,8 @@ def gateway(pg, tmp_path: Path):
     ops = FlakyOS()
     writer = JournalWriter(cfg.journal, cfg.gateway.node, reactor, ops=ops)
     writer.startService()
-    svc = GatewayService(cfg, reactor)
+    # the gateway's own journal is off: this test's writer (with injectable failures) is the journal
+    svc = GatewayService(replace(cfg, journal=replace(cfg.journal, dir=None)), reactor)
     svc.factory.stages.append(JournalStage(writer, cfg.journal))
     svc.startService()
     yield {"port": port, "folder": tmp_path / "journal", "ops": ops,
