@@ -2,10 +2,9 @@
 every statement, parameter and row they sent and got is in the journal."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import asyncio
 import errno
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
