@@ -72,9 +72,12 @@ class GatewayService(service.MultiService):
         self.factory = GatewayFactory(config, self.registry, reactor, stages=stages, identity=self.identity)
         self.control = ControlPlane(self, reactor, journal=view)
         metrics = self.control.metrics
+        self.factory.metrics = metrics
+        self.policy.count = metrics.statement
         metrics.login_failure_sources.append(lambda: self.identity.failures)
         metrics.policy_cache_stats = self.policy.classifier.stats
         if self.journal is not None:
+            self.policy.record = self.journal.record  # rule decisions and refusals, in the session's sequence
             writer.written_hooks.append(lambda rec, nbytes, seconds: metrics.journal_written(seconds, nbytes))
             writer.failed_hooks.append(lambda err: metrics.journal_failed())
         self.factory.stages.append(self.control.tracker)

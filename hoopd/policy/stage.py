@@ -56,10 +56,12 @@ class PolicyStage:
     server_types: frozenset[bytes] = frozenset()
 
     def __init__(self, policy: Policy, classifier: Classifier | None = None,
-                 record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None) -> None:
+                 record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None,
+                 count: Callable[[str, str], None] | None = None) -> None:
         self.policy = policy  # replace it on reload; sessions pick it up with their next message
         self.classifier = classifier or default_classifier
-        self.record = record
+        self.record = record  # journals decisions made by a rule, and every refusal
+        self.count = count  # (kind, action) per decided statement, for metrics
 
     @staticmethod
     def state(session: SessionInfo) -> SessionPolicy:
@@ -135,6 +137,9 @@ class PolicyStage:
                 infos: list[StatementInfo]) -> Verdict:
         st.decisions = decisions = self.policy.decide_all(infos, self._context(session, st))
         denied = next((d for d in decisions if not d.allowed), None)
+        if self.count is not None:
+            for d in decisions:
+                self.count(d.statement.kind, d.action)
         if self.record is not None:
             try:
                 for i, d in enumerate(decisions):

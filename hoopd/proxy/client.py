@@ -10,10 +10,11 @@ from __future__ import annotations
 import ipaddress
 import struct
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 
 from hoopd.config import Config
@@ -38,15 +39,25 @@ MAX_AUTH_MESSAGE = 65_536
 MAX_MINOR = 2  # we speak 3.0 and 3.2
 
 
+class LoginMetrics(Protocol):
+    """What the proxy reports about logins (the control plane's metrics implement it)."""
+
+    def login_failed(self, reason: str) -> None: ...
+
+    def upstream_connected(self, connection: str, seconds: float) -> None: ...
+
+
 class GatewayFactory(Factory):
     """Shared state for all client connections: config, registry, stages, authenticators."""
 
     def __init__(self, config: Config, registry: SessionRegistry, reactor: Any,
-                 stages: list[Stage] | None = None, identity: IdentityChain | None = None) -> None:
+                 stages: list[Stage] | None = None, identity: IdentityChain | None = None,
+                 metrics: LoginMetrics | None = None) -> None:
         self.registry = registry
         self.reactor = reactor
         self.stages = stages or []
         self.identity = identity or IdentityChain(config.identity, reactor)
+        self.metrics = metrics
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -67,7 +78,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class ClientProtocol(Protocol):
+class ClientProtocol(TwistedProtocol):
     def __init__(self, factory: GatewayFactory) -> None:
         self.gw = factory
         self.config = factory.config
@@ -86,6 +97,7 @@ class ClientProtocol(Protocol):
         self._end_reason: str | None = None
         self._registered = False
         self._had_data = False
+        self._connect_started = 0.0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -99,7 +111,7 @@ class ClientProtocol(Protocol):
     def _login_timeout(self) -> None:
         self._timeout = None
         log.info("session {sid} from {peer}: login timed out", sid=self.info.id, peer=self.info.peer)
-        self._fatal("08006", "hoopd: login timed out", reason="login timeout")
+        self._refuse_login("08006", "hoopd: login timed out", "login_timeout")
 
     def _cancel_timeout(self) -> None:
         if self._timeout is not None and self._timeout.active():
@@ -134,6 +146,12 @@ class ClientProtocol(Protocol):
             log.info("session {sid} ended: {reason}", sid=self.info.id, reason=reason)
         elif self.state == "preamble" and not self._had_data:
             log.debug("connection from {peer} closed before a startup packet", peer=self.info.peer)
+
+    def _refuse_login(self, sqlstate: str, message: str, reason: str) -> None:
+        """End a login the identity chain did not refuse (it counts its own), counting why."""
+        if self.gw.metrics is not None:
+            self.gw.metrics.login_failed(reason)
+        self._fatal(sqlstate, message, reason=reason.replace("_", " "))
 
     def _fatal(self, sqlstate: str, message: str, reason: str | None = None, detail: str | None = None) -> None:
         self._end_reason = reason or message
@@ -180,6 +198,8 @@ class ClientProtocol(Protocol):
 
     def _protocol_error(self, e: ProtocolError) -> None:
         log.info("session {sid} from {peer}: protocol error: {err}", sid=self.info.id, peer=self.info.peer, err=str(e))
+        if self.relay is None and self.gw.metrics is not None:
+            self.gw.metrics.login_failed("protocol_error")
         self._fatal(e.sqlstate, str(e), reason=f"protocol error: {e}")
 
     def _preamble(self) -> None:
@@ -342,16 +362,15 @@ class ClientProtocol(Protocol):
         name = self.startup.params.get("database") or self.startup.params["user"]
         conn = self.config.connections.get(name)
         if conn is None:
-            self._fatal(pe.INVALID_CATALOG, f'hoopd: no connection named "{name}"', reason="unknown connection")
+            self._refuse_login(pe.INVALID_CATALOG, f'hoopd: no connection named "{name}"', "unknown_connection")
             return
         level = conn.level_for(identity.groups)
         if level is None:
-            self._fatal(pe.INVALID_AUTHORIZATION,
-                        f'hoopd: user "{identity.name}" has no access to connection "{name}"',
-                        reason="no access")
+            self._refuse_login(pe.INVALID_AUTHORIZATION,
+                               f'hoopd: user "{identity.name}" has no access to connection "{name}"', "no_access")
             return
         if len(self.gw.registry) >= self.config.gateway.max_sessions:
-            self._fatal(pe.TOO_MANY_CONNECTIONS, "hoopd: too many sessions", reason="too many sessions")
+            self._refuse_login(pe.TOO_MANY_CONNECTIONS, "hoopd: too many sessions", "too_many_sessions")
             return
         self.connection_config = conn
         self.info.connection, self.info.level = name, level
@@ -361,6 +380,7 @@ class ClientProtocol(Protocol):
         if dropped:
             log.info("session {sid}: startup parameters not forwarded: {names}", sid=self.info.id,
                      names=", ".join(dropped))
+        self._connect_started = self.gw.reactor.seconds()
         d: Deferred = connect_upstream(self.gw.reactor, conn, conn.credential_for(level), params)
         d.addCallbacks(self._upstream_ready, self._upstream_failed)
 
@@ -369,8 +389,8 @@ class ClientProtocol(Protocol):
         log.warn("session {sid}: upstream for connection {conn} failed: {err}",
                  sid=self.info.id, conn=self.info.connection, err=str(err))
         if self.state != "closing":
-            self._fatal(pe.CANNOT_CONNECT, f'hoopd: cannot connect to connection "{self.info.connection}"'
-                        " (details in the gateway log)", reason="upstream connect failed")
+            self._refuse_login(pe.CANNOT_CONNECT, f'hoopd: cannot connect to connection "{self.info.connection}"'
+                               " (details in the gateway log)", "upstream_failed")
 
     def _upstream_ready(self, up: UpstreamProtocol) -> None:
         if self.state == "closing":
@@ -379,6 +399,8 @@ class ClientProtocol(Protocol):
             return
         self._cancel_timeout()
         self.upstream = up
+        if self.gw.metrics is not None:
+            self.gw.metrics.upstream_connected(self.info.connection, self.gw.reactor.seconds() - self._connect_started)
         reg = self.gw.registry
         key_len = 32 if self.info.protocol >= (3, 2) else 4
         pid, secret = reg.mint_key(self, key_len)
