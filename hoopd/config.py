@@ -115,6 +115,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)  # [control]: API tokens, SSH keys, shutdown
     rules: tuple[Rule, ...] = ()  # global [[rules]] (hoopd.policy)
     unparseable: str = "admin"  # [policy] unparseable: lowest level whose unparseable statements pass
+    policy_enabled: bool = True  # [policy] enabled: false takes the SQL policy stage out (needs a restart)
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -226,10 +227,10 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     control = parse_control(root.table("control"), base)
     from hoopd.policy.config import parse_global
 
-    rules, unparseable = parse_global(root)
+    rules, unparseable, policy_enabled = parse_global(root)
     root.done()
     return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
-                  rules, unparseable)
+                  rules, unparseable, policy_enabled)
 
 
 def load(path: str | os.PathLike) -> Config:

@@ -68,7 +68,11 @@ class GatewayService(service.MultiService):
             writer.setServiceParent(self)
             self.journal = JournalStage(writer, config.journal)
             view = LiveJournal(writer, reactor)
-        stages: list[Stage] = [self.policy] + ([self.journal] if self.journal else [])  # journal sees final bytes
+        if not config.policy_enabled:
+            log.warn("[policy] enabled = false: statements are not checked against access levels or rules"
+                     " (read_only sessions still run read-only upstream)")
+        stages: list[Stage] = (([self.policy] if config.policy_enabled else [])
+                               + ([self.journal] if self.journal else []))  # the journal sees final bytes
         self.factory = GatewayFactory(config, self.registry, reactor, stages=stages, identity=self.identity)
         self.control = ControlPlane(self, reactor, journal=view)
         metrics = self.control.metrics
@@ -127,9 +131,12 @@ class GatewayService(service.MultiService):
             log.error("reload ({by}) rejected, keeping the running config: {err}", by=by, err=str(e))
             self.notifier.ready("reload rejected; running the previous config")
             return str(e)
-        moved = [k for k in ("postgres", "http", "ssh") if getattr(new.listen, k) != getattr(self.config.listen, k)]
+        moved = [f"listen.{k}" for k in ("postgres", "http", "ssh")
+                 if getattr(new.listen, k) != getattr(self.config.listen, k)]
+        if new.policy_enabled != self.config.policy_enabled:
+            moved.append("policy.enabled")
         if moved:
-            log.warn("reload: listen.{keys} changed; that takes a restart", keys=", listen.".join(moved))
+            log.warn("reload: {keys} changed; that takes a restart", keys=", ".join(moved))
         try:
             self._apply(new)
         except Exception as e:  # a part refused what load() accepted: say so, keep serving

@@ -76,13 +76,14 @@ def parse_rules(t: Table) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def parse_global(root: Table) -> tuple[tuple[Rule, ...], str]:
-    """Global ``[[rules]]`` and ``[policy] unparseable`` from the root table."""
+def parse_global(root: Table) -> tuple[tuple[Rule, ...], str, bool]:
+    """Global ``[[rules]]`` and ``[policy]`` (unparseable, enabled) from the root table."""
     rules = parse_rules(root)
     pt = root.table("policy")
     unparseable = pt.str("unparseable", DEFAULT_UNPARSEABLE, choices=UNPARSEABLE)
+    enabled = pt.bool("enabled", True)
     pt.done()
-    return rules, unparseable
+    return rules, unparseable, enabled
 
 
 def parse_connection(t: Table) -> tuple[tuple[Rule, ...], str | None]:
