@@ -157,3 +157,71 @@ def test_journal_survives_kill_9(pg, tmp_path):
     r = hoopd("journal", "verify", str(tmp_path / "j"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert not list((tmp_path / "j").glob("*.open.*"))
+
+
+STATE_SQL = """
+select (select count(*) from customers), (select count(*) from orders),
+       (select md5(string_agg(c::text, ',' order by id)) from customers c),
+       (select md5(string_agg(o::text, ',' order by id)) from orders o),
+       (select string_agg(relname, ',' order by relname) from pg_class where relnamespace = 'public'::regnamespace),
+       (select count(*) from pg_largeobject_metadata), (select count(*) from pg_roles),
+       (select count(*) from pg_proc where pronamespace = 'public'::regnamespace),
+       (select last_value from customers_id_seq), (select last_value from orders_id_seq)
+"""
+
+
+def db_state(pg) -> tuple:
+    with psycopg.connect(pg.superuser_dsn("shop")) as su:
+        return su.execute(STATE_SQL).fetchone()
+
+
+def test_read_only_bypass_corpus_has_no_effect(gw, pg):
+    """Every statement of the bypass corpus, simple and extended, is refused by the gateway
+    (42501, our message) and the database is exactly as it was."""
+    from psycopg.pq import DiagnosticField, ExecStatus
+
+    from tests.test_policy_levels import READ_ONLY_BYPASS
+
+    before = db_state(pg)
+    passed: list[str] = []
+    conn = connect(gw, "reader")
+    try:
+        for sql in READ_ONLY_BYPASS:
+            for how in ("simple", "extended"):
+                if conn.closed:
+                    conn = connect(gw, "reader")
+                pgc = conn.pgconn
+                res = pgc.exec_(sql.encode()) if how == "simple" else pgc.exec_params(sql.encode(), [])
+                state = res.error_field(DiagnosticField.SQLSTATE)
+                msg = (res.error_field(DiagnosticField.MESSAGE_PRIMARY) or b"").decode()
+                if how == "simple" and (res.status != ExecStatus.FATAL_ERROR or state != b"42501"
+                                        or not msg.startswith("hoopd:")):
+                    passed.append(f"{how}: {sql!r} -> {res.status.name} {state} {msg}")
+                if pgc.transaction_status != 0:  # leave no transaction open between statements
+                    pgc.exec_(b"rollback")
+    finally:
+        conn.close()
+    assert passed == []
+    assert db_state(pg) == before
+    assert len(READ_ONLY_BYPASS) >= 80
+
+
+def test_read_only_routine_corpus_is_allowed(gw):
+    """Statements drivers and tools send stay allowed for read_only (PostgreSQL may still
+    answer an error of its own, e.g. for an object the statement expects; never hoopd)."""
+    from psycopg.pq import DiagnosticField
+
+    from tests.test_policy_levels import READ_ONLY_ROUTINE
+
+    refused = []
+    with connect(gw, "reader") as conn:
+        pgc = conn.pgconn
+        for sql in READ_ONLY_ROUTINE:
+            res = pgc.exec_(sql.encode())
+            msg = (res.error_field(DiagnosticField.MESSAGE_PRIMARY) or b"").decode()
+            if msg.startswith("hoopd:"):
+                refused.append(f"{sql!r}: {msg}")
+            if pgc.transaction_status != 0:
+                pgc.exec_(b"rollback")
+    assert refused == []
+    assert len(READ_ONLY_ROUTINE) >= 40
