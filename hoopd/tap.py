@@ -74,7 +74,7 @@ class GatewayService(service.MultiService):
         stages: list[Stage] = (([self.policy] if config.policy_enabled else [])
                                + ([self.journal] if self.journal else []))  # the journal sees final bytes
         self.factory = GatewayFactory(config, self.registry, reactor, stages=stages, identity=self.identity)
-        self.control = ControlPlane(self, reactor, journal=view)
+        self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity)
         metrics = self.control.metrics
         self.factory.metrics = metrics
         self.policy.count = metrics.statement

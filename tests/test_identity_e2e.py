@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from tests.certs import write_self_signed
-from tests.gateway import Gateway, connection_toml, users_toml
+from tests.gateway import Gateway, connection_toml, free_port, users_toml
 from tests.ldap_server import PASSWORDS, SERVICE_DN, SERVICE_PW, SUFFIX, slapd  # noqa: F401  (fixture)
 from tests.oidc_server import AUDIENCE, idp  # noqa: F401  (fixture)
 
@@ -22,7 +22,9 @@ def gw(pg, slapd, idp, tmp_path):  # noqa: F811
     shop = connection_toml("shop", "127.0.0.1", pg.port, "shop", pg.app_scram.name, pg.app_scram.password)
     shop += (f'[connections.shop.credentials.read_only]\nuser = "{pg.app_md5.name}"\n'
              f'password = "{pg.app_md5.password}"\n')
-    body = (f'[tls]\nmode = "allow"\ncert = "{cert}"\nkey = "{key}"\n'
+    body = (f'http = "tcp:{free_port()}:interface=127.0.0.1"\n'  # still inside [listen]
+            f'[control]\nadmin_groups = ["dba"]\nviewer_groups = ["oncall"]\n'
+            f'[tls]\nmode = "allow"\ncert = "{cert}"\nkey = "{key}"\n'
             f'[identity.oidc]\nissuer = "{idp.issuer}"\naudience = "{AUDIENCE}"\nca_file = "{idp.ca_file}"\n'
             f'[identity.ldap]\nurl = "{slapd.url}"\nstart_tls = true\nca_file = "{slapd.ca_file}"\n'
             f'bind_dn = "{SERVICE_DN}"\nbind_password_file = "ldap.pw"\nuser_base = "ou=people,{SUFFIX}"\n'
@@ -78,3 +80,35 @@ def test_ldap_passwords_map_groups_to_levels(gw):
     r = yield in_thread(gw, "bob", "wrong", "select 1")
     assert r.returncode != 0 and 'password authentication failed for user "bob"' in r.stderr
     assert PASSWORDS["bob"] not in gw.log()
+
+
+def api(gw, path: str, token: str, method: str = "GET") -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    port = gw.config.read_text().split('http = "tcp:')[1].split(":")[0]
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 headers={"Authorization": f"Bearer {token}"}, data=b"{}" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest_twisted.inlineCallbacks
+def test_oidc_bearer_tokens_on_the_control_api(gw, idp):  # noqa: F811
+    viewer = idp.mint("carol", groups=["oncall"])
+    admin = idp.mint("dana", groups=["dba"])
+    outsider = idp.mint("erin", groups=["dev"])
+    status, body = yield threads.deferToThread(api, gw, "/api/v1/sessions", viewer)
+    assert status == 200 and "sessions" in body
+    status, body = yield threads.deferToThread(api, gw, "/api/v1/sessions/nope/kill", viewer, "POST")
+    assert status == 403
+    status, body = yield threads.deferToThread(api, gw, "/api/v1/sessions/nope/kill", admin, "POST")
+    assert status == 404  # allowed to kill; there is no such session
+    status, _ = yield threads.deferToThread(api, gw, "/api/v1/sessions", outsider)
+    assert status in (401, 403)
+    status, _ = yield threads.deferToThread(api, gw, "/api/v1/sessions", idp.mint("dana", groups=["dba"], exp=1))
+    assert status == 401
