@@ -22,12 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography import x509  # noqa: E402
 
+from hoopd.control.tokens import hash_token  # noqa: E402
 from hoopd.pgwire.scram import make_verifier  # noqa: E402
 from tests.certs import write_self_signed  # noqa: E402
 from tests.pgcluster import SHOP_SQL, Cluster, quote_literal  # noqa: E402
 
 RUN = ROOT / ".run"
 LISTEN_PORT = 6432
+HTTP_PORT = 6480
 APP_ROLE = "shop_app"
 TWISTD = Path(sys.executable).parent / "twistd"
 
@@ -77,8 +79,9 @@ def start_cluster(cluster: Cluster) -> None:
         cluster.psql(f"SET ROLE {APP_ROLE};\n{SHOP_SQL}", dbname="shop")
 
 
-def write_config(pg_port: int, dev_password: str) -> Path:
-    """.run/hoopd.toml: local user dev (group dba, admin on shop) and the shop connection."""
+def write_config(pg_port: int, dev_password: str, agent_password: str, api_token_hash: str) -> Path:
+    """.run/hoopd.toml: local users dev (admin on shop) and agent (read_only, like an AI
+    coding agent would get), the shop connection, and the control port."""
     cert, key = tls_files()
     journal, state = RUN / "journal", RUN / "state"
     journal.mkdir(exist_ok=True)
@@ -91,6 +94,15 @@ state_dir = {q(str(state))}
 
 [listen]
 postgres = "tcp:{LISTEN_PORT}:interface=127.0.0.1"
+http = "tcp:{HTTP_PORT}:interface=127.0.0.1"
+
+[control]
+shutdown_grace = "2s"
+
+[[control.tokens]]
+name = "dev"
+role = "admin"
+token_hash = {q(api_token_hash)}
 
 [tls]
 mode = "allow"
@@ -105,6 +117,11 @@ name = "dev"
 password_hash = {q(make_verifier(dev_password))}
 groups = ["dba"]
 
+[[users]]
+name = "agent"
+password_hash = {q(make_verifier(agent_password))}
+groups = ["ai-agents"]
+
 [connections.shop]
 host = "127.0.0.1"
 port = {pg_port}
@@ -117,6 +134,7 @@ password_file = {q(str(RUN / "secrets" / APP_ROLE))}
 
 [connections.shop.access]
 dba = "admin"
+ai-agents = "read_only"
 """
     path = RUN / "hoopd.toml"
     path.write_text(text)
@@ -153,11 +171,17 @@ def main() -> int:
     cluster = Cluster(RUN / "pg")
     try:
         start_cluster(cluster)
-        dev_password = secret("dev")
-        config = write_config(cluster.port, dev_password)
+        dev_password, agent_password, api_token = secret("dev"), secret("agent"), secret("api-token")
+        config = write_config(cluster.port, dev_password, agent_password, hash_token(api_token))
         print(f"devrun: PostgreSQL on 127.0.0.1:{cluster.port}, gateway config {config}\n"
               f"devrun: connect with (Ctrl-C stops the gateway and the cluster):\n\n"
-              f'  PGPASSWORD={dev_password} psql "host=127.0.0.1 port={LISTEN_PORT} dbname=shop user=dev"\n',
+              f'  PGPASSWORD={dev_password} psql "host=127.0.0.1 port={LISTEN_PORT} dbname=shop user=dev"'
+              "      # admin\n"
+              f'  PGPASSWORD={agent_password} psql "host=127.0.0.1 port={LISTEN_PORT} dbname=shop user=agent"'
+              "  # read_only\n\n"
+              f"devrun: live sessions: curl -H 'Authorization: Bearer {api_token}' "
+              f"http://127.0.0.1:{HTTP_PORT}/api/v1/sessions\n"
+              f"devrun: the journal: .venv/bin/hoopd journal tail -f --dir {RUN / 'journal'}\n",
               flush=True)
         return run_gateway(config)
     finally:
