@@ -5,7 +5,6 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-TARGETS = ("direct", "hoopd", "pgbouncer")
 CONFIGS = (("simple", 1), ("simple", 8), ("prepared", 1), ("prepared", 8))
 STREAMS = ("copy", "select")
 
@@ -79,22 +78,20 @@ def table(meta: dict[str, Any], pgb: dict[str, Any], streams: dict[str, Any], sl
           results: list[Check]) -> str:
     lines = [f"pgbench -S, scale {meta['scale']}, {meta['rounds']} round(s) x {meta['duration']} s, "
              "median, targets alternated round-robin",
-             f"{'mode':9}{'c':>3}  {'target':10}{'TPS':>10}{'lat ms':>9}{'vs direct':>11}{'vs pgb':>8}"
+             f"{'mode':9}{'c':>3}  {'target':12}{'TPS':>10}{'lat ms':>9}{'vs direct':>11}{'vs pgb':>8}"
              f"{'added us':>10}{'proxy CPU us/txn':>18}",
              "(added us: (latency - direct latency) x 1000, the cost per round trip at c=1)"]
     for mode, c in CONFIGS:
-        for t in TARGETS:
-            r = pgb[config_key(mode, c)][t]
-            lines.append(f"{mode:9}{c:>3}  {t:10}{r['tps']:>10.0f}{r['latency_ms']:>9.3f}{r['vs_direct']:>11.2f}"
+        for t, r in pgb[config_key(mode, c)].items():
+            lines.append(f"{mode:9}{c:>3}  {t:12}{r['tps']:>10.0f}{r['latency_ms']:>9.3f}{r['vs_direct']:>11.2f}"
                          f"{r['vs_pgbouncer']:>8.2f}"
                          + (f"{r['added_us']:>+10.1f}" if c == 1 else f"{'':10}")
                          + (f"{r['cpu_us_per_txn']:>18.1f}" if "cpu_us_per_txn" in r else ""))
     lines += ["", "1M-row result through psql (median wall time)",
-              f"{'kind':9}{'target':12}{'seconds':>9}{'vs direct':>11}{'proxy CPU s':>13}"]
+              f"{'kind':9}{'target':13}{'seconds':>9}{'vs direct':>11}{'proxy CPU s':>13}"]
     for kind in STREAMS:
-        for t in TARGETS:
-            r = streams[kind][t]
-            lines.append(f"{kind:9}{t:12}{r['seconds']:>9.3f}{r['vs_direct']:>11.2f}"
+        for t, r in streams[kind].items():
+            lines.append(f"{kind:9}{t:13}{r['seconds']:>9.3f}{r['vs_direct']:>11.2f}"
                          + (f"{r['cpu_seconds']:>13.2f}" if "cpu_seconds" in r else ""))
     lines += ["", f"slow client through hoopd: {slow['mib_read']:.0f} MiB read in {slow['seconds']:.1f} s "
               f"({slow['mib_read'] / slow['seconds']:.1f} MiB/s, {slow['recv_bytes']} B recv()s)",
@@ -106,4 +103,4 @@ def table(meta: dict[str, Any], pgb: dict[str, Any], streams: dict[str, Any], sl
         lines.append(f"  {ch.name:44} {ch.value:>9.2f} {ch.unit:3} {ch.op} {ch.limit:<6g} "
                      f"{'PASS' if ch.passed else 'MISS'}")
     lines += ["", f"load average before {meta['load_before']}, after {meta['load_after']}; {meta['cpus']} CPUs"]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

@@ -4,7 +4,8 @@
     .venv/bin/python bench/run.py --profile DIR [--duration S]   # hoopd hot spots (py-spy)
 
 Makes a throwaway PostgreSQL 15 cluster (``pgbench -i -s 10``), starts hoopd (no journal,
-no TLS, a local SCRAM user) and pgbouncer (session pooling, SCRAM) in front of it, then:
+no TLS, a local SCRAM user; once as configured by default and once as ``hoopd-relay``
+with ``[policy] enabled = false``) and pgbouncer (session pooling, SCRAM) in front of it:
 ``pgbench -S`` at c=1 and c=8, simple and prepared, the three targets alternated
 round-robin so machine noise hits all of them; a 1M-row result through psql (COPY and
 SELECT); a slow raw-socket client reading 1 GiB through hoopd while its RSS is sampled.
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import measure, report  # noqa: E402
-from bench.report import CONFIGS, STREAMS, TARGETS, config_key  # noqa: E402
+from bench.report import CONFIGS, STREAMS, config_key  # noqa: E402
 from bench.services import (PgBouncer, Target, ensure_pgbouncer, hoopd_gateway, new_password,  # noqa: E402
                             start_postgres, version_of)
 from bench.profile import profile_hoopd  # noqa: E402
@@ -112,7 +113,7 @@ def run_pgbench(targets: list[Target], rounds: int, duration: int) -> dict[str, 
                     us = (measure.cpu_seconds(t.pid) - cpu0) * 1e6 / res.transactions
                     cpu[key][t.name].append(us)
                     extra = f", {t.name} CPU {us:.0f} us/txn"
-                say(f"round {r + 1}/{rounds} {mode:8} c={c} {t.name:9} {res.tps:9.0f} TPS "
+                say(f"round {r + 1}/{rounds} {mode:8} c={c} {t.name:11} {res.tps:9.0f} TPS "
                     f"{res.latency_ms:.3f} ms{extra}")
     return report.summarize_pgbench(runs, cpu)
 
@@ -131,7 +132,7 @@ def run_streams(targets: list[Target], rounds: int) -> dict[str, Any]:
                     used = measure.cpu_seconds(t.pid) - cpu0
                     cpu[kind][t.name].append(used)
                     extra = f", {t.name} CPU {used:.2f} s"
-                say(f"round {r + 1}/{rounds} 1M-row {kind:6} {t.name:9} {sec:.3f} s{extra}")
+                say(f"round {r + 1}/{rounds} 1M-row {kind:6} {t.name:11} {sec:.3f} s{extra}")
     return report.summarize_streams(runs, cpu)
 
 
@@ -155,7 +156,7 @@ def run_slow_stream(hoopd: Target, pid: int, mib: int, rate_mib: float) -> dict[
 class Setup:
     cluster: Cluster
     hoopd: Gateway
-    targets: list[Target]  # direct, hoopd, pgbouncer
+    targets: list[Target]  # direct, hoopd, hoopd-relay (policy off), pgbouncer
     pgbouncer_bin: str
 
 
@@ -177,12 +178,17 @@ def setup(args: argparse.Namespace, stack: ExitStack) -> Setup:
     gw = hoopd_gateway(base / "hoopd", cluster.port, password)
     stack.callback(_quietly("stopping hoopd", gw.stop))
     gw.start()
+    relay = hoopd_gateway(base / "hoopd-relay", cluster.port, password, policy=False)
+    stack.callback(_quietly("stopping hoopd (policy off)", relay.stop))
+    relay.start()
     bouncer = PgBouncer(base / "pgbouncer", cluster.port, password)
     stack.callback(_quietly("stopping pgbouncer", bouncer.stop))
     bouncer.start(pgbouncer_bin)
     targets = [Target("direct", cluster.port, password), Target("hoopd", gw.port, password, gw.proc.pid),
+               Target("hoopd-relay", relay.port, password, relay.proc.pid),
                Target("pgbouncer", bouncer.port, password, bouncer.proc.pid)]
-    say(f"hoopd on {gw.port} (pid {gw.proc.pid}), pgbouncer on {bouncer.port}")
+    say(f"hoopd on {gw.port} (pid {gw.proc.pid}), hoopd with [policy] enabled = false on {relay.port} "
+        f"(pid {relay.proc.pid}), pgbouncer on {bouncer.port} (pid {bouncer.proc.pid})")
     return Setup(cluster, gw, targets, pgbouncer_bin)
 
 

@@ -61,11 +61,14 @@ def start_postgres(cluster: Cluster, password: str, scale: int) -> None:
         raise RuntimeError(f"pgbench -i failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
-def hoopd_gateway(folder: Path, pg_port: int, password: str) -> Gateway:
-    """A gateway (not yet started) with one local SCRAM user and one connection, no journal, no TLS."""
+def hoopd_gateway(folder: Path, pg_port: int, password: str, policy: bool = True) -> Gateway:
+    """A gateway (not yet started) with one local SCRAM user and one connection, no journal, no TLS.
+
+    ``policy=False`` sets ``[policy] enabled = false``: the relay without SQL checking."""
     folder.mkdir(mode=0o700)
     body = ('[logging]\nlevel = "warn"\n'
-            f'[[users]]\nname = "{USER}"\npassword_hash = "{make_verifier(password)}"\ngroups = ["dba"]\n'
+            + ("" if policy else "[policy]\nenabled = false\n")
+            + f'[[users]]\nname = "{USER}"\npassword_hash = "{make_verifier(password)}"\ngroups = ["dba"]\n'
             + connection_toml(DBNAME, "127.0.0.1", pg_port, DBNAME, USER, password))
     return Gateway(folder, body)
 
