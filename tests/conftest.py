@@ -10,6 +10,8 @@ import pytest
 from tests.certs import write_self_signed
 from tests.pgcluster import TestCluster
 
+pytest_plugins = ["tests.ldap_server", "tests.oidc_server"]  # the slapd and idp fixtures
+
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[TestCluster]:

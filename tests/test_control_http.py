@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, reactor, threads
 
 from hoopd.config import load
 from hoopd.control.tokens import hash_token
@@ -20,6 +20,7 @@ from hoopd.journal.reader import Journal
 from hoopd.tap import GatewayService
 from tests.control_fakes import FakeJournal
 from tests.gateway import USERS, _VERIFIERS, free_port
+from tests.reactorwait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,14 +71,6 @@ def call(svc, method: str, path: str, token: str | None = None, body: bytes | No
     ctype = resp.headers.getRawHeaders("content-type", [""])[0]
     return resp.code, (json.loads(text) if ctype.startswith("application/json") else text), resp.headers
 
-
-@defer.inlineCallbacks
-def wait_for(condition, tries: int = 200):
-    for _ in range(tries):
-        if condition():
-            return
-        yield task.deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("condition never became true")
 
 
 @pytest_twisted.inlineCallbacks

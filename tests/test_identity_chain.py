@@ -17,8 +17,8 @@ from hoopd.identity.base import AuthError, Identity
 from hoopd.identity.chain import IdentityChain
 from hoopd.identity.config import IdentityConfig, LDAPConfig, OIDCConfig
 from hoopd.identity.limiter import FailedLoginLimiter, address_key
-from tests.ldap_server import PASSWORDS, SERVICE_DN, SERVICE_PW, SUFFIX, slapd  # noqa: F401  (fixture)
-from tests.oidc_server import AUDIENCE, idp  # noqa: F401  (fixture)
+from tests.ldap_server import PASSWORDS, SERVICE_DN, SERVICE_PW, SUFFIX
+from tests.oidc_server import AUDIENCE
 
 SECRET = "s3cret-Pa55word"
 
@@ -203,7 +203,7 @@ def test_refusals_are_logged_with_reason_but_never_the_secret(logged):
 
 @pytest.mark.integration
 @pytest_twisted.ensureDeferred
-async def test_chain_with_real_idp_and_slapd(slapd, idp, logged):  # noqa: F811
+async def test_chain_with_real_idp_and_slapd(slapd, idp, logged):
     cfg = IdentityConfig(
         order=("local", "oidc", "ldap"), max_failed_logins_per_user=3,
         oidc=OIDCConfig(idp.issuer, (AUDIENCE,), ca_file=str(idp.ca_file)),

@@ -9,14 +9,14 @@ from twisted.internet import threads
 
 from tests.certs import write_self_signed
 from tests.gateway import Gateway, connection_toml, free_port, users_toml
-from tests.ldap_server import PASSWORDS, SERVICE_DN, SERVICE_PW, SUFFIX, slapd  # noqa: F401  (fixture)
-from tests.oidc_server import AUDIENCE, idp  # noqa: F401  (fixture)
+from tests.ldap_server import PASSWORDS, SERVICE_DN, SERVICE_PW, SUFFIX
+from tests.oidc_server import AUDIENCE
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def gw(pg, slapd, idp, tmp_path):  # noqa: F811
+def gw(pg, slapd, idp, tmp_path):
     cert, key = write_self_signed(tmp_path)
     (tmp_path / "ldap.pw").write_text(SERVICE_PW)
     shop = connection_toml("shop", "127.0.0.1", pg.port, "shop", pg.app_scram.name, pg.app_scram.password)
@@ -51,7 +51,7 @@ def in_thread(*args, **kw):
 
 
 @pytest_twisted.inlineCallbacks
-def test_oidc_token_as_password(gw, idp):  # noqa: F811
+def test_oidc_token_as_password(gw, idp):
     token = idp.mint("alice", groups=["dev"])
     r = yield in_thread(gw, "alice", token, "select current_user; show default_transaction_read_only")
     assert r.returncode == 0, r.stderr
@@ -65,7 +65,7 @@ def test_oidc_token_as_password(gw, idp):  # noqa: F811
 
 
 @pytest_twisted.inlineCallbacks
-def test_token_needs_tls(gw, idp):  # noqa: F811
+def test_token_needs_tls(gw, idp):
     r = yield in_thread(gw, "alice", idp.mint("alice"), "select 1", sslmode="disable")
     assert r.returncode != 0 and "needs TLS" in r.stderr
 
@@ -98,7 +98,7 @@ def api(gw, path: str, token: str, method: str = "GET") -> tuple[int, dict]:
 
 
 @pytest_twisted.inlineCallbacks
-def test_oidc_bearer_tokens_on_the_control_api(gw, idp):  # noqa: F811
+def test_oidc_bearer_tokens_on_the_control_api(gw, idp):
     viewer = idp.mint("carol", groups=["oncall"])
     admin = idp.mint("dana", groups=["dba"])
     outsider = idp.mint("erin", groups=["dev"])

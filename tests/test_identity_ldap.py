@@ -15,7 +15,7 @@ from hoopd.identity.base import AuthError, Identity
 from hoopd.identity.config import LDAPConfig
 from hoopd.identity.ldap import LDAPAuthenticator, norm_dn
 from tests.certs import make_ca, pem_cert
-from tests.ldap_server import PASSWORDS, SERVICE_DN, SERVICE_PW, SUFFIX, Slapd, seed_people, slapd  # noqa: F401
+from tests.ldap_server import PASSWORDS, SERVICE_DN, SERVICE_PW, SUFFIX, Slapd, seed_people
 
 pytestmark = pytest.mark.integration
 

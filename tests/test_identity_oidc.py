@@ -21,7 +21,7 @@ from hoopd.identity.config import OIDCConfig
 from hoopd.identity.http import FetchError, max_age
 from hoopd.identity.oidc import DEFAULT_TTL, KeyCache, OIDCAuthenticator, looks_like_jwt
 from tests.certs import make_ca, pem_cert
-from tests.oidc_server import AUDIENCE, IdP, idp, rsa_key  # noqa: F401  (idp: fixture)
+from tests.oidc_server import AUDIENCE, IdP, rsa_key
 
 
 def authenticator(idp: IdP, clock: Clock | None = None, **over) -> OIDCAuthenticator:

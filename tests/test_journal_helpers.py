@@ -2,7 +2,6 @@
 a log that remembers, and reading records back."""
 from __future__ import annotations
 
-import errno
 import os
 import struct
 from pathlib import Path

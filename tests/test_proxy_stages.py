@@ -7,12 +7,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, reactor, threads
 
 from hoopd.config import parse
 from hoopd.session import Deny, SessionInfo
 from hoopd.tap import GatewayService
 from tests.gateway import USERS, free_port, _VERIFIERS
+from tests.reactorwait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -177,12 +178,3 @@ def test_registry_lists_and_kills_sessions(gateway):
     assert len(svc.registry) == 0
     conn.close()
 
-
-@defer.inlineCallbacks
-def wait_for(condition, tries: int = 200):
-    """Poll a condition on the reactor (no wall-clock assertion: it only bounds the wait)."""
-    for _ in range(tries):
-        if condition():
-            return
-        yield task.deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("condition never became true")
