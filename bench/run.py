@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,7 +37,6 @@ from bench.report import CONFIGS, STREAMS, config_key  # noqa: E402
 from bench.services import (PgBouncer, Target, ensure_pgbouncer, hoopd_gateway, new_password,  # noqa: E402
                             start_postgres, version_of)
 from bench.profile import profile_hoopd  # noqa: E402
-from tests.gateway import Gateway  # noqa: E402
 from tests.pgcluster import Cluster  # noqa: E402
 
 STREAM_SQL = {
@@ -45,6 +44,7 @@ STREAM_SQL = {
     "select": "select g, md5(g::text) from generate_series(1, 1000000) g",
 }
 MiB = 1 << 20
+R = TypeVar("R")
 
 
 def say(msg: str) -> None:
@@ -89,6 +89,13 @@ def _quietly(what: str, fn: Callable[[], object]) -> Callable[[], None]:
     return step
 
 
+def _with_cpu(t: Target, work: Callable[[], R]) -> tuple[R, float | None]:
+    """work()'s result and the CPU seconds the target's proxy process used meanwhile (None: direct)."""
+    cpu0 = measure.cpu_seconds(t.pid) if t.pid else 0.0
+    out = work()
+    return out, (measure.cpu_seconds(t.pid) - cpu0 if t.pid else None)
+
+
 def run_pgbench(targets: list[Target], rounds: int, duration: int) -> dict[str, Any]:
     """Every config x target, ``rounds`` times, the target order rotated each round.
 
@@ -105,14 +112,12 @@ def run_pgbench(targets: list[Target], rounds: int, duration: int) -> dict[str, 
         for mode, c in CONFIGS:
             key = config_key(mode, c)
             for t in _rotated(targets, r):
-                cpu0 = measure.cpu_seconds(t.pid) if t.pid else 0.0
-                res = measure.pgbench(t, mode, c, duration)
+                res, used = _with_cpu(t, lambda: measure.pgbench(t, mode, c, duration))
                 runs[key][t.name].append((res.tps, res.latency_ms))
                 extra = ""
-                if t.pid:
-                    us = (measure.cpu_seconds(t.pid) - cpu0) * 1e6 / res.transactions
-                    cpu[key][t.name].append(us)
-                    extra = f", {t.name} CPU {us:.0f} us/txn"
+                if used is not None:
+                    cpu[key][t.name].append(used * 1e6 / res.transactions)
+                    extra = f", {t.name} CPU {used * 1e6 / res.transactions:.0f} us/txn"
                 say(f"round {r + 1}/{rounds} {mode:8} c={c} {t.name:11} {res.tps:9.0f} TPS "
                     f"{res.latency_ms:.3f} ms{extra}")
     return report.summarize_pgbench(runs, cpu)
@@ -124,19 +129,19 @@ def run_streams(targets: list[Target], rounds: int) -> dict[str, Any]:
     for r in range(rounds):
         for kind in STREAMS:
             for t in _rotated(targets, r):
-                cpu0 = measure.cpu_seconds(t.pid) if t.pid else 0.0
-                sec = measure.psql_seconds(t, STREAM_SQL[kind])
+                sec, used = _with_cpu(t, lambda: measure.psql_seconds(t, STREAM_SQL[kind]))
                 runs[kind][t.name].append(sec)
                 extra = ""
-                if t.pid:
-                    used = measure.cpu_seconds(t.pid) - cpu0
+                if used is not None:
                     cpu[kind][t.name].append(used)
                     extra = f", {t.name} CPU {used:.2f} s"
                 say(f"round {r + 1}/{rounds} 1M-row {kind:6} {t.name:11} {sec:.3f} s{extra}")
     return report.summarize_streams(runs, cpu)
 
 
-def run_slow_stream(hoopd: Target, pid: int, mib: int, rate_mib: float) -> dict[str, Any]:
+def run_slow_stream(hoopd: Target, mib: int, rate_mib: float) -> dict[str, Any]:
+    assert hoopd.pid is not None
+    pid = hoopd.pid
     expected = mib / rate_mib
     say(f"slow client: {mib} MiB through hoopd at {rate_mib:g} MiB/s (~{expected:.0f} s)")
     before = measure.proc_status_kib(pid)["VmRSS"]
@@ -155,7 +160,6 @@ def run_slow_stream(hoopd: Target, pid: int, mib: int, rate_mib: float) -> dict[
 @dataclass
 class Setup:
     cluster: Cluster
-    hoopd: Gateway
     targets: list[Target]  # direct, hoopd, hoopd-relay (policy off), pgbouncer
     pgbouncer_bin: str
 
@@ -189,14 +193,14 @@ def setup(args: argparse.Namespace, stack: ExitStack) -> Setup:
                Target("pgbouncer", bouncer.port, password, bouncer.proc.pid)]
     say(f"hoopd on {gw.port} (pid {gw.proc.pid}), hoopd with [policy] enabled = false on {relay.port} "
         f"(pid {relay.proc.pid}), pgbouncer on {bouncer.port} (pid {bouncer.proc.pid})")
-    return Setup(cluster, gw, targets, pgbouncer_bin)
+    return Setup(cluster, targets, pgbouncer_bin)
 
 
 def bench(args: argparse.Namespace, s: Setup) -> dict[str, Any]:
     load_before = [round(x, 2) for x in os.getloadavg()]
     pgb = run_pgbench(s.targets, args.rounds, args.duration)
     streams = run_streams(s.targets, args.rounds)
-    slow = run_slow_stream(s.targets[1], s.hoopd.proc.pid, args.slow_mib, args.slow_rate)
+    slow = run_slow_stream(s.targets[1], args.slow_mib, args.slow_rate)
     meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
             "scale": args.scale, "rounds": args.rounds, "duration": args.duration, "cpus": os.cpu_count(),
