@@ -46,12 +46,15 @@ def gw(pg, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gw")
     cert, key = write_self_signed(folder)
     body = (f'[tls]\nmode = "allow"\ncert = "{cert}"\nkey = "{key}"\n[logging]\nlevel = "debug"\n'
+            '[logging.levels]\n"hoopd.proxy" = "trace"\n'
             + users_toml() + upstreams(pg, folder))
     g = Gateway(folder, body).start()
     yield g
     g.stop()
     secrets = [role.password for role in pg.roles]
     assert not [s for s in secrets if s in g.log()], "an upstream password reached the gateway log"
+    assert USERS["dev"][0] not in g.log()  # nor a client password, even at trace level
+    assert "client p (password message" in g.log() and "client Q (" in g.log()  # trace shows the protocol
     assert "Traceback" not in g.log()
     assert "shutdown: waiting" not in g.log()  # every session ended and left the registry
 

@@ -104,7 +104,7 @@ class Relay:
         if t in (Q, E):
             self.info.statements += 1
         tb = bytes([t])
-        self.log.trace("session {sid} client {mtype} ({n} bytes)", sid=self.info.id, mtype=tb, n=len(body))
+        self.log.trace("session {sid} client {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
         deny: Deny | None = None
         for i, stage in enumerate(self._client_stages[t]):
             verdict = stage.client_message(self.info, tb, body)
@@ -195,7 +195,7 @@ class Relay:
             self.client.write(blob)
 
     def _server_message(self, t: int, body: bytes) -> bytes:
-        self.log.trace("session {sid} server {mtype} ({n} bytes)", sid=self.info.id, mtype=bytes([t]), n=len(body))
+        self.log.trace("session {sid} server {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
         if t == Z:
             self.info.transaction_status = body[:1].decode("latin-1")
             self._seen_syncs += 1
