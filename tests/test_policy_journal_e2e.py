@@ -48,6 +48,14 @@ def gw(pg, tmp_path_factory):
     assert "Traceback" not in g.log()
 
 
+@pytest.fixture(scope="module")
+def pgbench_tables(pg) -> None:
+    """pgbench's tables in shop, made directly (not through a gateway)."""
+    r = subprocess.run(["pgbench", "-i", "-s", "1", "-q", pg.dsn(pg.app_scram)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
 def connect(gw, user: str) -> psycopg.Connection:
     return psycopg.connect(gw.dsn(user), autocommit=True)
 
@@ -133,7 +141,7 @@ def test_journal_records_and_verifies(gw):
     assert r.returncode == 0 and "marker-for-journal" in r.stdout
 
 
-def test_journal_survives_kill_9(pg, tmp_path):
+def test_journal_survives_kill_9(pg, pgbench_tables, tmp_path):
     """kill -9 during a pgbench run: the next start recovers the torn segment, verify passes,
     and (fsync = always) every statement whose result a client received is in the journal."""
     g = Gateway(tmp_path, config_body(pg, tmp_path / "j", "always")).start()
@@ -230,3 +238,21 @@ def test_read_only_routine_corpus_is_allowed(gw):
                 pgc.exec_(b"rollback")
     assert refused == []
     assert len(READ_ONLY_ROUTINE) >= 40
+
+
+def test_journal_rotates_under_load(pg, pgbench_tables, tmp_path):
+    body = config_body(pg, tmp_path / "j", "interval").replace('fsync = "interval"\n',
+                                                               'fsync = "interval"\nrotate_bytes = "64KiB"\n')
+    g = Gateway(tmp_path, body).start()
+    try:
+        r = subprocess.run(["pgbench", "-n", "-S", "-t", "300", "-c", "4", "-h", "127.0.0.1", "-p", str(g.port),
+                            "-U", "dev", "shop"], env=g.env("dev"), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    finally:
+        g.stop()
+    segments = sorted((tmp_path / "j").glob("*.hjs"))
+    assert len(segments) > 3 and not list((tmp_path / "j").glob("*.open.*"))
+    assert hoopd("journal", "verify", str(tmp_path / "j")).returncode == 0
+    exported = hoopd("journal", "export", "--dir", str(tmp_path / "j"), "--format", "jsonl").stdout
+    statements = [e for e in map(json.loads, exported.splitlines()) if e["kind"] == "statement"]
+    assert len([s for s in statements if "SELECT abalance FROM pgbench_accounts" in s.get("text", "")]) == 1200
