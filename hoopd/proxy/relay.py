@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict, deque
 from typing import Any, Callable, Sequence
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 
 from hoopd.pgwire import messages as m
@@ -30,6 +31,26 @@ _MARKERS_KEPT = 256
 # Client messages PostgreSQL caps at 1 GiB; every other client message at 10 000 bytes...
 _BIG_CLIENT = {ord(c) for c in "QPBFdfc"}
 CLIENT_LIMITS = {t: 10_000 for t in range(256) if t not in _BIG_CLIENT}
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """Write to a transport, handing the bytes to the socket at once when nothing is queued.
+
+    Twisted's write() only queues: the bytes leave on the next reactor turn, after an
+    epoll_ctl to watch for writability and another to stop. For a relay that forwards one
+    small message per round trip that is most of its latency, so a plain TCP transport with
+    an empty buffer gets a direct send (what asyncio's transports do); what the socket does
+    not take, and every TLS transport, goes through write() as usual.
+    """
+    if (isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected
+            and not transport.disconnecting and not transport._tempDataBuffer
+            and transport.offset == len(transport.dataBuffer)):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int):
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
 
 
 class Relay:
@@ -93,7 +114,7 @@ class Relay:
                 self._oversize(True, ev)
         if out:
             self.quiet = False
-            self.upstream.write(b"".join(out))
+            send_now(self.upstream, b"".join(out))
 
     def _client_message(self, t: int, body: bytes, out: list[bytes]) -> None:
         if t == X:
@@ -163,7 +184,7 @@ class Relay:
                 self._emit(t, body, deny, out)
             if out:
                 self.quiet = False
-                self.upstream.write(b"".join(out))
+                send_now(self.upstream, b"".join(out))
             self.client.resumeProducing()
             self._drain_client()
 
@@ -192,7 +213,7 @@ class Relay:
         if out:
             blob = b"".join(out)
             self.info.bytes_out += len(blob)
-            self.client.write(blob)
+            send_now(self.client, blob)
 
     def _server_message(self, t: int, body: bytes) -> bytes:
         self.log.trace("session {sid} server {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
