@@ -13,7 +13,7 @@ import subprocess
 import psycopg
 import pytest
 
-from tests.gateway import BIN, Gateway, connection_toml, users_toml
+from tests.gateway import BIN, Gateway, connection_toml, free_port, users_toml
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,10 @@ def config_body(pg, journal_dir, fsync: str) -> str:
 @pytest.fixture(scope="module")
 def gw(pg, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gwpj")
-    g = Gateway(folder, config_body(pg, folder / "journal", "always")).start()
+    http = free_port()
+    g = Gateway(folder, f'http = "tcp:{http}:interface=127.0.0.1"\n[control]\nopen_metrics = true\n'
+                + config_body(pg, folder / "journal", "always")).start()
+    g.http_port = http
     yield g
     g.stop()
     assert "Traceback" not in g.log()
@@ -256,3 +259,25 @@ def test_journal_rotates_under_load(pg, pgbench_tables, tmp_path):
     exported = hoopd("journal", "export", "--dir", str(tmp_path / "j"), "--format", "jsonl").stdout
     statements = [e for e in map(json.loads, exported.splitlines()) if e["kind"] == "statement"]
     assert len([s for s in statements if "SELECT abalance FROM pgbench_accounts" in s.get("text", "")]) == 1200
+
+
+def test_metrics_count_decisions_and_login_refusals(gw):
+    import urllib.request
+
+    with connect(gw, "reader") as c:
+        denied(c, "insert into orders(customer_id, item, amount) values (1, 'x', 1)")
+        c.execute("select 1")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(gw.dsn("dev", "nosuch"))
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+
+    def value(prefix: str) -> float:
+        lines = [ln for ln in text.splitlines() if ln.startswith(prefix)]
+        assert lines, prefix
+        return float(lines[0].rsplit(" ", 1)[1])
+
+    assert value('hoopd_statements_total{decision="deny",kind="insert"}') >= 1
+    assert value('hoopd_statements_total{decision="allow",kind="select"}') >= 1
+    assert value('hoopd_login_failures_total{reason="unknown_connection"}') >= 1
+    assert value('hoopd_upstream_connect_seconds_count{connection="shop"}') >= 1

@@ -90,6 +90,7 @@ class Metrics:
         self._login_failures: Counter[str] = Counter()
         self._statements = PCounter("hoopd_statements", "Statements decided by policy", ["kind", "decision"],
                                     registry=r)
+        self._statement_children: dict[tuple[str, str], Any] = {}
         self._upstream = Histogram("hoopd_upstream_connect_seconds", "Upstream connect and login time",
                                    ["connection"], registry=r)
         self._journal_write = Histogram("hoopd_journal_write_seconds", "Journal write time", registry=r,
@@ -105,7 +106,10 @@ class Metrics:
         self._login_failures[reason] += 1
 
     def statement(self, kind: str, decision: str) -> None:
-        self._statements.labels(kind, decision).inc()
+        child = self._statement_children.get((kind, decision))
+        if child is None:  # labels() costs a few microseconds: keep each child (a few dozen at most)
+            child = self._statement_children[(kind, decision)] = self._statements.labels(kind, decision)
+        child.inc()
 
     def upstream_connected(self, connection: str, seconds: float) -> None:
         self._upstream.labels(connection).observe(seconds)
