@@ -233,15 +233,20 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
                   rules, unparseable, policy_enabled)
 
 
-def load(path: str | os.PathLike) -> Config:
-    """Read and validate a config file; relative paths inside are relative to its folder."""
+def read_toml(path: str | os.PathLike) -> dict:
+    """A config file's TOML document (ConfigError when it cannot be read or parsed)."""
     p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as e:
         raise ConfigError("", f"cannot read config file {p}: {e.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("", f"{p}: not valid TOML: {e}") from None
-    return parse(data, p.parent.resolve(), str(p))
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate a config file; relative paths inside are relative to its folder."""
+    p = Path(path)
+    return parse(read_toml(p), p.parent.resolve(), str(p))

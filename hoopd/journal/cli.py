@@ -10,11 +10,11 @@ import csv
 import os
 import re
 import sys
-import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from hoopd.config import read_toml
 from hoopd.confkit import ConfigError, Table
 from hoopd.journal import records as r
 from hoopd.journal import render
@@ -80,15 +80,10 @@ def journal_config(path: str) -> JournalConfig:
     """The [journal] section of a config file (nothing else is read or checked)."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read config file {p}: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{p}: not valid TOML: {e}") from None
-    try:
+        data = read_toml(p)
         return parse_journal(Table(data.get("journal", {}), "journal"), p.parent.resolve())
     except ConfigError as e:
-        raise UsageError(f"{p}: {e}") from None
+        raise UsageError(str(e) if not e.path else f"{p}: {e}") from None
 
 
 def _folder(args: argparse.Namespace) -> Path:
