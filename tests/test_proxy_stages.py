@@ -178,3 +178,31 @@ def test_registry_lists_and_kills_sessions(gateway):
     assert len(svc.registry) == 0
     conn.close()
 
+
+
+class Broken(Recorder):
+    """A stage with a bug: it raises on a particular statement."""
+
+    name = "broken"
+
+    def client_message(self, s, mtype, body):
+        if b"boom" in body:
+            raise RuntimeError("stage bug")
+        return None
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_stage_bug_ends_only_that_session(gateway):
+    svc, rec, obs, dsn = gateway
+    svc.factory.stages = [Broken()]
+
+    def scenario():
+        with psycopg.connect(dsn, autocommit=True) as other:
+            with psycopg.connect(dsn, autocommit=True) as victim:
+                with pytest.raises(psycopg.errors.InternalError_) as e:
+                    victim.execute("select 'boom'")
+                assert "internal error" in str(e.value)
+            return other.execute("select 5").fetchone()[0]
+
+    assert (yield in_thread(scenario)) == 5
+    yield wait_for(lambda: len(svc.registry) == 0)

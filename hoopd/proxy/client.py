@@ -179,13 +179,15 @@ class ClientProtocol(TwistedProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._had_data = True
+        if self.state == "closing":
+            return
         if self.relay is not None:
             try:
                 self.relay.client_data(data)
             except ProtocolError as e:
                 self._protocol_error(e)
-            return
-        if self.state == "closing":
+            except Exception:
+                self._internal_error("client data")
             return
         self.buf += data
         try:
@@ -195,6 +197,19 @@ class ClientProtocol(TwistedProtocol):
                 self._auth_messages()
         except ProtocolError as e:
             self._protocol_error(e)
+
+    def _server_data(self, data: bytes) -> None:
+        if self.state == "closing":
+            return
+        try:
+            self.relay.server_data(data)
+        except Exception:  # malformed server bytes or a stage's bug: end this session only
+            self._internal_error("server data")
+
+    def _internal_error(self, where: str) -> None:
+        log.failure("session {sid}: internal error handling {where}; session ended", sid=self.info.id, where=where)
+        self._fatal("XX000", "hoopd: internal error; the session was ended (details in the gateway log)",
+                    reason=f"internal error ({where})")
 
     def _protocol_error(self, e: ProtocolError) -> None:
         log.info("session {sid} from {peer}: protocol error: {err}", sid=self.info.id, peer=self.info.peer, err=str(e))
@@ -412,7 +427,7 @@ class ClientProtocol(TwistedProtocol):
                              + m.ready_for_query(b"I"))
         self.relay = Relay(self.info, self.transport, up.transport, self.gw.stages, log, self._client_terminated)
         self.state = "relay"
-        up.on_data = self.relay.server_data
+        up.on_data = self._server_data
         up.on_lost = self._upstream_lost
         self.relay.start()
         log.info("session {sid}: {user} ({source}) on {conn} as {lvl} from {peer}", sid=self.info.id,
@@ -420,7 +435,7 @@ class ClientProtocol(TwistedProtocol):
                  lvl=self.info.level, peer=self.info.peer)
         early = up.take_early_data()
         if early:
-            self.relay.server_data(early)
+            self._server_data(early)
         if self.buf:
             data, self.buf = bytes(self.buf), bytearray()
             self.dataReceived(data)
