@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 CONFIGS = (("simple", 1), ("simple", 8), ("prepared", 1), ("prepared", 8))
 STREAMS = ("copy", "select")
+CACHE_RESULTS = ("exact_hit", "shape_hit", "miss")  # hoopd_policy_cache_total{result}
 
 
 def config_key(mode: str, clients: int) -> str:
@@ -46,8 +48,21 @@ def summarize_streams(runs: dict[str, dict[str, list[float]]],
     return out
 
 
+def summarize_cache(counts: dict[str, dict[str, Counter[str]]]) -> dict[str, Any]:
+    """counts[mode][target] = classification outcomes (exact_hit, shape_hit, miss) -> with the hit rate."""
+    out: dict[str, Any] = {}
+    for mode, by_target in counts.items():
+        out[mode] = {}
+        for t, c in by_target.items():
+            n = sum(c.values())
+            out[mode][t] = {**{r: c[r] for r in CACHE_RESULTS}, "classifications": n,
+                            "hit_rate": round((c["exact_hit"] + c["shape_hit"]) / n, 5) if n else None}
+    return out
+
+
 @dataclass(frozen=True)
 class Check:
+    group: str
     name: str
     value: float
     op: str  # ">=" or "<="
@@ -62,45 +77,101 @@ class Check:
         return {**asdict(self), "result": "PASS" if self.passed else "MISS"}
 
 
-def checks(pgb: dict[str, Any], streams: dict[str, Any], slow: dict[str, Any]) -> list[Check]:
+@dataclass(frozen=True)
+class Figure:
+    """A reported figure without a target."""
+
+    group: str
+    name: str
+    value: float
+    unit: str = ""
+    note: str = ""
+
+
+GATEWAY, JOURNAL, POLICY = "gateway", "journal (issue 3)", "policy (issue 5)"
+
+
+def _tps_ratio(pgb: dict[str, Any], key: str, a: str, b: str) -> float:
+    return round(pgb[key][a]["tps"] / pgb[key][b]["tps"], 3)
+
+
+def _time_ratio(streams: dict[str, Any], kind: str, a: str, b: str) -> float:
+    return round(streams[kind][a]["seconds"] / streams[kind][b]["seconds"], 3)
+
+
+def checks(res: dict[str, Any]) -> list[Check]:
+    """The targets: the gateway's own on ``hoopd``; journal on vs off (``hoopd-jnl``,
+    ``hoopd-jnl-allrows`` vs ``hoopd``); policy on vs off (``hoopd`` vs ``hoopd-relay``)."""
+    pgb, streams, slow = res["pgbench"], res["streams"], res["slow_stream"]
     h = {k: v["hoopd"] for k, v in pgb.items()}
     return [
-        Check("c=8 simple TPS vs direct", h["simple_c8"]["vs_direct"], ">=", 0.30, "x"),
-        Check("c=1 simple added latency", h["simple_c1"]["added_us"], "<=", 60, "us"),
-        Check("c=1 prepared added latency", h["prepared_c1"]["added_us"], "<=", 60, "us"),
-        *(Check(f"1M-row {kind} stream time vs direct", streams[kind]["hoopd"]["vs_direct"], "<=", 1.5, "x")
+        Check(GATEWAY, "c=8 simple TPS vs direct", h["simple_c8"]["vs_direct"], ">=", 0.30, "x"),
+        Check(GATEWAY, "c=1 simple added latency", h["simple_c1"]["added_us"], "<=", 60, "us"),
+        Check(GATEWAY, "c=1 prepared added latency", h["prepared_c1"]["added_us"], "<=", 60, "us"),
+        *(Check(GATEWAY, f"1M-row {kind} stream time vs direct", streams[kind]["hoopd"]["vs_direct"], "<=", 1.5, "x")
           for kind in STREAMS),
-        Check(f"gateway peak RSS, slow {slow['mib_read']:.0f} MiB stream", slow["peak_rss_mb"], "<=", 150, "MB"),
+        Check(GATEWAY, f"gateway peak RSS, slow {slow['mib_read']:.0f} MiB stream", slow["peak_rss_mb"], "<=", 150,
+              "MB"),
+        Check(JOURNAL, "c=8 simple TPS, journal (fsync interval) / off",
+              _tps_ratio(pgb, "simple_c8", "hoopd-jnl", "hoopd"), ">=", 0.85, "x"),
+        *(Check(JOURNAL, f"1M-row {kind} time, journal (all rows) / off",
+                _time_ratio(streams, kind, "hoopd-jnl-allrows", "hoopd"), "<=", 1.3, "x") for kind in STREAMS),
+        Check(POLICY, "c=8 simple TPS, policy on / off", _tps_ratio(pgb, "simple_c8", "hoopd", "hoopd-relay"),
+              ">=", 0.85, "x"),
+        Check(POLICY, "c=8 prepared TPS, policy on / off", _tps_ratio(pgb, "prepared_c8", "hoopd", "hoopd-relay"),
+              ">=", 0.9, "x"),
     ]
 
 
-def table(meta: dict[str, Any], pgb: dict[str, Any], streams: dict[str, Any], slow: dict[str, Any],
-          results: list[Check]) -> str:
-    lines = [f"pgbench -S, scale {meta['scale']}, {meta['rounds']} round(s) x {meta['duration']} s, "
+def figures(res: dict[str, Any]) -> list[Figure]:
+    """What the issues ask to be reported besides their targets."""
+    out = [Figure(JOURNAL, "c=8 simple TPS, journal (fsync always) / off",
+                  _tps_ratio(res["pgbench"], "simple_c8", "hoopd-jnl-always", "hoopd"), "x")]
+    for t, j in res["journal"].items():
+        out.append(Figure(JOURNAL, f"journal bytes per pgbench txn, {t}", j["bytes_per_txn"], "B",
+                          f"{j['bytes'] / 1e6:.1f} MB / {j['transactions']} txns"))
+    for mode, by_target in res["policy_cache"].items():
+        c = by_target["hoopd"]
+        if c["classifications"]:
+            out.append(Figure(POLICY, f"classification cache hit rate, pgbench -M {mode}", c["hit_rate"] * 100, "%",
+                              f"{c['exact_hit']} exact + {c['shape_hit']} shape hits, {c['miss']} parses"))
+    return out
+
+
+def table(res: dict[str, Any], results: list[Check], figs: list[Figure], legend: dict[str, str]) -> str:
+    """The printed report; ``legend`` says what each target is."""
+    meta, pgb, streams, slow = res["meta"], res["pgbench"], res["streams"], res["slow_stream"]
+    lines = ["targets:", *(f"  {t:18} {what}" for t, what in legend.items()), "",
+             f"pgbench -S, scale {meta['scale']}, {meta['rounds']} round(s) x {meta['duration']} s, "
              "median, targets alternated round-robin",
-             f"{'mode':9}{'c':>3}  {'target':12}{'TPS':>10}{'lat ms':>9}{'vs direct':>11}{'vs pgb':>8}"
+             f"{'mode':9}{'c':>3}  {'target':18}{'TPS':>10}{'lat ms':>9}{'vs direct':>11}{'vs pgb':>8}"
              f"{'added us':>10}{'proxy CPU us/txn':>18}",
              "(added us: (latency - direct latency) x 1000, the cost per round trip at c=1)"]
     for mode, c in CONFIGS:
         for t, r in pgb[config_key(mode, c)].items():
-            lines.append(f"{mode:9}{c:>3}  {t:12}{r['tps']:>10.0f}{r['latency_ms']:>9.3f}{r['vs_direct']:>11.2f}"
+            lines.append(f"{mode:9}{c:>3}  {t:18}{r['tps']:>10.0f}{r['latency_ms']:>9.3f}{r['vs_direct']:>11.2f}"
                          f"{r['vs_pgbouncer']:>8.2f}"
                          + (f"{r['added_us']:>+10.1f}" if c == 1 else f"{'':10}")
                          + (f"{r['cpu_us_per_txn']:>18.1f}" if "cpu_us_per_txn" in r else ""))
     lines += ["", "1M-row result through psql (median wall time)",
-              f"{'kind':9}{'target':13}{'seconds':>9}{'vs direct':>11}{'proxy CPU s':>13}"]
+              f"{'kind':9}{'target':19}{'seconds':>9}{'vs direct':>11}{'proxy CPU s':>13}"]
     for kind in STREAMS:
         for t, r in streams[kind].items():
-            lines.append(f"{kind:9}{t:13}{r['seconds']:>9.3f}{r['vs_direct']:>11.2f}"
+            lines.append(f"{kind:9}{t:19}{r['seconds']:>9.3f}{r['vs_direct']:>11.2f}"
                          + (f"{r['cpu_seconds']:>13.2f}" if "cpu_seconds" in r else ""))
     lines += ["", f"slow client through hoopd: {slow['mib_read']:.0f} MiB read in {slow['seconds']:.1f} s "
               f"({slow['mib_read'] / slow['seconds']:.1f} MiB/s, {slow['recv_bytes']} B recv()s)",
               f"  hoopd RSS: before {slow['rss_before_mb']:.1f} MB, sampled peak {slow['sampled_peak_mb']:.1f} MB "
               f"({slow['samples']} samples), VmHWM {slow['hwm_mb']:.1f} MB"
-              + ("" if slow["hwm_reset"] else " (since process start: could not reset)"),
-              "", "targets"]
-    for ch in results:
-        lines.append(f"  {ch.name:44} {ch.value:>9.2f} {ch.unit:3} {ch.op} {ch.limit:<6g} "
-                     f"{'PASS' if ch.passed else 'MISS'}")
+              + ("" if slow["hwm_reset"] else " (since process start: could not reset)")]
+    for group in dict.fromkeys(x.group for x in [*results, *figs]):
+        lines += ["", f"results: {group}"]
+        for ch in results:
+            if ch.group == group:
+                lines.append(f"  {ch.name:52} {ch.value:>9.2f} {ch.unit:3} {ch.op} {ch.limit:<6g} "
+                             f"{'PASS' if ch.passed else 'MISS'}")
+        for f in figs:
+            if f.group == group:
+                lines.append(f"  {f.name:52} {f.value:>9.2f} {f.unit:3} (reported{': ' + f.note if f.note else ''})")
     lines += ["", f"load average before {meta['load_before']}, after {meta['load_after']}; {meta['cpus']} CPUs"]
     return "\n".join(line.rstrip() for line in lines)

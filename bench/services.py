@@ -1,11 +1,12 @@
 """The processes a bench run measures: a throwaway PostgreSQL 15 cluster with pgbench data,
-hoopd (``twistd -n hoopd``) and pgbouncer in front of it.
+hoopd (``twistd -n hoopd``, in several configurations) and pgbouncer in front of it.
 
 Every target is reached over TCP on 127.0.0.1 as the role ``bench`` with SCRAM-SHA-256,
-so the three differ only in what sits between the client and the server.
+so the targets differ only in what sits between the client and the server.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -13,8 +14,12 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from hoopd.pgwire.scram import make_verifier
 from tests.gateway import Gateway, connection_toml
@@ -61,16 +66,71 @@ def start_postgres(cluster: Cluster, password: str, scale: int) -> None:
         raise RuntimeError(f"pgbench -i failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
-def hoopd_gateway(folder: Path, pg_port: int, password: str, policy: bool = True) -> Gateway:
-    """A gateway (not yet started) with one local SCRAM user and one connection, no journal, no TLS.
+@dataclass(frozen=True)
+class HoopdVariant:
+    """One hoopd configuration a bench run starts, and what it joins.
 
-    ``policy=False`` sets ``[policy] enabled = false``: the relay without SQL checking."""
-    folder.mkdir(mode=0o700)
-    body = ('[logging]\nlevel = "warn"\n'
-            + ("" if policy else "[policy]\nenabled = false\n")
-            + f'[[users]]\nname = "{USER}"\npassword_hash = "{make_verifier(password)}"\ngroups = ["dba"]\n'
-            + connection_toml(DBNAME, "127.0.0.1", pg_port, DBNAME, USER, password))
-    return Gateway(folder, body)
+    ``journal``: the ``[journal]`` keys besides ``dir`` (None: no journal); ``configs``:
+    the pgbench configs it joins (None: all); ``streams``: whether it joins the 1M-row
+    streams. Every variant gets the same user and connection, so they differ only in this."""
+
+    name: str
+    policy: bool = True
+    journal: dict[str, str | int] | None = None
+    configs: tuple[str, ...] | None = None
+    streams: bool = True
+
+
+class Hoopd:
+    """A hoopd variant's gateway process (``twistd -n hoopd``), its control port (``/metrics``
+    open, scraped between measurements) and its journal folder; no TLS."""
+
+    def __init__(self, folder: Path, pg_port: int, password: str, variant: HoopdVariant) -> None:
+        folder.mkdir(mode=0o700)
+        self.variant = variant
+        self.http_port = free_port()
+        self.journal_dir = folder / "journal" if variant.journal is not None else None
+        journal = "" if self.journal_dir is None else (
+            f'[journal]\ndir = "{self.journal_dir}"\n'
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in variant.journal.items()))  # type: ignore[union-attr]
+        body = (f'http = "tcp:{self.http_port}:interface=127.0.0.1"\n'  # still in the [listen] Gateway writes
+                '[control]\nopen_metrics = true\n[logging]\nlevel = "warn"\n'
+                + ("" if variant.policy else "[policy]\nenabled = false\n") + journal
+                + f'[[users]]\nname = "{USER}"\npassword_hash = "{make_verifier(password)}"\ngroups = ["dba"]\n'
+                + connection_toml(DBNAME, "127.0.0.1", pg_port, DBNAME, USER, password))
+        self.gateway = Gateway(folder, body)
+        self.password = password
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+    def start(self) -> Target:
+        self.gateway.start()
+        assert self.gateway.proc is not None
+        return Target(self.name, self.gateway.port, self.password, self.gateway.proc.pid)
+
+    def stop(self) -> None:
+        self.gateway.stop()
+
+    def policy_cache(self) -> Counter[str]:
+        """hoopd_policy_cache_total by result (exact_hit, shape_hit, miss), from /metrics."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        out: Counter[str] = Counter()
+        for fam in text_string_to_metric_families(text):
+            if fam.name == "hoopd_policy_cache":
+                for s in fam.samples:
+                    if s.name == "hoopd_policy_cache_total":
+                        out[s.labels["result"]] = int(s.value)
+        return out
+
+    def journal_bytes(self) -> int:
+        """The size of every file in the journal folder (0 without a journal)."""
+        if self.journal_dir is None or not self.journal_dir.exists():
+            return 0
+        return sum(p.stat().st_size for p in self.journal_dir.rglob("*") if p.is_file())
 
 
 def ensure_pgbouncer() -> str:
