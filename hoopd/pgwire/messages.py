@@ -352,11 +352,6 @@ def encode_data_row(values: Iterable[bytes | None]) -> bytes:
     return b"".join(parts)
 
 
-def decode_parameter_status(body: bytes) -> tuple[str, str]:
-    r = Reader(body, "ParameterStatus")
-    return r.cstring(), r.cstring()
-
-
 def decode_notification(body: bytes) -> tuple[int, str, str]:
     r = Reader(body, "NotificationResponse")
     return r.int32(), r.cstring(), r.cstring()
