@@ -133,11 +133,12 @@ class IdentityChain(service.MultiService):
 
         return d.addCallbacks(ok, refused)
 
-    def verify(self, token: str) -> Deferred[Identity]:
-        """An OIDC token on its own (the control API's bearer tokens); AuthError when OIDC is off."""
+    def verify(self, token: str, audience: tuple[str, ...] | None = None) -> Deferred[Identity]:
+        """An OIDC token on its own (the control API's bearer tokens, checked against ``audience``
+        when given instead of the login audience); AuthError when OIDC is off."""
         if self.oidc is None:
             return fail(AuthError("hoopd: OIDC is not configured", "28000", "oidc_off"))
-        return self.oidc.verify(token)
+        return self.oidc.verify(token, audience)
 
     async def _try_sources(self, username: str, password: str, peer: str) -> Identity:
         last = bad_password(username, "no_source")

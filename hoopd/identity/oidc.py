@@ -152,9 +152,10 @@ class OIDCAuthenticator:
             return None
         return Deferred.fromCoroutine(self._verify(username, password))
 
-    def verify(self, token: str) -> Deferred[Identity]:
-        """Check a token with no user name to match (the control API's bearer tokens)."""
-        return Deferred.fromCoroutine(self._verify(None, token))
+    def verify(self, token: str, audience: tuple[str, ...] | None = None) -> Deferred[Identity]:
+        """Check a token with no user name to match (the control API's bearer tokens); ``audience``,
+        when given, replaces the configured one (``[control].oidc_audience``)."""
+        return Deferred.fromCoroutine(self._verify(None, token, audience))
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -189,7 +190,7 @@ class OIDCAuthenticator:
 
     # --- tokens --------------------------------------------------------------------------
 
-    async def _verify(self, username: str | None, token: str) -> Identity:
+    async def _verify(self, username: str | None, token: str, audience: tuple[str, ...] | None = None) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -206,24 +207,24 @@ class OIDCAuthenticator:
         except jwt.PyJWTError:
             raise AuthError(f"hoopd: cannot verify the OIDC token: the identity provider's key {kid!r} is unusable",
                             "28000", "idp_bad_key") from None
-        claims = self._decode(token, key, alg)
+        claims = self._decode(token, key, alg, audience or self.cfg.audience)
         name = self._username(claims)
         if username is not None and name != username:
             raise _Refused(f'it is for user "{name}", not "{username}"; connect with user={name}', "user_mismatch",
                            "28000")
         return Identity(name, self._groups(claims), self.source)
 
-    def _decode(self, token: str, key: jwt.PyJWK, alg: str) -> dict:
+    def _decode(self, token: str, key: jwt.PyJWK, alg: str, audience: tuple[str, ...]) -> dict:
         cfg = self.cfg
         try:
-            return jwt.decode(token, key, algorithms=[alg], audience=list(cfg.audience), issuer=cfg.issuer,
+            return jwt.decode(token, key, algorithms=[alg], audience=list(audience), issuer=cfg.issuer,
                               leeway=cfg.leeway, options={"require": REQUIRED_CLAIMS})
         except jwt.ExpiredSignatureError:
             raise _Refused("it has expired", "token_expired") from None
         except jwt.ImmatureSignatureError:
             raise _Refused("it is not valid yet (nbf/iat in the future)", "token_not_yet_valid") from None
         except jwt.InvalidAudienceError:
-            raise _Refused(f"its audience is not {' or '.join(cfg.audience)}", "token_audience") from None
+            raise _Refused(f"its audience is not {' or '.join(audience)}", "token_audience") from None
         except jwt.InvalidIssuerError:
             raise _Refused(f"it was not issued by {cfg.issuer}", "token_issuer") from None
         except jwt.MissingRequiredClaimError as e:
