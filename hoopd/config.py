@@ -42,6 +42,8 @@ class GatewayConfig:
     state_dir: str = "/var/lib/hoopd"
     login_timeout: float = 30.0
     max_sessions: int = 1000
+    max_message_bytes: int = 256 << 20  # largest client message accepted (PostgreSQL's 1 GiB stays the ceiling)
+    max_buffered_bytes: int = 512 << 20  # partly received client messages held, all sessions together
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Config:
     rules: tuple[Rule, ...] = ()  # global [[rules]] (hoopd.policy)
     unparseable: str = "admin"  # [policy] unparseable: lowest level whose unparseable statements pass
     policy_enabled: bool = True  # [policy] enabled: false takes the SQL policy stage out (needs a restart)
+    max_statement_bytes: int = 256 << 10  # [policy] max_statement_bytes: longer statements are refused below admin
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -185,6 +188,8 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
         state_dir=g.str("state_dir", "/var/lib/hoopd"),
         login_timeout=g.duration("login_timeout", 30.0),
         max_sessions=g.int("max_sessions", 1000, lo=1),
+        max_message_bytes=g.int("max_message_bytes", GatewayConfig.max_message_bytes, lo=10_000, hi=(1 << 30) - 5),
+        max_buffered_bytes=g.int("max_buffered_bytes", GatewayConfig.max_buffered_bytes, lo=1 << 20),
     )
     g.done()
     li = root.table("listen")
@@ -227,10 +232,10 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     control = parse_control(root.table("control"), base)
     from hoopd.policy.config import parse_global
 
-    rules, unparseable, policy_enabled = parse_global(root)
+    rules, unparseable, policy_enabled, max_statement_bytes = parse_global(root)
     root.done()
     return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
-                  rules, unparseable, policy_enabled)
+                  rules, unparseable, policy_enabled, max_statement_bytes)
 
 
 def read_toml(path: str | os.PathLike) -> dict:

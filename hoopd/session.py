@@ -20,6 +20,9 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 
 from hoopd.identity.base import Identity
+from hoopd.pgwire.encodings import Decoder, sql_decoder
+
+_utf8 = sql_decoder("UTF8", "UTF8")
 
 
 @dataclass
@@ -40,6 +43,15 @@ class SessionInfo:
     bytes_out: int = 0  # gateway -> client
     transaction_status: str = "I"  # last ReadyForQuery status from upstream: I, T or E
     extra: dict[str, Any] = field(default_factory=dict)  # per-stage state, keyed by stage name
+    settings: dict[str, str] = field(default_factory=dict)  # as the server last reported them (ParameterStatus)
+    sql_text: Decoder | None = _utf8  # statement bytes -> the text the server lexes; None: cannot be read
+
+    def report(self, name: str, value: str) -> None:
+        """A setting the server reported (at login or later); keeps ``sql_text`` in step."""
+        self.settings[name] = value
+        if name in ("client_encoding", "server_encoding"):
+            self.sql_text = sql_decoder(self.settings.get("client_encoding", "UTF8"),
+                                        self.settings.get("server_encoding", "UTF8"))
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly view (no secrets live here)."""
@@ -74,6 +86,18 @@ class Deny:
 
 
 Verdict = Deny | None
+
+
+class EndSession(Exception):
+    """Raised by a stage (in session_started or server_message) to end its session at once:
+    the client gets a FATAL ErrorResponse with this SQLSTATE and message, nothing more of
+    the session is forwarded either way."""
+
+    def __init__(self, message: str, sqlstate: str = "42501", reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.reason = reason or message  # for the session_end record and the log
 
 
 class Stage(Protocol):

@@ -60,7 +60,7 @@ class GatewayService(service.MultiService):
         self.registry = SessionRegistry()
         self.identity = IdentityChain(config.identity, reactor)
         self.identity.setServiceParent(self)  # before the listeners: it owns the LDAP pool
-        self.policy = PolicyStage(Policy.from_config(config))
+        self.policy = PolicyStage(Policy.from_config(config), max_statement_bytes=config.max_statement_bytes)
         self.journal: JournalStage | None = None
         view = None
         if config.journal.dir:  # the writer starts before the listeners and stops after them
@@ -82,6 +82,7 @@ class GatewayService(service.MultiService):
         metrics.policy_cache_stats = self.policy.classifier.stats
         if self.journal is not None:
             self.policy.record = self.journal.record  # rule decisions and refusals, in the session's sequence
+            self.factory.record = self.journal.record  # tripwire ends
             writer.written_hooks.append(lambda rec, nbytes, seconds: metrics.journal_written(seconds, nbytes))
             writer.failed_hooks.append(lambda err: metrics.journal_failed())
         self.factory.stages.append(self.control.tracker)
@@ -155,6 +156,7 @@ class GatewayService(service.MultiService):
         self.factory.reconfigure(new)
         self.identity.reconfigure(new.identity)
         self.policy.policy = Policy.from_config(new)
+        self.policy.max_statement_bytes = new.max_statement_bytes
         if self.journal is not None:
             self.journal.reconfigure(new.journal)
 

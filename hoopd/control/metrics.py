@@ -99,6 +99,9 @@ class Metrics:
         self._journal_errors = PCounter("hoopd_journal_errors", "Failed journal writes", registry=r)
         self._admin = PCounter("hoopd_admin_actions", "Admin actions (kill, reload) by channel", ["action", "via"],
                                registry=r)
+        self._tripwire = PCounter("hoopd_tripwire_sessions_ended",
+                                  "Sessions ended because the server reported a setting the checks rely on changed",
+                                  ["setting"], registry=r)
         ProcessCollector(registry=r)
         r.register(_Collector(sessions, tracker, self))
 
@@ -123,6 +126,9 @@ class Metrics:
 
     def admin_action(self, action: str, via: str) -> None:
         self._admin.labels(action, via).inc()
+
+    def tripwire(self, setting: str) -> None:
+        self._tripwire.labels(setting).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

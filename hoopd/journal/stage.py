@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pglast.parser import ParseError, split
 
@@ -28,6 +28,7 @@ from hoopd.journal.config import JournalConfig
 from hoopd.journal.writer import JournalUnavailable, JournalWriter
 from hoopd.log import get_logger
 from hoopd.pgwire import messages as m
+from hoopd.pgwire.encodings import TextError
 from hoopd.pgwire.errors import ProtocolError
 from hoopd.session import Deny, SessionInfo
 
@@ -53,6 +54,21 @@ def split_statements(text: str) -> list[str]:
         return list(split(text)) or [text]
     except (ParseError, ValueError):
         return [text]
+
+
+def _reader(info: SessionInfo) -> Callable[[bytes], str]:
+    """Statement text as the server reads it (the session's client encoding); bytes that
+    encoding cannot read (the policy refused them) are kept as Latin-1, byte for byte."""
+    decode = info.sql_text
+
+    def read(raw: bytes) -> str:
+        if decode is not None:
+            try:
+                return decode(raw)
+            except TextError:
+                pass
+        return raw.decode("latin-1")
+    return read
 
 
 def _text(v: bytes) -> str | bytes:
@@ -291,11 +307,11 @@ class JournalStage:
         """The statement record fields of a client message (None: not a statement)."""
         try:
             if t == 81:  # Q
-                text = m.decode_query(body)
+                text = m.decode_query(body, _reader(st.info))
                 parts = split_statements(text)
                 return {"op": "query", "text": text, **({"parts": parts} if len(parts) > 1 else {})}
             if t == 80:  # P
-                p = m.decode_parse(body)
+                p = m.decode_parse(body, _reader(st.info))
                 return {"op": "parse", "name": p.name, "text": p.query, "param_types": list(p.param_types)}
             if t == 66:  # B
                 b = m.decode_bind(body)

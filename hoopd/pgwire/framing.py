@@ -71,6 +71,11 @@ class Framer:
         self._type = 0
 
     @property
+    def buffered(self) -> int:
+        """Bytes held for a message not yet complete."""
+        return len(self._carry) + (len(self._body) if self._body is not None else 0)
+
+    @property
     def idle(self) -> bool:
         """True at a message boundary with nothing buffered."""
         return not (self._carry or self._skip or self._body is not None)
@@ -100,6 +105,9 @@ class Framer:
                 break
             t, ln = unpack(data, pos)
             if ln < 4 or ln > self.limits.get(t, self.default_limit):
+                if 4 <= ln <= MAX_MESSAGE and t not in self.limits:
+                    raise ProtocolError(f"message of {ln - 4} bytes (type {chr(t)!r}) is larger than the"
+                                        f" limit of {self.default_limit - 4} bytes", "54000")
                 raise ProtocolError(f"invalid message length {ln} for message type {chr(t)!r}")
             end = pos + 1 + ln
             if t in wanted:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from hoopd.pgwire.errors import ProtocolError
 
@@ -152,12 +152,18 @@ class Reader:
         self.pos += n
         return self.data[self.pos - n:self.pos]
 
-    def cstring(self) -> str:
+    def cstring_bytes(self) -> bytes:
         end = self.data.find(b"\0", self.pos)
         if end < 0:
             raise ProtocolError(f"malformed {self.what} message: missing string terminator")
         raw = self.data[self.pos:end]
         self.pos = end + 1
+        return raw
+
+    def cstring(self) -> str:
+        """A string for display and names: UTF-8, or Latin-1 when it is not valid UTF-8.
+        Statement text is read with the session's decoder instead (see decode_query)."""
+        raw = self.cstring_bytes()
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -201,11 +207,21 @@ def decode_startup(body: bytes) -> Startup:
     return Startup(version, params, tuple(pq))
 
 
-def decode_query(body: bytes) -> str:
-    r = Reader(body, "Query")
-    text = r.cstring()
+def decode_parameter_status(body: bytes) -> tuple[str, str]:
+    """ParameterStatus ('S' from the server): (name, value)."""
+    r = Reader(body, "ParameterStatus")
+    name, value = r.cstring(), r.cstring()
     r.end()
-    return text
+    return name, value
+
+
+def decode_query(body: bytes, text: Callable[[bytes], str] | None = None) -> str:
+    """The statement text of a Query; ``text`` decodes it the way the server reads it
+    (pgwire.encodings.sql_decoder); without it, as Reader.cstring does."""
+    r = Reader(body, "Query")
+    sql = text(r.cstring_bytes()) if text is not None else r.cstring()
+    r.end()
+    return sql
 
 
 @dataclass(frozen=True)
@@ -215,15 +231,17 @@ class Parse:
     param_types: tuple[int, ...]
 
 
-def decode_parse(body: bytes) -> Parse:
+def decode_parse(body: bytes, text: Callable[[bytes], str] | None = None) -> Parse:
+    """A Parse message; ``text`` decodes the statement text as in decode_query."""
     r = Reader(body, "Parse")
-    name, text = r.cstring(), r.cstring()
+    name = r.cstring()
+    sql = text(r.cstring_bytes()) if text is not None else r.cstring()
     n = r.int16()
     if n < 0:
         raise ProtocolError("malformed Parse message: negative parameter count")
     types = tuple(r.int32() for _ in range(n))
     r.end()
-    return Parse(name, text, types)
+    return Parse(name, sql, types)
 
 
 @dataclass(frozen=True)

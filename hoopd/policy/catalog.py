@@ -125,6 +125,9 @@ PRIVILEGED_SETTINGS = {"role": "role", "session_authorization": "session_authori
 """Settings whose change is a privilege change, -> the privilege_change label."""
 READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
 """Setting these to anything but a true value is the ``read_write`` privilege change."""
+LEXING_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding"})
+"""Settings that change how the server reads statement text (docs/decisions.md says which
+others were considered); changes to them are checked against the session's own values."""
 
 def is_true(value: object) -> bool:
     """Whether a setting value is certainly true the way PostgreSQL's parse_bool reads it

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 from pglast import parser as _pg
 
-from hoopd.policy.catalog import (COMMANDS, DDL_PREFIXES, DML_KINDS, PRIVILEGED_SETTINGS,
+from hoopd.policy.catalog import (COMMANDS, DDL_PREFIXES, DML_KINDS, LEXING_SETTINGS, PRIVILEGED_SETTINGS,
                                   READ_ONLY_SETTINGS, SIMPLE_KINDS, is_true, side_effect_level)
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ class StatementInfo(NamedTuple):
     body: "StatementInfo | None" = None  # PREPARE: the prepared statement
     error: str | None = None       # unparseable: the parser's message
     shape_safe: bool = False       # may be cached by normalized text (see module docstring)
+    lexing: tuple[tuple[str, str | None], ...] = ()  # (setting, new value or None: reset/unknown)
+    """Changes to settings that decide how the server reads statement text
+    (catalog.LEXING_SETTINGS); the policy stage checks them against the session."""
 
     def with_effects_of(self, other: "StatementInfo") -> "StatementInfo":
         """This statement plus everything ``other`` does (EXECUTE resolved to its body)."""
@@ -92,12 +95,13 @@ class StatementInfo(NamedTuple):
             temp_only=_temp_only(self, other),
             server_files=self.server_files or other.server_files,
             opaque=self.opaque or other.opaque,
+            lexing=_union(self.lexing, other.lexing),
         )
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly view for journals and ``hoopd policy explain``."""
         out: dict[str, Any] = {"kind": self.kind, "command": self.command}
-        for name in ("kinds", "relations", "functions", "side_effect_functions", "executes"):
+        for name in ("kinds", "relations", "functions", "side_effect_functions", "executes", "lexing"):
             v = getattr(self, name)
             if v:
                 out[name] = sorted(v) if isinstance(v, frozenset) else list(v)
@@ -190,6 +194,7 @@ class _Walker:
         self.prepared_name: str | None = None
         self.body: StatementInfo | None = None
         self.const_dependent = False
+        self.lexing: dict[tuple[str, str | None], None] = {}
         self.target = False  # relations met now are written or created, not read
 
     # generic descent
@@ -284,6 +289,7 @@ class _Walker:
         if w.privilege:
             self.privilege_change(w.privilege)
         self.const_dependent = self.const_dependent or w.const_dependent
+        self.lexing.update(w.lexing)
         if not runs:
             return
         self.kinds |= w.kinds
@@ -305,7 +311,7 @@ class _Walker:
             has_where=self.has_where, locks=self.locks, privilege_change=self.privilege,
             temp_only=bool(self.ddl_temp) and all(self.ddl_temp), server_files=self.server_files,
             opaque=self.opaque or bool(self.executes), prepared_name=self.prepared_name,
-            executes=tuple(self.executes), body=self.body,
+            executes=tuple(self.executes), body=self.body, lexing=tuple(self.lexing),
             shape_safe=kind in _SHAPE_KINDS and not self.const_dependent and not self.executes
             and not self.opaque,
         )
@@ -367,6 +373,9 @@ def _set_config(w: _Walker, name: str, args: list) -> None:
         change: str | None = "unknown"
     else:
         setting = setting.lower()
+        if setting in LEXING_SETTINGS:
+            value = _const(args[1]) if len(args) > 1 else None
+            w.lexing[(setting, value if isinstance(value, str) else None)] = None
         change = PRIVILEGED_SETTINGS.get(setting)
         if setting in READ_ONLY_SETTINGS and not is_true(_const(args[1]) if len(args) > 1 else None):
             change = "read_write"
@@ -392,6 +401,10 @@ def _variable_set(w: _Walker, f: dict, scope: frozenset[str]) -> None:
         args = f.get("args") or []
         if not (kind == "VAR_SET_VALUE" and args and all(is_true(_const(a)) for a in args)):
             w.privilege_change("read_write")
+    elif name in LEXING_SETTINGS and kind in ("VAR_SET_VALUE", "VAR_SET_CURRENT"):
+        args = f.get("args") or []
+        value = _const(args[0]) if len(args) == 1 and kind == "VAR_SET_VALUE" else None
+        w.lexing[(name, str(value) if isinstance(value, (str, int)) and value is not True else None)] = None
 
 
 def _transaction(w: _Walker, f: dict, scope: frozenset[str]) -> None:

@@ -76,14 +76,15 @@ def parse_rules(t: Table) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def parse_global(root: Table) -> tuple[tuple[Rule, ...], str, bool]:
-    """Global ``[[rules]]`` and ``[policy]`` (unparseable, enabled) from the root table."""
+def parse_global(root: Table) -> tuple[tuple[Rule, ...], str, bool, int]:
+    """Global ``[[rules]]`` and ``[policy]`` (unparseable, enabled, max_statement_bytes) from the root table."""
     rules = parse_rules(root)
     pt = root.table("policy")
     unparseable = pt.str("unparseable", DEFAULT_UNPARSEABLE, choices=UNPARSEABLE)
     enabled = pt.bool("enabled", True)
+    max_statement_bytes = pt.int("max_statement_bytes", 256 << 10, lo=1024)
     pt.done()
-    return rules, unparseable, enabled
+    return rules, unparseable, enabled, max_statement_bytes
 
 
 def parse_connection(t: Table) -> tuple[tuple[Rule, ...], str | None]:

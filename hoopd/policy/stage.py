@@ -21,15 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hoopd.log import get_logger
+from hoopd.pgwire.encodings import TextError, canonical
 from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.messages import decode_close_or_describe, decode_function_call, decode_parse, decode_query
-from hoopd.policy.classify import Classifier, StatementInfo, default_classifier
+from hoopd.policy.catalog import is_true
+from hoopd.policy.classify import Classifier, StatementInfo, default_classifier, unparseable
 from hoopd.policy.decide import Decision, Policy
 from hoopd.policy.prepared import PreparedRegistry
 from hoopd.policy.rules import Context
 from hoopd.session import Deny, SessionInfo, Verdict
 
 log = get_logger("hoopd.policy")
+DEFAULT_MAX_STATEMENT_BYTES = 256 << 10
 _REGISTRY_KINDS = frozenset({"prepare", "deallocate", "discard"})
 
 
@@ -57,8 +60,10 @@ class PolicyStage:
 
     def __init__(self, policy: Policy, classifier: Classifier | None = None,
                  record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None,
-                 count: Callable[[str, str], None] | None = None) -> None:
+                 count: Callable[[str, str], None] | None = None,
+                 max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES) -> None:
         self.policy = policy  # replace it on reload; sessions pick it up with their next message
+        self.max_statement_bytes = max_statement_bytes  # longer texts are refused below admin
         self.classifier = classifier or default_classifier
         self.record = record  # journals decisions made by a rule, and every refusal
         self.count = count  # (kind, action) per decided statement, for metrics
@@ -93,10 +98,13 @@ class PolicyStage:
         st = self.state(session)
         st.undo = None
         try:
-            if mtype == b"Q":
-                return self._statements(session, st, mtype, body, decode_query(body), None)
-            if mtype == b"P":
-                p = decode_parse(body)
+            if mtype in (b"Q", b"P"):
+                unreadable = self._unreadable(session, body)
+                if unreadable is not None:
+                    return self._refuse(session, st, mtype, *unreadable)
+                if mtype == b"Q":
+                    return self._statements(session, st, mtype, body, decode_query(body, session.sql_text), None)
+                p = decode_parse(body, session.sql_text)
                 return self._statements(session, st, mtype, body, p.query, p.name or None)
             if mtype == b"F":
                 return self._decide(session, st, mtype, [function_call_info(decode_function_call(body).oid)])
@@ -105,13 +113,68 @@ class PolicyStage:
             return None
         except ProtocolError as e:
             return Deny(str(e), e.sqlstate)
+        except TextError as e:
+            return Deny(f"hoopd: {e}", e.sqlstate)
         except Exception:
             log.failure("policy could not decide; message refused (session {sid})", sid=session.id)
             return Deny("hoopd: statement could not be classified; refused")
 
+    def _unreadable(self, session: SessionInfo, body: bytes) -> tuple[str, str] | None:
+        """(message, SQLSTATE) when a statement cannot be checked in this session below
+        admin: the parser must read the text exactly as the server will (docs/decisions.md)."""
+        if session.level == "admin":
+            return None
+        if len(body) > self.max_statement_bytes:
+            return (f"hoopd: statement of {len(body)} bytes is longer than the {self.max_statement_bytes}"
+                    " bytes the gateway checks ([policy] max_statement_bytes)", "54000")
+        if session.settings.get("standard_conforming_strings", "on") != "on":
+            return ("hoopd: standard_conforming_strings is off in this session, so the gateway cannot read"
+                    " string literals the way the server does; statements are refused", "42501")
+        if session.sql_text is None:
+            return (f'hoopd: client_encoding "{session.settings.get("client_encoding")}" cannot be read'
+                    " faithfully by the gateway; statements are refused (connect with client_encoding=UTF8)",
+                    "42501")
+        return None
+
+    def _refuse(self, session: SessionInfo, st: SessionPolicy, mtype: bytes, why: str, sqlstate: str,
+                infos: list[StatementInfo] | None = None) -> Verdict:
+        """Refuse a message for a reason of the session, not of a rule or level; recorded like them."""
+        info = infos[0] if infos else unparseable("", why)
+        st.decisions = [Decision(False, "deny", None, why, why, info)]
+        if self.count is not None:
+            self.count(info.kind, "deny")
+        if self.record is not None:
+            try:
+                self.record(session, "policy", {"via": mtype.decode(), "index": 0, **st.decisions[0].record()})
+            except Exception:
+                log.failure("policy decision not recorded (session {sid})", sid=session.id)
+        return Deny(why, sqlstate)
+
+    @staticmethod
+    def _lexing_denial(session: SessionInfo, infos: list[StatementInfo]) -> str | None:
+        """Below admin, a statement may not change how the server reads later statements:
+        standard_conforming_strings stays on, client_encoding stays what it is."""
+        if session.level == "admin":
+            return None
+        for info in infos:
+            for name, value in info.lexing:
+                if name == "standard_conforming_strings" and not (value is not None and is_true(value)):
+                    return (f"hoopd: {session.level} access does not allow turning standard_conforming_strings"
+                            f" off ({info.command}): the gateway reads SQL the way the server does only while"
+                            " it is on")
+                current = session.settings.get("client_encoding", "UTF8")
+                if name == "client_encoding" and (value is None or canonical(value) != canonical(current)):
+                    return (f"hoopd: {session.level} access does not allow changing client_encoding"
+                            f" ({current} to {value if value is not None else 'a computed value'}) inside a session;"
+                            " set it when connecting (client_encoding / PGCLIENTENCODING)")
+        return None
+
     def _statements(self, session: SessionInfo, st: SessionPolicy, mtype: bytes, body: bytes, sql: str,
                     prepare_as: str | None) -> Verdict:
         infos = self.classifier.classify(sql, st.prepared)
+        lexing = self._lexing_denial(session, infos) if any(i.lexing for i in infos) else None
+        if lexing is not None:
+            return self._refuse(session, st, mtype, lexing, "42501", infos)
         verdict = self._decide(session, st, mtype, infos)
         if verdict is None and (prepare_as or any(i.kind in _REGISTRY_KINDS for i in infos)):
             st.undo = (body, st.prepared.copy())

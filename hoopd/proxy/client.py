@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import uuid
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, connectionDone
@@ -28,10 +28,11 @@ from hoopd.pgwire.framing import read_packet
 from hoopd.pgwire.scram import ScramFailure, ScramServerExchange, mock_verifier, parse_verifier
 from hoopd.proxy.params import upstream_params
 from hoopd.proxy.registry import SessionRegistry
-from hoopd.proxy.relay import Relay
+from hoopd.proxy.relay import BufferBudget, Relay
+from hoopd.proxy.reported import login_problems, problem
 from hoopd.proxy.tls import ALPN, negotiated_alpn, server_options, tls_version
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream, send_cancel
-from hoopd.session import SessionInfo, Stage
+from hoopd.session import EndSession, SessionInfo, Stage
 
 log = get_logger("hoopd.proxy")
 _I32 = struct.Struct("!i")
@@ -46,6 +47,8 @@ class LoginMetrics(Protocol):
 
     def upstream_connected(self, connection: str, seconds: float) -> None: ...
 
+    def tripwire(self, setting: str) -> None: ...
+
 
 class GatewayFactory(Factory):
     """Shared state for all client connections: config, registry, stages, authenticators."""
@@ -58,12 +61,15 @@ class GatewayFactory(Factory):
         self.stages = stages or []
         self.identity = identity or IdentityChain(config.identity, reactor)
         self.metrics = metrics
+        self.record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None  # journals tripwire ends
+        self.budget = BufferBudget(config.gateway.max_buffered_bytes)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
         """New sessions use the new config; live ones keep theirs."""
         self.config = config
         self.tls_options = server_options(config.tls)
+        self.budget.cap = config.gateway.max_buffered_bytes
 
     def buildProtocol(self, addr: Any) -> "ClientProtocol":
         p = ClientProtocol(self)
@@ -98,10 +104,13 @@ class ClientProtocol(TwistedProtocol):
         self._registered = False
         self._had_data = False
         self._connect_started = 0.0
+        self._login_settings: dict[str, str] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        if hasattr(self.transport, "setTcpNoDelay"):  # small replies must not wait for a delayed ACK
+            self.transport.setTcpNoDelay(True)
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", "?")
         self.info = SessionInfo(id=uuid.uuid4().hex[:16], peer=f"{self.peer_host}:{getattr(peer, 'port', '')}",
@@ -186,6 +195,8 @@ class ClientProtocol(TwistedProtocol):
                 self.relay.client_data(data)
             except ProtocolError as e:
                 self._protocol_error(e)
+            except EndSession as e:
+                self._ended_by(e)
             except Exception:
                 self._internal_error("client data")
             return
@@ -203,8 +214,14 @@ class ClientProtocol(TwistedProtocol):
             return
         try:
             self.relay.server_data(data)
+        except EndSession as e:
+            self._ended_by(e)
         except Exception:  # malformed server bytes or a stage's bug: end this session only
             self._internal_error("server data")
+
+    def _ended_by(self, e: EndSession) -> None:
+        log.info("session {sid} ended: {reason}", sid=self.info.id, reason=e.reason)
+        self._fatal(e.sqlstate, e.message, reason=e.reason)
 
     def _internal_error(self, where: str) -> None:
         log.failure("session {sid}: internal error handling {where}; session ended", sid=self.info.id, where=where)
@@ -391,7 +408,8 @@ class ClientProtocol(TwistedProtocol):
         self.info.connection, self.info.level = name, level
         self.transport.write(m.auth_ok())
         self.state = "connecting"
-        params, dropped = upstream_params(self.startup.params, read_only=(level == "read_only"))
+        params, dropped = upstream_params(self.startup.params, read_only=(level == "read_only"),
+                                         admin=(level == "admin"))
         if dropped:
             log.info("session {sid}: startup parameters not forwarded: {names}", sid=self.info.id,
                      names=", ".join(dropped))
@@ -416,6 +434,17 @@ class ClientProtocol(TwistedProtocol):
         self.upstream = up
         if self.gw.metrics is not None:
             self.gw.metrics.upstream_connected(self.info.connection, self.gw.reactor.seconds() - self._connect_started)
+        for frame in up.parameter_frames:  # ParameterStatus and notices, framed
+            if frame[:1] == b"S":
+                self.info.report(*m.decode_parameter_status(frame[5:]))
+        self._login_settings = dict(self.info.settings)
+        problems = login_problems(self.info)
+        if problems:
+            log.error("session {sid}: login of {user} on {conn} as {lvl} refused: {why}", sid=self.info.id,
+                      user=self.identity.name, conn=self.info.connection, lvl=self.info.level, why="; ".join(problems))
+            self._refuse_login(pe.INSUFFICIENT_PRIVILEGE, f"hoopd: {problems[0]}; {self.info.level} sessions"
+                               " cannot be checked safely (details in the gateway log)", "unsafe_upstream_settings")
+            return
         reg = self.gw.registry
         key_len = 32 if self.info.protocol >= (3, 2) else 4
         pid, secret = reg.mint_key(self, key_len)
@@ -425,7 +454,9 @@ class ClientProtocol(TwistedProtocol):
             s.session_started(self.info)
         self.transport.write(b"".join(up.parameter_frames) + m.backend_key_data(pid, secret)
                              + m.ready_for_query(b"I"))
-        self.relay = Relay(self.info, self.transport, up.transport, self.gw.stages, log, self._client_terminated)
+        self.relay = Relay(self.info, self.transport, up.transport, self.gw.stages, log, self._client_terminated,
+                           on_report=self._reported, budget=self.gw.budget,
+                           max_message=self.config.gateway.max_message_bytes)
         self.state = "relay"
         up.on_data = self._server_data
         up.on_lost = self._upstream_lost
@@ -442,6 +473,23 @@ class ClientProtocol(TwistedProtocol):
 
     def _client_terminated(self) -> None:
         self._end_reason = "client terminate"
+
+    def _reported(self, name: str, value: str) -> None:
+        """The tripwire (hoopd.proxy.reported): end the session when the server reports a
+        setting the gateway's checks depend on changed under it."""
+        why = problem(self.info, name, value, self._login_settings.get(name))
+        if why is None:
+            return
+        log.error("session {sid}: ended by the tripwire: {why}", sid=self.info.id, why=why)
+        if self.gw.metrics is not None:
+            self.gw.metrics.tripwire(name)
+        if self.gw.record is not None:
+            try:
+                self.gw.record(self.info, "policy", {"action": "end", "allowed": False, "reason": why,
+                                                     "setting": name, "value": value})
+            except Exception:
+                log.failure("session {sid}: tripwire record not written", sid=self.info.id)
+        raise EndSession(f"hoopd: session ended: {why}", pe.INSUFFICIENT_PRIVILEGE, reason=f"tripwire: {why}")
 
     def _upstream_lost(self, reason: Failure) -> None:
         if self._end_reason is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 _NEVER = {"user", "database", "role", "session_authorization", "replication", "options"}
 _PRIVILEGED_GUCS = {"role", "session_authorization"}
 _READ_ONLY_GUCS = {"default_transaction_read_only", "transaction_read_only"}
+_LEXING_GUCS = {"standard_conforming_strings"}  # the gateway's parser reads strings with it on
 
 
 def split_options(options: str) -> list[str]:
@@ -71,9 +72,14 @@ def parse_option_gucs(options: str) -> tuple[list[tuple[str, str]], list[str]]:
     return gucs, other
 
 
-def upstream_params(client: dict[str, str], read_only: bool) -> tuple[dict[str, str], list[str]]:
-    """The parameters to send upstream (without user/database) and the names dropped."""
-    blocked = _PRIVILEGED_GUCS | (_READ_ONLY_GUCS if read_only else set())
+def upstream_params(client: dict[str, str], read_only: bool,
+                    admin: bool = False) -> tuple[dict[str, str], list[str]]:
+    """The parameters to send upstream (without user/database) and the names dropped.
+
+    Below admin the session starts with standard_conforming_strings=on whatever the role's
+    or database's defaults say (a startup option outranks them), so RESET, RESET ALL and
+    DISCARD ALL return it to on; read_only also gets default_transaction_read_only=on."""
+    blocked = _PRIVILEGED_GUCS | (_READ_ONLY_GUCS if read_only else set()) | (set() if admin else _LEXING_GUCS)
     out: dict[str, str] = {}
     dropped: list[str] = []
     for k, v in client.items():
@@ -93,6 +99,8 @@ def upstream_params(client: dict[str, str], read_only: bool) -> tuple[dict[str, 
             kept.append(f"-c {_escape(name + '=' + value)}")
     if read_only:
         kept.append("-c default_transaction_read_only=on")
+    if not admin:
+        kept.append("-c standard_conforming_strings=on")
     if kept:
         out["options"] = " ".join(kept)
     return out, dropped

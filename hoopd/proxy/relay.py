@@ -14,23 +14,33 @@ the server skips the marker too, just as it would have skipped the real statemen
 from __future__ import annotations
 
 import os
-import re
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any, Callable, Sequence
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 
 from hoopd.pgwire import messages as m
-from hoopd.pgwire.framing import Big, Event, Framer, Msg, Raw
-from hoopd.session import STAGE_BODY_LIMIT, Deny, SessionInfo, Stage
+from hoopd.pgwire.framing import MAX_MESSAGE, Big, Event, Framer, Msg, Raw
+from hoopd.session import STAGE_BODY_LIMIT, Deny, EndSession, SessionInfo, Stage
 
 Q, P, B, E, F, S, X, Z, ERR = (ord(c) for c in "QPBEFSXZE")
+PARAMETER_STATUS = ord("S")  # from the server ('S' from the client is Sync)
 _SYNC_POINTS = {Q, F, S}
-_MARKERS_KEPT = 256
 # Client messages PostgreSQL caps at 1 GiB; every other client message at 10 000 bytes...
 _BIG_CLIENT = {ord(c) for c in "QPBFdfc"}
 CLIENT_LIMITS = {t: 10_000 for t in range(256) if t not in _BIG_CLIENT}
+
+
+class BufferBudget:
+    """Bytes of partly received client messages held for stages, across all sessions.
+
+    Each relay charges what its framer holds; the session whose bytes take the total over
+    ``cap`` is ended (53200), the others go on."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.used = 0
 
 
 def send_now(transport: Any, data: bytes) -> None:
@@ -57,25 +67,30 @@ class Relay:
     """Moves bytes between a client transport and an upstream transport for one session."""
 
     def __init__(self, info: SessionInfo, client: Any, upstream: Any, stages: Sequence[Stage],
-                 log: Any, on_terminate: Callable[[], None]) -> None:
+                 log: Any, on_terminate: Callable[[], None],
+                 on_report: Callable[[str, str], None] | None = None,
+                 budget: BufferBudget | None = None, max_message: int = MAX_MESSAGE) -> None:
         self.info = info
         self.client = client  # ITransport towards the client
         self.upstream = upstream  # ITransport towards PostgreSQL
         self.stages = list(stages)
         self.log = log
         self.on_terminate = on_terminate
+        self.on_report = on_report  # a setting the server reported; may raise EndSession
+        self.budget = budget
+        self._charged = 0  # bytes of this session counted in the budget
         self._client_stages = {t: [s for s in stages if bytes([t]) in s.client_types] for t in range(256)}
         self._server_stages = {t: [s for s in stages if bytes([t]) in s.server_types] for t in range(256)}
         cwanted = {Q, E, X} | {t for t, ss in self._client_stages.items() if ss}
-        swanted = {Z, ERR} | {t for t, ss in self._server_stages.items() if ss}
-        self.c2s = Framer(cwanted, whole_limit=1 << 30, limits=CLIENT_LIMITS)
+        swanted = {Z, ERR, PARAMETER_STATUS} | {t for t, ss in self._server_stages.items() if ss}
+        self.c2s = Framer(cwanted, whole_limit=1 << 30, limits=CLIENT_LIMITS,
+                           default_limit=min(max_message + 4, MAX_MESSAGE))
         self.s2c = Framer(swanted, whole_limit=STAGE_BODY_LIMIT)
         self._pending: deque[Event] = deque()
         self._held: Deferred | None = None
-        self._markers: OrderedDict[str, Deny] = OrderedDict()
-        self._marker_prefix = "hoopd_deny_" + os.urandom(4).hex() + "_"
-        self._marker_re = re.compile(re.escape(self._marker_prefix) + r"\d+")
-        self._marker_seq = 0
+        # Denials in flight, in the order sent: (number of the ReadyForQuery that ends the
+        # marker's sync segment, marker text, the Deny to answer instead of its error).
+        self._markers: deque[tuple[int, str, Deny]] = deque()
         self.quiet = True  # upstream idle: last thing seen was ReadyForQuery, nothing sent since
         self._sent_syncs = 0
         self._seen_syncs = 0
@@ -89,6 +104,7 @@ class Relay:
     def stop(self, client: bool = True, upstream: bool = True) -> None:
         """Unwire the producers of the transports still connected (a TLS transport will
         not close while one is registered; a lost one has no TLS layer left to ask)."""
+        self._charge(0)
         if client:
             self.client.unregisterProducer()
         if upstream:
@@ -97,10 +113,25 @@ class Relay:
     # --- client -> server -------------------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
-        """Raises ProtocolError on a malformed message (the caller ends the session)."""
+        """Raises ProtocolError on a malformed message and EndSession when the gateway's
+        buffer budget is exhausted (the caller ends the session)."""
         self.info.bytes_in += len(data)
         self._pending.extend(self.c2s.feed(data))
+        if self.budget is not None:
+            self._charge(self.c2s.buffered)
         self._drain_client()
+
+    def _charge(self, nbytes: int) -> None:
+        b = self.budget
+        if b is None or nbytes == self._charged:
+            return
+        b.used += nbytes - self._charged
+        self._charged = nbytes
+        if nbytes and b.used > b.cap:
+            self._charge(0)
+            raise EndSession(f"hoopd: the gateway's buffer for incoming statements is full ({b.cap} bytes across"
+                             " all sessions, [gateway] max_buffered_bytes); this session was ended", "53200",
+                             reason="buffer budget exhausted")
 
     def _drain_client(self) -> None:
         out: list[bytes] = []
@@ -142,11 +173,10 @@ class Relay:
         if deny is None:
             out.append(m.frame(bytes([t]), body))
         else:
-            self._marker_seq += 1
-            marker = f"{self._marker_prefix}{self._marker_seq}"
-            self._markers[marker] = deny
-            while len(self._markers) > _MARKERS_KEPT:
-                self._markers.popitem(last=False)
+            # unguessable (another session can read this one's marker in pg_stat_activity,
+            # but not the next one) and answered in order, so no error can pass for another
+            marker = "hoopd_deny_" + os.urandom(12).hex()
+            self._markers.append((self._sent_syncs + 1, marker, deny))
             out.append(m.query(marker) if t in (Q, F) else m.parse_message("", marker))
         if t in _SYNC_POINTS:
             self._sent_syncs += 1
@@ -199,6 +229,22 @@ class Relay:
         for s in table[ev.type]:
             s.oversize_message(self.info, from_client, bytes([ev.type]), ev.length)
 
+    def _marker_error(self, body: bytes) -> Deny | None:
+        """The Deny whose marker this ErrorResponse answers (a syntax error naming it in
+        the current sync segment), removed from the markers in flight; else None."""
+        fields = m.decode_fields(body)
+        if fields.get("C") != "42601":
+            return None
+        msg = fields.get("M", "")
+        segment = self._seen_syncs + 1
+        for i, (z, marker, deny) in enumerate(self._markers):
+            if z > segment:
+                break
+            if marker in msg:
+                del self._markers[i]
+                return deny
+        return None
+
     # --- server -> client -------------------------------------------------------------
 
     def server_data(self, data: bytes) -> None:
@@ -221,12 +267,18 @@ class Relay:
             self.info.transaction_status = body[:1].decode("latin-1")
             self._seen_syncs += 1
             self.quiet = self._seen_syncs >= self._sent_syncs and self.c2s.idle and not self._pending
+            markers = self._markers
+            while markers and markers[0][0] <= self._seen_syncs:  # skipped by the server after an earlier error
+                markers.popleft()
         elif t == ERR and self._markers:
-            msg = m.decode_fields(body).get("M", "")
-            hit = self._marker_re.search(msg)
-            deny = self._markers.pop(hit.group(0), None) if hit else None
+            deny = self._marker_error(body)
             if deny is not None:
                 return m.error_response(deny.sqlstate, deny.message, detail=deny.detail, hint=deny.hint)
+        elif t == PARAMETER_STATUS:
+            name, value = m.decode_parameter_status(body)
+            self.info.report(name, value)
+            if self.on_report is not None:
+                self.on_report(name, value)
         tb = bytes([t])
         for stage in self._server_stages[t]:
             new = stage.server_message(self.info, tb, body)
