@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from hoopd.confkit import ConfigError, Table
-from hoopd.control.config import ControlConfig, parse_control
+from hoopd.control.config import ControlConfig, check_oidc_audience, parse_control
 from hoopd.identity.config import IdentityConfig, parse_identity
 from hoopd.journal.config import JournalConfig, parse_journal
 
@@ -230,6 +230,7 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
         conns[cname] = _connection(cname, ctab.table(cname), base)
     identity = parse_identity(root.table("identity"), base)
     control = parse_control(root.table("control"), base)
+    check_oidc_audience(control, identity.oidc)
     from hoopd.policy.config import parse_global
 
     rules, unparseable, policy_enabled, max_statement_bytes = parse_global(root)

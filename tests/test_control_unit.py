@@ -65,6 +65,7 @@ def test_control_config_defaults_and_values(tmp_path):
     assert c.admin_groups == {"dba"} and c.shutdown_grace == 5.0
     assert c.ssh_authorized_keys == str(Path(".") / "admins")
     assert c.open_health and not c.open_metrics
+    assert (c.oidc_audience, c.http_idle_timeout, c.http_request_timeout, c.http_max_connections) == ((), 60, 10, 64)
     assert ADMIN_TOKEN not in repr(c) and hash_token(ADMIN_TOKEN) not in repr(c)
 
 
@@ -77,11 +78,24 @@ def test_control_config_defaults_and_values(tmp_path):
     ({"tokenz": []}, "control.tokenz: unknown key"),
     ({"shutdown_grace": "soon"}, "control.shutdown_grace: expected a duration"),
     ({"ready_timeout": 0}, "control.ready_timeout: must be more than 0"),
+    ({"http_request_timeout": 0}, "control.http_request_timeout: must be more than 0"),
+    ({"http_idle_timeout": "soon"}, "control.http_idle_timeout: expected a duration"),
+    ({"http_max_connections": 0}, "control.http_max_connections: expected an integer >= 1"),
+    ({"oidc_audience": "hoopd-api"}, "control.oidc_audience: needs [identity.oidc]"),
 ])
 def test_control_config_errors(control, message):
     with pytest.raises(ConfigError) as e:
         parse({"control": control})
     assert str(e.value).startswith(message)
+
+
+def test_api_audience_must_differ_from_the_login_audience():
+    oidc = {"oidc": {"issuer": "https://idp.example.com", "audience": ["hoopd", "shared"]}}
+    ok = parse({"identity": oidc, "control": {"oidc_audience": ["hoopd-api"]}})
+    assert ok.control.oidc_audience == ("hoopd-api",)
+    with pytest.raises(ConfigError) as e:
+        parse({"identity": oidc, "control": {"oidc_audience": ["hoopd-api", "shared"]}})
+    assert str(e.value).startswith("control.oidc_audience: shared is also in identity.oidc.audience")
 
 
 def test_hash_token_cli():
@@ -223,7 +237,7 @@ def test_console_internal_error_is_one_line(console, monkeypatch):
 # --- API authentication --------------------------------------------------------------------
 
 class Verifier:
-    def verify(self, token: str) -> defer.Deferred:
+    def verify(self, token: str, audience: tuple[str, ...] | None = None) -> defer.Deferred:
         if token == "a.valid.jwt":
             return defer.succeed(Identity("carol", frozenset({"dba"}), "oidc"))
         if token == "a.viewer.jwt":

@@ -1,7 +1,9 @@
 """Who is calling the HTTP API: a ``[[control.tokens]]`` bearer token, or an OIDC token.
 
 An OIDC token counts only when a TokenVerifier is wired and its groups meet
-``[control].admin_groups`` (admin) or ``viewer_groups`` (viewer).
+``[control].admin_groups`` (admin) or ``viewer_groups`` (viewer). With
+``[control].oidc_audience`` set, the token must be minted for that audience instead of
+``[identity.oidc].audience``: a database login token is then not an API token.
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ RANK = {"viewer": 0, "admin": 1}
 class ApiError(Exception):
     """An error answer: HTTP status, a short code and a message for the JSON body."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
+        if status == 401:
+            self.headers.setdefault("WWW-Authenticate", 'Bearer realm="hoopd"')
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ def authenticate(cfg: ControlConfig, verifier: TokenVerifier | None, header: byt
         return Principal(f"api:{found[0].name}", found[0].role)
     if verifier is not None and token.count(".") == 2:
         try:
-            identity = yield verifier.verify(token)
+            identity = yield verifier.verify(token, audience=cfg.oidc_audience or None)
         except AuthError as e:
             log.info("control API: OIDC token refused: {why}", why=e.reason)
         except Exception:

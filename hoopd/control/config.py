@@ -1,7 +1,8 @@
 """The ``[control]`` config section: who may use the HTTP control port and the SSH console.
 
 ``parse_control(table, base)`` is called by ``hoopd.config.parse``; a relative
-``ssh_authorized_keys`` path is resolved against ``base`` (the config file's folder).
+``ssh_authorized_keys`` path is resolved against ``base`` (the config file's folder); a keys
+file others could change is refused (hoopd.filecheck).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hoopd.confkit import ConfigError, Table
+from hoopd.filecheck import check_access_file
+from hoopd.identity.config import OIDCConfig
 
 ROLES = ("viewer", "admin")
 TOKEN_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -36,6 +39,10 @@ class ControlConfig:
     open_metrics: bool = False  # /metrics without a token
     shutdown_grace: float = 30.0  # seconds live sessions get on shutdown before 57P01
     ready_timeout: float = 2.0  # per upstream TCP probe in /readyz
+    oidc_audience: tuple[str, ...] = ()  # set: API OIDC tokens need this audience, not [identity.oidc]'s
+    http_idle_timeout: float = 60.0  # an HTTP connection with no request in flight is closed after this
+    http_request_timeout: float = 10.0  # a request's headers and body must all arrive within this
+    http_max_connections: int = 64  # concurrent HTTP connections; more are answered 503 and closed
 
 
 def parse_control(t: Table, base: Path) -> ControlConfig:
@@ -57,6 +64,8 @@ def parse_control(t: Table, base: Path) -> ControlConfig:
     keys = t.str("ssh_authorized_keys")
     if keys is not None and not os.path.isabs(keys):
         keys = str(base / keys)
+    if keys is not None:
+        check_access_file(t.key("ssh_authorized_keys"), keys)
     cfg = ControlConfig(
         tokens=tuple(tokens),
         admin_groups=frozenset(t.str_list("admin_groups")),
@@ -66,8 +75,26 @@ def parse_control(t: Table, base: Path) -> ControlConfig:
         open_metrics=t.bool("open_metrics", d.open_metrics),
         shutdown_grace=t.duration("shutdown_grace", d.shutdown_grace),
         ready_timeout=t.duration("ready_timeout", d.ready_timeout),
+        oidc_audience=t.str_list("oidc_audience"),
+        http_idle_timeout=t.duration("http_idle_timeout", d.http_idle_timeout),
+        http_request_timeout=t.duration("http_request_timeout", d.http_request_timeout),
+        http_max_connections=t.int("http_max_connections", d.http_max_connections, lo=1),
     )
-    if cfg.ready_timeout <= 0:
-        raise ConfigError(t.key("ready_timeout"), "must be more than 0 seconds")
+    for k in ("ready_timeout", "http_idle_timeout", "http_request_timeout"):
+        if getattr(cfg, k) <= 0:
+            raise ConfigError(t.key(k), "must be more than 0 seconds")
     t.done()
     return cfg
+
+
+def check_oidc_audience(control: ControlConfig, oidc: OIDCConfig | None) -> None:
+    """``[control].oidc_audience`` must name an audience of its own on the one OIDC issuer."""
+    if not control.oidc_audience:
+        return
+    key = "control.oidc_audience"
+    if oidc is None:
+        raise ConfigError(key, "needs [identity.oidc] (the issuer whose keys sign the API tokens)")
+    shared = sorted(set(control.oidc_audience) & set(oidc.audience))
+    if shared:
+        raise ConfigError(key, f"{', '.join(shared)} is also in identity.oidc.audience: a database login token"
+                               " would still open the API; give the API an audience of its own")

@@ -3,15 +3,27 @@
 One leaf resource routes every path through a small table (method, path pattern, who may
 call it, handler), so unknown paths and wrong methods get JSON errors like everything
 else, and the table is what the OpenAPI document is tested against.
+
+The port reads no body it would refuse: when a request's headers are in, ControlChannel
+asks ControlResource.admit whether the path exists, the body fits (MAX_BODY) and the
+caller may call it; a refusal is answered at once and the connection closed. A bearer
+token that needs an OIDC check pauses reading until it is verified. Chunked bodies are
+capped while read. Each connection has an idle timeout, each request a deadline for its
+headers and body (slowloris), and the port a cap on open connections (all in [control]).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -23,6 +35,9 @@ from hoopd.log import get_logger
 
 log = get_logger("hoopd.control.http")
 MAX_BODY = 64 * 1024
+LINGER_SECONDS = 2.0  # after an early refusal, how long input is drained so the answer is not lost to a RST
+LINGER_BYTES = 1 << 20  # ...and how much of it at most
+_PENDING = object()
 _ACTIVE = {"true": True, "false": False, "all": None}
 
 
@@ -55,6 +70,11 @@ class Route:
 def _arg(request: Request, name: str) -> str | None:
     values = request.args.get(name.encode())
     return values[-1].decode("utf-8", "replace") if values else None
+
+
+def _segments(path: bytes) -> list[str]:
+    """The decoded path segments of a request target (as twisted.web's postpath has them)."""
+    return [unquote_to_bytes(s).decode("utf-8", "replace") for s in path.split(b"?", 1)[0].split(b"/") if s]
 
 
 def _body(request: Request) -> dict[str, Any]:
@@ -153,6 +173,36 @@ class ControlResource(Resource):
         self.plane = plane
         self.api = ControlApi(plane)
 
+    def _route(self, method: str, segments: list[str]) -> tuple[Route, list[str]]:
+        found = [(r, p) for r in ROUTES if (p := r.match(segments)) is not None]
+        if not found:
+            raise ApiError(404, "not_found", "no such path")
+        for route, params in found:
+            if route.method == method or (method == "HEAD" and route.method == "GET"):
+                return route, params
+        raise ApiError(405, "method_not_allowed", f"{method} is not allowed here",
+                       {"Allow": ", ".join(sorted({r.method for r, _ in found}))})
+
+    def admit(self, method: bytes, path: bytes, headers: Headers, length: int | None) -> Any:
+        """Whether a request may go on, from its head alone (its body is not read yet).
+
+        Raises ApiError (404, 405) or returns a Deferred firing with the caller (a Principal,
+        None on an open path) or failing with ApiError (401, 403, then 413). ``length`` is the
+        Content-Length, None for a chunked body (capped while it is read)."""
+        route, _ = self._route(method.decode("ascii", "replace"), _segments(path))
+
+        def allowed(who: Principal | None) -> Principal | None:
+            if who is not None:
+                who.require("admin" if route.access == "admin" else "viewer")
+            if length is not None and length > MAX_BODY:  # told only to callers who may call
+                raise ApiError(413, "too_large", f"request body of {length} bytes is over the {MAX_BODY} byte limit")
+            return who
+        if self._is_open(route.access):
+            return defer.maybeDeferred(allowed, None)
+        d = authenticate(self.plane.config.control, self.plane.token_verifier,
+                         headers.getRawHeaders(b"authorization", [None])[0])
+        return d.addCallback(allowed)
+
     def render(self, request: Request) -> Any:
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)  # the client left: nothing to answer
@@ -166,22 +216,12 @@ class ControlResource(Resource):
 
     @defer.inlineCallbacks
     def _dispatch(self, request: Request) -> Any:
-        method = request.method.decode("ascii", "replace")
-        segments = [s.decode("utf-8", "replace") for s in request.postpath if s]
-        found = [(r, p) for r in ROUTES if (p := r.match(segments)) is not None]
-        if not found:
-            raise ApiError(404, "not_found", "no such path")
-        for route, params in found:
-            if route.method == method or (method == "HEAD" and route.method == "GET"):
-                break
+        route, params = self._route(request.method.decode("ascii", "replace"),
+                                    [s.decode("utf-8", "replace") for s in request.postpath if s])
+        if isinstance(request, ControlRequest):  # the channel checked the caller from the headers
+            who = yield request.caller()
         else:
-            request.setHeader(b"Allow", ", ".join(sorted({r.method for r, _ in found})).encode())
-            raise ApiError(405, "method_not_allowed", f"{method} is not allowed here")
-        who: Principal | None = None
-        if not self._is_open(route.access):
-            who = yield authenticate(self.plane.config.control, self.plane.token_verifier,
-                                     request.getHeader(b"authorization"))
-            who.require("admin" if route.access == "admin" else "viewer")
+            who = yield self.admit(request.method, request.uri, request.requestHeaders, None)
         request.hoopd_who = who.name if who else "-"
         return (yield route.handler(self.api, request, who, *params))
 
@@ -199,18 +239,196 @@ class ControlResource(Resource):
         else:
             log.failure("control API {method} {path} failed", failure=f, method=request.method, path=request.path)
             e = ApiError(500, "internal", "internal error (details in the gateway log)")
-        if e.status == 401:
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="hoopd"')
+        for name, value in e.headers.items():
+            request.setHeader(name.encode(), value.encode())
         self._send(request, Reply({"error": e.code, "message": e.message}, e.status))
 
 
+def _api_error(f: Failure) -> ApiError:
+    if f.check(ApiError):
+        return f.value
+    log.failure("control port: checking a request failed", failure=f)
+    return ApiError(500, "internal", "internal error (details in the gateway log)")
+
+
+class ControlRequest(Request):
+    """A request whose caller the channel checks from the headers, before the body is read."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._outcome: Any = _PENDING  # Principal | None | Failure once checked
+        self._waiting: list[defer.Deferred[Principal | None]] = []
+        self._body_bytes = 0
+
+    def admitted(self, outcome: Principal | None | Failure) -> bool:
+        """The channel's verdict; True when the request is already waiting to be answered."""
+        self._outcome = outcome
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(outcome) if isinstance(outcome, Failure) else d.callback(outcome)
+        return bool(waiting)
+
+    def caller(self) -> defer.Deferred[Principal | None]:
+        """Fires with the verified caller (None on an open path), or fails with its ApiError."""
+        if self._outcome is _PENDING:
+            d: defer.Deferred[Principal | None] = defer.Deferred()
+            self._waiting.append(d)
+            return d
+        return defer.fail(self._outcome) if isinstance(self._outcome, Failure) else defer.succeed(self._outcome)
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = BytesIO()  # at most MAX_BODY bytes: never a temporary file
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        if self._body_bytes > MAX_BODY:
+            self.channel.refuse(ApiError(413, "too_large", f"request body over {MAX_BODY} bytes"))
+        elif self.channel is not None and not self.channel.refused:
+            self.content.write(data)
+
+
+class ControlChannel(HTTPChannel):
+    """HTTP/1.1 for the control port: checks each request's head before its body (see the
+    module docstring), times requests out, and answers 503 beyond the connection cap."""
+
+    site: "ControlSite"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = False
+        self._deadline: Any = None  # the current request's arrival deadline
+        self._linger: Any = None
+        self._drained = 0
+        self._held = False  # reading paused while a token is verified
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        cap = self.site.plane.config.control.http_max_connections
+        if len(self.site.channels) >= cap:
+            log.info("control port: {peer} refused, {n} connections already open (control.http_max_connections)",
+                     peer=self._peer(), n=len(self.site.channels))
+            self.refuse(ApiError(503, "busy", f"the control port already has {cap} connections open; retry later"))
+            return
+        self.site.channels.add(self)
+        self._arm()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.site.channels.discard(self)
+        for call in (self._deadline, self._linger):
+            if call is not None and call.active():
+                call.cancel()
+        self._deadline = self._linger = None
+        super().connectionLost(reason)
+
+    def _peer(self) -> str:
+        return str(getattr(self.transport.getPeer(), "host", "?"))
+
+    def _arm(self) -> None:
+        if self._deadline is None and not self.refused:
+            timeout = self.site.plane.config.control.http_request_timeout
+            self._deadline = self.callLater(timeout, self._too_slow, timeout)
+
+    def _too_slow(self, timeout: float) -> None:
+        self._deadline = None
+        log.info("control port: {peer} did not send a whole request within {t:g} s; closed", peer=self._peer(),
+                 t=timeout)
+        self.refuse(ApiError(408, "request_timeout", f"the request did not arrive within {timeout:g} s"))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            self._drain(data)
+            return
+        if not self._handlingRequest:
+            self._arm()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self.refused:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self.refused:
+            super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        req = self.requests[-1]
+        d = defer.maybeDeferred(self.site.resource.admit, self._command, self._path, req.requestHeaders, self.length)
+        d.addBoth(self._admitted, req)
+        if self.refused:
+            return
+        super().allHeadersReceived()
+        if req._outcome is _PENDING:  # an OIDC token is being verified: read no body until it is
+            self._held = True
+            self.transport.pauseProducing()
+
+    def _admitted(self, outcome: Principal | None | Failure, req: ControlRequest) -> None:
+        answered = req.admitted(outcome)
+        if isinstance(outcome, Failure):
+            if not answered:
+                self.refuse(_api_error(outcome))
+        elif self._held:
+            self._held = False
+            self.transport.resumeProducing()
+
+    def allContentReceived(self) -> None:
+        if self.refused:
+            return
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        super().allContentReceived()
+
+    def refuse(self, e: ApiError) -> None:
+        """Answer ``e`` at once, without reading the request further, and close."""
+        if self.refused:
+            return
+        self.refused = True
+        self.setTimeout(None)
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        log.debug("control port: {peer} refused before its body: {status} {code}", peer=self._peer(),
+                  status=e.status, code=e.code)
+        body = (json.dumps({"error": e.code, "message": e.message}) + "\n").encode()
+        head = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Cache-Control": "no-store",
+                "Connection": "close", **e.headers}
+        reason = RESPONSES.get(e.status, b"Error").decode()
+        self.transport.write(f"HTTP/1.1 {e.status} {reason}\r\n".encode()
+                             + "".join(f"{k}: {v}\r\n" for k, v in head.items()).encode() + b"\r\n" + body)
+        if self._held:
+            self._held = False
+            self.transport.resumeProducing()  # drain what the client still sends (below)
+        if ISSLTransport.providedBy(self.transport) or not hasattr(self.transport, "loseWriteConnection"):
+            self.loseConnection()
+            return
+        # Half-close and drain for a moment: closing with unread input would send a RST,
+        # and the client could lose the answer before reading it.
+        self.transport.loseWriteConnection()
+        self._linger = self.callLater(LINGER_SECONDS, self.transport.abortConnection)
+
+    def _drain(self, data: bytes) -> None:
+        self._drained += len(data)
+        if self._drained > LINGER_BYTES:
+            self.transport.abortConnection()
+
+
 class ControlSite(Site):
-    """A Site that logs requests to the hoopd log (at debug) instead of an access-log file."""
+    """The control port's Site: ControlChannel connections, requests logged to the hoopd log
+    (at debug) instead of an access-log file."""
 
     noisy = False
+    protocol = ControlChannel  # HTTP/1.1 only (the control port offers no HTTP/2)
+    requestFactory = ControlRequest
 
     def __init__(self, plane: ControlPlane) -> None:
         super().__init__(ControlResource(plane))
+        self.plane = plane
+        self.channels: set[ControlChannel] = set()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.timeOut = self.plane.config.control.http_idle_timeout  # read live: a reload applies
+        return channel
 
     def log(self, request: Request) -> None:
         log.debug("http {peer} {method} {uri} -> {code} by {who}", peer=getattr(request.getClientAddress(), "host", "?"),

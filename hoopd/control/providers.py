@@ -41,7 +41,8 @@ class JournalView(Protocol):
 
 
 class TokenVerifier(Protocol):
-    def verify(self, token: str) -> Deferred[Identity]:
+    def verify(self, token: str, audience: tuple[str, ...] | None = None) -> Deferred[Identity]:
         """Check an OIDC access/ID token (signature, issuer, audience, expiry) with no user name to
-        match; fires with the Identity (its groups) or fails with hoopd.identity.base.AuthError."""
+        match; ``audience`` replaces the configured one. Fires with the Identity (its groups) or
+        fails with hoopd.identity.base.AuthError."""
         ...
