@@ -47,6 +47,15 @@ class SessionPolicy:
     context_of: tuple = ()
 
 
+def _text_bytes(mtype: bytes, body: bytes) -> int:
+    """Length of the statement text in a Query or Parse body (malformed: the whole body)."""
+    if mtype == b"Q":
+        return len(body) - 1
+    start = body.find(b"\0") + 1
+    end = body.find(b"\0", start)
+    return end - start if start and end >= 0 else len(body)
+
+
 def function_call_info(oid: int) -> StatementInfo:
     """A FunctionCall message as a statement: no SQL, only a function OID."""
     return StatementInfo("function_call", "FunctionCall", f"FunctionCall oid {oid}",
@@ -99,7 +108,7 @@ class PolicyStage:
         st.undo = None
         try:
             if mtype in (b"Q", b"P"):
-                unreadable = self._unreadable(session, body)
+                unreadable = self._unreadable(session, mtype, body)
                 if unreadable is not None:
                     return self._refuse(session, st, mtype, *unreadable)
                 if mtype == b"Q":
@@ -119,13 +128,14 @@ class PolicyStage:
             log.failure("policy could not decide; message refused (session {sid})", sid=session.id)
             return Deny("hoopd: statement could not be classified; refused")
 
-    def _unreadable(self, session: SessionInfo, body: bytes) -> tuple[str, str] | None:
+    def _unreadable(self, session: SessionInfo, mtype: bytes, body: bytes) -> tuple[str, str] | None:
         """(message, SQLSTATE) when a statement cannot be checked in this session below
         admin: the parser must read the text exactly as the server will (docs/decisions.md)."""
         if session.level == "admin":
             return None
-        if len(body) > self.max_statement_bytes:
-            return (f"hoopd: statement of {len(body)} bytes is longer than the {self.max_statement_bytes}"
+        size = _text_bytes(mtype, body)
+        if size > self.max_statement_bytes:
+            return (f"hoopd: statement of {size} bytes is longer than the {self.max_statement_bytes}"
                     " bytes the gateway checks ([policy] max_statement_bytes)", "54000")
         if session.settings.get("standard_conforming_strings", "on") != "on":
             return ("hoopd: standard_conforming_strings is off in this session, so the gateway cannot read"
