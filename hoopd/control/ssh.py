@@ -1,7 +1,8 @@
 """The SSH admin console: public keys only, an interactive shell, and exec mode.
 
 Keys come from ``[control].ssh_authorized_keys``, lines of ``NAME KEYTYPE KEY [comment]``,
-re-read at every login (deleting a line revokes that key for new logins). The SSH user
+re-read at every login (deleting a line revokes that key for new logins); while group or
+others could write the file (hoopd.filecheck), no key in it is accepted. The SSH user
 name must be the line's NAME; it is who admin actions are attributed to (``ssh:NAME``).
 The host key is Ed25519, made once in ``[gateway].state_dir`` (0600).
 """
@@ -29,6 +30,7 @@ from zope.interface import implementer
 from hoopd.confkit import ConfigError
 from hoopd.control.console import Console
 from hoopd.control.plane import ControlPlane
+from hoopd.filecheck import access_file_problem
 from hoopd.log import get_logger
 
 log = get_logger("hoopd.control.ssh")
@@ -92,11 +94,14 @@ class AdminKeyChecker:
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[AdminId]:
         name = credentials.username.decode("utf-8", "replace")
         path = self.keys_file()
+        problem = access_file_problem(path) if path else None
         try:
-            mine = [k for n, k in read_authorized_keys(path) if n == name] if path else []
+            mine = [k for n, k in read_authorized_keys(path) if n == name] if path and not problem else []
         except OSError as e:
             log.error("SSH console: cannot read {path}: {err}", path=path, err=e.strerror)
             mine = []
+        if problem:
+            log.error("SSH console: no key accepted: {problem}", problem=problem)
         for key in mine:
             if key.blob() != credentials.blob:
                 continue
