@@ -256,3 +256,22 @@ def load(path: str | os.PathLike) -> Config:
     """Read and validate a config file; relative paths inside are relative to its folder."""
     p = Path(path)
     return parse(read_toml(p), p.parent.resolve(), str(p))
+
+
+def shared_role_warnings(cfg: Config) -> list[str]:
+    """Connections whose read_only level logs in upstream as the same role as a level that
+    may write: the weak configuration, where only the gateway stands between a read_only
+    user and a write (printed by check-config and at start-up)."""
+    out = []
+    for name, conn in cfg.connections.items():
+        levels = set(conn.access.values())
+        if "read_only" not in levels:
+            continue
+        role = conn.credential_for("read_only").user
+        shared = [lvl for lvl in ("read_write", "admin") if lvl in levels and conn.credential_for(lvl).user == role]
+        if shared:
+            out.append(f"connections.{name}: read_only shares the upstream role \"{role}\" with {' and '.join(shared)};"
+                       " read_only sessions then rest on the gateway alone (the role can see other sessions' SQL in"
+                       " pg_stat_activity and could write if the gateway were bypassed); give read_only a"
+                       f" SELECT-only role of its own in [connections.{name}.credentials.read_only]")
+    return out

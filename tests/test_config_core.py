@@ -107,3 +107,16 @@ def test_hash_password_prints_a_working_verifier() -> None:
     server, client = ScramServerExchange(verifier), ScramClientExchange("x", "s3cret", ["SCRAM-SHA-256"])
     client.server_final(server.client_final(client.server_first(server.client_first(client.client_first()))))
     assert hoopd("hash-password", stdin="\n").returncode == 1
+
+
+def test_shared_upstream_role_for_read_only_is_warned(tmp_path) -> None:
+    from hoopd.config import shared_role_warnings
+
+    cfg = load(example_copy(tmp_path))
+    assert shared_role_warnings(cfg) == []  # the example gives read_only its own role
+    text = re.sub(r"\[connections\.shop\.credentials\.read_only\][^\[]*", "", example_copy(tmp_path).read_text())
+    (tmp_path / "weak.toml").write_text(text)
+    (warning,) = shared_role_warnings(load(tmp_path / "weak.toml"))
+    assert warning.startswith('connections.shop: read_only shares the upstream role "shop_app" with read_write and admin')
+    out = hoopd("check-config", str(tmp_path / "weak.toml"))
+    assert out.returncode == 0 and "read_only shares the upstream role" in out.stderr
