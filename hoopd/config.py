@@ -93,6 +93,9 @@ class ConnectionConfig:
     access: Mapping[str, str] = field(default_factory=dict)  # group -> level
     rules: tuple[Rule, ...] = ()  # [[connections.NAME.rules]], checked before the global [[rules]]
     unparseable: str | None = None  # None: the global [policy] unparseable
+    require_auth: tuple[str, ...] = ("scram-sha-256",)  # upstream auth methods answered (libpq's require_auth)
+    allow_plaintext_password: bool = False  # md5/password may go over tls = "disable"
+    channel_binding: str = "prefer"  # disable | prefer | require (SCRAM-SHA-256-PLUS over TLS)
 
     def credential_for(self, level: str) -> Credential:
         return self.credentials.get(level) or self.credentials["default"]
@@ -174,9 +177,37 @@ def _connection(name: str, t: Table, base: Path) -> ConnectionConfig:
     from hoopd.policy.config import parse_connection  # here: hoopd.policy imports this module
 
     rules, unparseable = parse_connection(t)
+    require_auth, allow_plaintext, channel_binding = _upstream_auth(t, tls)
     t.done()
     return ConnectionConfig(name, host, port, database, tls, ca_file, connect_timeout, creds, access,
-                            rules, unparseable)
+                            rules, unparseable, require_auth=require_auth, allow_plaintext_password=allow_plaintext,
+                            channel_binding=channel_binding)
+
+
+AUTH_METHODS = ("scram-sha-256", "md5", "password", "none")
+
+
+def _upstream_auth(t: Table, tls: str) -> tuple[tuple[str, ...], bool, str]:
+    """``require_auth``, ``allow_plaintext_password``, ``channel_binding`` of a connection."""
+    methods = t.str_list("require_auth", ("scram-sha-256",))
+    for i, meth in enumerate(methods):
+        if meth not in AUTH_METHODS:
+            raise ConfigError(t.key("require_auth"), f"expected {', '.join(AUTH_METHODS)}, got {meth!r}")
+        if meth in methods[:i]:
+            raise ConfigError(t.key("require_auth"), f"{meth!r} is listed twice")
+    if not methods:
+        raise ConfigError(t.key("require_auth"), 'needs at least one method (e.g. "scram-sha-256")')
+    allow_plaintext = t.bool("allow_plaintext_password", False)
+    exposed = [meth for meth in methods if meth in ("md5", "password")]
+    if exposed and tls == "disable" and not allow_plaintext:
+        raise ConfigError(t.key("require_auth"), f"{exposed[0]!r} sends the password (or its md5 hash) over an "
+                          f'unencrypted connection (tls = "disable"): use TLS, or set '
+                          f"{t.key('allow_plaintext_password')} = true")
+    channel_binding = t.str("channel_binding", "prefer", choices=("disable", "prefer", "require"))
+    if channel_binding == "require" and (tls == "disable" or methods != ("scram-sha-256",)):
+        raise ConfigError(t.key("channel_binding"), '"require" needs TLS (tls = "require" or "verify-full") and '
+                          'require_auth = ["scram-sha-256"] only')
+    return methods, allow_plaintext, channel_binding
 
 
 def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 def gw(pg, slapd, idp, tmp_path):
     cert, key = write_self_signed(tmp_path)
     (tmp_path / "ldap.pw").write_text(SERVICE_PW)
-    shop = connection_toml("shop", "127.0.0.1", pg.port, "shop", pg.app_scram.name, pg.app_scram.password)
+    shop = connection_toml("shop", "127.0.0.1", pg.port, "shop", pg.app_scram.name, pg.app_scram.password,
+                           extra='require_auth = ["scram-sha-256", "md5"]\nallow_plaintext_password = true\n')
     shop += (f'[connections.shop.credentials.read_only]\nuser = "{pg.app_md5.name}"\n'
              f'password = "{pg.app_md5.password}"\n')
     body = (f'http = "tcp:{free_port()}:interface=127.0.0.1"\n'  # still inside [listen]

@@ -29,9 +29,11 @@ def upstreams(pg, folder) -> str:
     r = {role.name: role.password for role in pg.roles}
     return "".join([
         connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]),
-        connection_toml("md5", "127.0.0.1", pg.port, "shop", "app_md5", r["app_md5"]),
-        connection_toml("clear", "127.0.0.1", pg.port, "shop", "app_clear", r["app_clear"]),
-        connection_toml("trust", "127.0.0.1", pg.port, "shop", "app_trust", None),
+        connection_toml("md5", "127.0.0.1", pg.port, "shop", "app_md5", r["app_md5"],
+                        extra='require_auth = ["md5"]\nallow_plaintext_password = true\n'),
+        connection_toml("clear", "127.0.0.1", pg.port, "shop", "app_clear", r["app_clear"],
+                        extra='require_auth = ["password"]\nallow_plaintext_password = true\n'),
+        connection_toml("trust", "127.0.0.1", pg.port, "shop", "app_trust", None, extra='require_auth = ["none"]\n'),
         connection_toml("tlsreq", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"], tls="require"),
         connection_toml("tlsfull", "localhost", pg.port, "shop", "app_scram", r["app_scram"], tls="verify-full",
                         ca_file=str(pg.ca_file)),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from scramp import ScramClient, ScramException, ScramMechanism
 
 _MECH = ScramMechanism("SCRAM-SHA-256")
+PLUS = "SCRAM-SHA-256-PLUS"
 _VERIFIER = re.compile(r"^SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$")
 
 
@@ -114,12 +115,32 @@ def _attrs(msg: str) -> dict[str, str]:
 
 
 class ScramClientExchange:
-    """Client side (the gateway logging in upstream)."""
+    """Client side (the gateway logging in upstream).
 
-    def __init__(self, user: str, password: str, mechanisms: list[str]) -> None:
-        if "SCRAM-SHA-256" not in mechanisms:
+    ``binding`` is the ``tls-server-end-point`` data of the server's certificate when the
+    connection is TLS (None otherwise, or when channel binding is turned off). With it,
+    SCRAM-SHA-256-PLUS is chosen when the server offers it; if the server does not, the gs2
+    flag ``y`` tells a server that does support it that the offer was stripped. With
+    ``require_binding`` an exchange without channel binding is refused."""
+
+    def __init__(self, user: str, password: str, mechanisms: list[str], binding: bytes | None = None,
+                 require_binding: bool = False) -> None:
+        cb = ("tls-server-end-point", binding) if binding else None
+        if cb and PLUS in mechanisms:
+            self.mechanism = PLUS
+        elif require_binding:
+            raise ScramFailure(f"server does not offer {PLUS} over TLS ({', '.join(mechanisms) or 'no mechanism'})"
+                               if binding else "channel binding is not possible on this connection")
+        elif "SCRAM-SHA-256" in mechanisms:
+            self.mechanism = "SCRAM-SHA-256"
+        else:
             raise ScramFailure(f"server offers no supported SASL mechanism ({', '.join(mechanisms)})")
-        self._client = ScramClient(["SCRAM-SHA-256"], user, password)  # PostgreSQL ignores the name
+        self.finished = False
+        # PostgreSQL ignores the user name in the SCRAM messages (the startup packet has it)
+        try:
+            self._client = ScramClient([self.mechanism], user, password, channel_binding=cb)
+        except ScramException as e:
+            raise ScramFailure(str(e)) from None
 
     def client_first(self) -> bytes:
         return self._client.get_client_first().encode()
@@ -132,10 +153,12 @@ class ScramClientExchange:
             raise ScramFailure(str(e)) from None
 
     def server_final(self, data: bytes) -> None:
+        """Check the server's signature (it proves the server knows the verifier)."""
         try:
             self._client.set_server_final(data.decode("utf-8"))
         except (ScramException, UnicodeDecodeError) as e:
             raise ScramFailure(str(e)) from None
+        self.finished = True
 
 
 class ScramFailure(Exception):

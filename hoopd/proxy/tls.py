@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 
@@ -51,3 +54,25 @@ def tls_version(transport) -> str | None:
 def negotiated_alpn(transport) -> bytes | None:
     conn = _ssl_connection(transport)
     return (conn.get_alpn_proto_negotiated() or None) if conn else None
+
+
+def end_point_hash(cert: x509.Certificate) -> bytes | None:
+    """RFC 5929 ``tls-server-end-point`` channel binding data: the certificate's hash with
+    the hash of its signature algorithm (SHA-256 when that is MD5 or SHA-1), as PostgreSQL
+    computes it; None when the signature has no hash of its own (Ed25519, Ed448)."""
+    try:
+        algo = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return None
+    if algo is None:
+        return None
+    if isinstance(algo, (hashes.MD5, hashes.SHA1)):
+        algo = hashes.SHA256()
+    return cert.fingerprint(algo)
+
+
+def peer_end_point(transport) -> bytes | None:
+    """``end_point_hash`` of the peer's certificate on a TLS transport, or None."""
+    conn = _ssl_connection(transport)
+    cert = conn.get_peer_certificate() if conn else None
+    return end_point_hash(cert.to_cryptography()) if cert is not None else None

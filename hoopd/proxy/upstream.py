@@ -5,6 +5,13 @@
 its BackendKeyData) or fails with UpstreamError. Upstream error texts are kept for the
 gateway log; the client only hears a generic message, so nothing about the held
 credential leaks.
+
+The gateway answers only the authentication methods ``connections.NAME.require_auth``
+lists (like libpq's ``require_auth``; default SCRAM-SHA-256 only), and a login counts as
+done only when that method finished: an AuthenticationOk before the SCRAM server
+signature was checked, or without any request when "none" is not allowed, is refused.
+Over TLS, SCRAM uses channel binding (``tls-server-end-point``) when the server offers
+SCRAM-SHA-256-PLUS, per ``connections.NAME.channel_binding``.
 """
 from __future__ import annotations
 
@@ -12,23 +19,35 @@ import hashlib
 import struct
 from typing import Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from hoopd.config import ConnectionConfig, Credential
+from hoopd.log import get_logger
 from hoopd.pgwire import messages as m
 from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.scram import ScramClientExchange, ScramFailure
-from hoopd.proxy.tls import upstream_options
+from hoopd.proxy.tls import peer_end_point, upstream_options
+
+log = get_logger("hoopd.proxy.upstream")
 
 _I32 = struct.Struct("!i")
 
 
 class UpstreamError(Exception):
     """Logging in upstream failed; str() is for the gateway log only."""
+
+
+_OTHER_METHODS = {2: "Kerberos V5", 6: "SCM credential", 7: "GSSAPI", 9: "SSPI"}
+
+
+def _no_delay(transport) -> None:
+    """TCP_NODELAY: two small writes in a row must not wait for the peer's delayed ACK."""
+    if ITCPTransport.providedBy(transport):
+        transport.setTcpNoDelay(True)
 
 
 def _md5_password(user: str, password: str, salt: bytes) -> bytes:
@@ -51,9 +70,11 @@ class UpstreamProtocol(Protocol):
         self._buf = bytearray()
         self._state = "tls"
         self._scram: ScramClientExchange | None = None
+        self.auth_method: str | None = None  # what the server asked for: "md5", "SCRAM-SHA-256-PLUS", ...
         self._tls = upstream_options(conn)
 
     def connectionMade(self) -> None:
+        _no_delay(self.transport)
         if self._tls is not None:
             self.transport.write(m.ssl_request())
         else:
@@ -135,24 +156,59 @@ class UpstreamProtocol(Protocol):
                                 " has none configured for this level")
         return self.cred.password.value
 
+    def _allow(self, method: str, what: str) -> None:
+        """Refuse an authentication request the connection does not allow (before any secret is used)."""
+        conn, key = self.conn, f"connections.{self.conn.name}"
+        if self.auth_method is not None:
+            raise UpstreamError(f"{key}: the server asked for {what} authentication after {self.auth_method}")
+        if method not in conn.require_auth:
+            allowed = ", ".join(f'"{x}"' for x in conn.require_auth)
+            raise UpstreamError(f"{key}: the server asks for {what} authentication, which {key}.require_auth "
+                                f'does not allow (it allows {allowed}); add "{method}" to it if that is intended')
+        if method in ("md5", "password") and self._tls is None and not conn.allow_plaintext_password:
+            raise UpstreamError(f'{key}: the server asks for {what} authentication over a connection without TLS; '
+                                f"use TLS, or set {key}.allow_plaintext_password = true")
+        self.auth_method = method
+
     def _auth(self, body: bytes) -> None:
         (code,) = _I32.unpack_from(body, 0)
         if code == 0:
-            return
-        if code == 3:
+            self._check_done()
+        elif code == 3:
+            self._allow("password", "cleartext password")
             self.transport.write(m.password_message(m.cstr(self._password())))
         elif code == 5:
+            self._allow("md5", "md5 password")
             self.transport.write(m.password_message(m.cstr(_md5_password(self.cred.user, self._password(), body[4:8]))))
         elif code == 10:
-            mechs = [x.decode() for x in body[4:].split(b"\0") if x]
-            self._scram = ScramClientExchange(self.cred.user, self._password(), mechs)
-            self.transport.write(m.sasl_initial_response("SCRAM-SHA-256", self._scram.client_first()))
+            self._allow("scram-sha-256", "SCRAM")
+            mechs = [x.decode(errors="replace") for x in body[4:].split(b"\0") if x]
+            bind = self._tls is not None and self.conn.channel_binding != "disable"
+            binding = peer_end_point(self.transport) if bind else None
+            self._scram = ScramClientExchange(self.cred.user, self._password(), mechs, binding,
+                                              require_binding=self.conn.channel_binding == "require")
+            self.auth_method = self._scram.mechanism
+            self.transport.write(m.sasl_initial_response(self._scram.mechanism, self._scram.client_first()))
         elif code == 11 and self._scram:
             self.transport.write(m.password_message(self._scram.server_first(body[4:])))
         elif code == 12 and self._scram:
             self._scram.server_final(body[4:])
         else:
-            raise UpstreamError(f"unsupported authentication request {code} from server")
+            what = _OTHER_METHODS.get(code, f"unknown ({code})")
+            raise UpstreamError(f"connections.{self.conn.name}: the server asks for {what} authentication, "
+                                "which the gateway does not support")
+
+    def _check_done(self) -> None:
+        """AuthenticationOk: only after the allowed method finished (or with "none" allowed)."""
+        key = f"connections.{self.conn.name}"
+        if self._scram is not None and not self._scram.finished:
+            raise UpstreamError(f"{key}: the server accepted the login before the SCRAM exchange finished "
+                                "(it did not prove it knows the password)")
+        if self.auth_method is None and "none" not in self.conn.require_auth:
+            raise UpstreamError(f"{key}: the server accepted the login without asking for a password (trust), "
+                                f'which {key}.require_auth does not allow; add "none" to it if that is intended')
+        log.debug("upstream login on {conn} as {user}: {method}", conn=self.conn.name, user=self.cred.user,
+                  method=self.auth_method or "no authentication")
 
     def _fail(self, err: Exception) -> None:
         if not self.ready.called:
@@ -196,14 +252,64 @@ def connect_upstream(reactor: IReactorTCP | IReactorTime, conn: ConnectionConfig
     return d
 
 
-def send_cancel(reactor: IReactorTCP, conn: ConnectionConfig, pid: int, secret: bytes) -> defer.Deferred[None]:
-    """Send a CancelRequest for the upstream backend (pid, secret); fire when sent."""
+class _Cancel(Protocol):
+    """Sends one CancelRequest: inside TLS (SSLRequest, handshake, then the request, as
+    libpq 17 does) unless the connection's ``tls`` is "disable". ``done`` fires when the
+    request was sent and the connection closed, or fails with UpstreamError."""
 
-    class _Cancel(Protocol):
-        def connectionMade(self) -> None:
-            self.transport.write(m.cancel_request(pid, secret))
+    def __init__(self, conn: ConnectionConfig, pid: int, secret: bytes) -> None:
+        self.conn = conn
+        self.request = m.cancel_request(pid, secret)
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self._tls = upstream_options(conn)
+        self._error: str | None = None
+        self._sent = False
+
+    def connectionMade(self) -> None:
+        _no_delay(self.transport)
+        if self._tls is None:
+            self._send()
+        else:
+            self.transport.write(m.ssl_request())
+
+    def _send(self) -> None:
+        self._sent = True
+        self.transport.write(self.request)
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._sent:
+            return
+        if data != b"S":
+            self._error = (f"server at {self.conn.host}:{self.conn.port} does not accept TLS for the cancel request"
+                           f' (tls = "{self.conn.tls}"); not sent')
             self.transport.loseConnection()
+            return
+        self.transport.startTLS(self._tls)
+        self._send()  # TLS writes wait for the handshake; a failed handshake loses the connection
 
-    d = _connect(reactor, conn, _Cancel())
-    d.addCallback(lambda _: None)
-    return d
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._error is None and not (self._sent and reason.check(error.ConnectionDone)):
+            self._error = f"cancel request to {self.conn.host}:{self.conn.port} failed: {reason.getErrorMessage()}"
+        if self.done.called:  # timed out
+            return
+        if self._error is not None:
+            self.done.errback(UpstreamError(self._error))
+        else:
+            self.done.callback(None)
+
+
+def send_cancel(reactor: IReactorTCP | IReactorTime, conn: ConnectionConfig, pid: int,
+                secret: bytes) -> defer.Deferred[None]:
+    """Send a CancelRequest for the upstream backend (pid, secret); fires when sent."""
+    proto = _Cancel(conn, pid, secret)
+    d = _connect(reactor, conn, proto)
+    d.addCallback(lambda _: proto.done)
+    d.addTimeout(conn.connect_timeout + 5, reactor)
+
+    def failed(f: Failure) -> Failure:
+        if proto.transport is not None:
+            proto.transport.abortConnection()
+        return f
+
+    return d.addErrback(failed)
