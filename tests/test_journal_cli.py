@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from hoopd import cli
 from hoopd.identity.base import Identity
 from hoopd.journal import records as r
+from hoopd.journal import render
 from hoopd.journal.cli import parse_time
 from hoopd.journal.stage import JournalStage
 from hoopd.pgwire import messages as m
@@ -180,6 +181,33 @@ def test_export_jsonl_and_csv(jdir: Path, capsys: pytest.CaptureFixture, tmp_pat
     rows = list(csv.DictReader(io.StringIO(dest.read_text())))
     assert rows and all("2025-11-24T16:00:03" <= x["ts"] <= "2025-11-24T16:00:04.5" for x in rows)
     assert json.loads(rows[0]["record"])["kind"] == rows[0]["kind"]
+
+
+@pytest.mark.parametrize("sql", ["=HYPERLINK(\"https://evil.example\",\"x\")", "+1+cmd|' /C calc'!A0",
+                                 "-2+3", "@SUM(1+1)*cmd|' /C calc'!A0", "\tselect 1", "\rselect 1"])
+def test_csv_export_neutralises_formulas(tmp_path: Path, capsys: pytest.CaptureFixture, sql: str) -> None:
+    clock = Clock()
+    clock.advance(T0)
+    w = make_writer(tmp_path / "j", clock)
+    w.startService()
+    st = JournalStage(w, w.config)
+    info = session(st, clock, "cccc3333cccc3333", "mallory", "shop")
+    st.client_message(info, b"Q", m.cstr(sql))
+    st.session_ended(info, "client terminate")
+    w.stopService()
+    code, out, _ = run(capsys, "export", "--dir", str(tmp_path / "j"), "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    (stmt,) = [x for x in rows if x["kind"] == "statement"]
+    shown = render.summary(json.loads(stmt["record"]))
+    assert stmt["summary"] == ("'" + shown if sql[0] in "=+-@" else shown)  # tab/CR: stripped from a summary
+    assert [render.csv_cell(c) for c in ("\tx", "\rx", "=1", "a=1", 5, None)] == ["'\tx", "'\rx", "'=1", "a=1", 5, None]
+    assert json.loads(stmt["record"])["text"] == sql  # the record stays exact, inside a quoted cell
+    for line in out.splitlines()[1:]:
+        if line:
+            assert line.startswith('"'), line  # every text cell is quoted (OWASP)
+    _, jsonl, _ = run(capsys, "export", "--dir", str(tmp_path / "j"))
+    assert any(json.loads(ln).get("text") == sql for ln in jsonl.splitlines())  # JSON lines unchanged
 
 
 def test_verify_ok_and_broken(jdir: Path, capsys: pytest.CaptureFixture) -> None:

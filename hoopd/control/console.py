@@ -4,6 +4,8 @@ A Console runs one command line at a time and writes text (``\\n`` line ends) to
 callback, errors to a second one (stderr in exec mode); ``run`` fires with the exit
 status. Bad input is a one-line ``error: ...`` and status 2 (usage) or 1 (failed),
 never a traceback; unexpected failures are logged and reported in one line too.
+Everything written passes ``hoopd.textsafe.escape`` (newlines and tabs kept): names, SQL
+and application names from clients never drive the operator's terminal.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from twisted.internet import defer
 
 from hoopd.control.plane import ControlPlane
 from hoopd.log import get_logger
+from hoopd.textsafe import escape
 
 log = get_logger("hoopd.control.console")
 
@@ -65,6 +68,7 @@ def _age(seconds: float) -> str:
 
 
 def _table(rows: list[list[str]]) -> str:
+    rows = [[escape(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n" for r in rows)
 
@@ -75,8 +79,8 @@ class Console:
         self.plane = plane
         self.who = who  # how actions are attributed, e.g. "ssh:alice"
         self.whoami = whoami  # the longer text `whoami` prints
-        self.write = write
-        self.write_error = write_error or write
+        self.write: Callable[[str], None] = lambda text: write(escape(text, layout=True))
+        self.write_error: Callable[[str], None] = lambda text: (write_error or write)(escape(text, layout=True))
         self.finished = False  # `quit` was run
         self._stop_follow: Callable[[], None] | None = None
         self._following: defer.Deferred[int] | None = None

@@ -21,6 +21,7 @@ from hoopd.journal import render
 from hoopd.journal.config import JournalConfig, parse_journal, read_key
 from hoopd.journal.reader import Entry, Journal, Progress
 from hoopd.journal.verify import KeyNeeded, verify
+from hoopd.textsafe import escape
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 _AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -194,8 +195,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         st = j.session_start(sid) or {}
         start = render.short_time(s["start"]) if s["start"] else "(before " + render.short_time(s["first"]) + ")"
         end = render.short_time(s["end"]) if s["end"] else "-"
-        print(fmt.format(sid, str(st.get("user", "?")), str(st.get("connection", "?")), str(st.get("level", "?")),
-                         start, end, s["statements"], s["errors"], s["reason"]))
+        print(escape(fmt.format(sid, str(st.get("user", "?")), str(st.get("connection", "?")),
+                                str(st.get("level", "?")), start, end, s["statements"], s["errors"], s["reason"])))
     return 0
 
 
@@ -232,12 +233,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             for e in entries:
                 out.write(render.to_json(e.rec) + "\n")
         else:
-            w = csv.writer(out)
+            w = csv.writer(out, quoting=csv.QUOTE_NONNUMERIC)  # every text cell quoted, numbers bare
             w.writerow(["ts", "node", "session", "seq", "kind", "stmt", "summary", "record"])
             for e in entries:
                 rec = e.rec
-                w.writerow([render.rfc3339(rec["ts"]), rec.get("node"), rec.get("session") or "", rec.get("seq", ""),
-                            rec.get("kind"), rec.get("stmt", ""), render.summary(rec), render.to_json(rec)])
+                w.writerow([render.csv_cell(c) for c in (
+                    render.rfc3339(rec["ts"]), rec.get("node"), rec.get("session") or "", rec.get("seq", ""),
+                    rec.get("kind"), rec.get("stmt", ""), render.summary(rec), render.to_json(rec))])
     finally:
         if out is not sys.stdout:
             out.close()

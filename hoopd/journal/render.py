@@ -1,5 +1,8 @@
 """Turning records into text: one-line summaries (tail), JSON (tail --json, export),
-and a session replayed as a conversation with psql-style result tables."""
+and a session replayed as a conversation with psql-style result tables.
+
+Every text rendering passes client-sent text through ``hoopd.textsafe.escape`` (no raw
+control characters reach a terminal); JSON stays exact JSON (``json_escape``)."""
 from __future__ import annotations
 
 import base64
@@ -9,10 +12,12 @@ from datetime import datetime
 from typing import Any, Iterable, TextIO
 
 from hoopd.journal import records as r
+from hoopd.textsafe import escape, json_escape
 
 _NUMERIC = {20, 21, 23, 26, 700, 701, 790, 1700}  # right-aligned like psql
 _SPACE = re.compile(r"\s+")
 _OWN = ("ts", "node", "session", "seq", "kind", "h")
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 def rfc3339(ts: datetime) -> str:
@@ -37,11 +42,19 @@ def jsonable(v: Any, key: str = "") -> Any:
 
 
 def to_json(rec: dict[str, Any]) -> str:
-    return json.dumps(jsonable(rec), ensure_ascii=False, separators=(",", ":"))
+    return json_escape(json.dumps(jsonable(rec), ensure_ascii=False, separators=(",", ":")))
+
+
+def csv_cell(v: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text (OWASP CSV injection): a string that begins
+    with = + - @ tab or CR gets a leading single quote; write rows with QUOTE_NONNUMERIC."""
+    if isinstance(v, str) and v[:1] in _FORMULA:
+        return "'" + v
+    return v
 
 
 def one_line(text: Any, limit: int = 500) -> str:
-    s = _SPACE.sub(" ", str(text)).strip()
+    s = escape(_SPACE.sub(" ", str(text)).strip())
     return s if len(s) <= limit else s[:limit - 1] + "…"
 
 
@@ -51,7 +64,7 @@ def value(v: Any) -> str:
         return ""
     if isinstance(v, bytes):
         return "\\x" + v.hex()
-    return str(v).replace("\n", "\\n")
+    return escape(str(v).replace("\n", "\\n"))
 
 
 def _ms(us: Any) -> str:
@@ -64,7 +77,7 @@ def literal(v: Any) -> str:
         return "NULL"
     if isinstance(v, bytes):
         return "\\x" + v.hex()
-    return "'" + str(v).replace("'", "''") + "'"
+    return "'" + escape(str(v)).replace("'", "''") + "'"
 
 
 def _params(vals: Iterable[Any]) -> str:
@@ -73,6 +86,10 @@ def _params(vals: Iterable[Any]) -> str:
 
 def statement(rec: dict[str, Any]) -> str:
     """What a statement record (or a denied record with the statement inline) asked for."""
+    return escape(_statement(rec))
+
+
+def _statement(rec: dict[str, Any]) -> str:
     op = rec.get("op")
     if op == "query":
         return one_line(rec.get("text", ""))
@@ -92,6 +109,10 @@ def statement(rec: dict[str, Any]) -> str:
 
 def summary(rec: dict[str, Any]) -> str:
     """One line about a record, whatever its kind."""
+    return escape(_summary(rec))
+
+
+def _summary(rec: dict[str, Any]) -> str:
     k = rec.get("kind")
     g = rec.get
     if k == r.STATEMENT:
@@ -136,14 +157,14 @@ def summary(rec: dict[str, Any]) -> str:
 
 def line(rec: dict[str, Any], user: str | None) -> str:
     sid = (rec.get("session") or "-")[:8]
-    return f"{short_time(rec['ts'])} {sid:8} {(user or '-'):12} {rec.get('kind', '?'):13} {summary(rec)}"
+    return escape(f"{short_time(rec['ts'])} {sid:8} {(user or '-'):12} {rec.get('kind', '?'):13} {summary(rec)}")
 
 
 def table(columns: list[str], types: list[int], rows: list[list[Any]]) -> list[str]:
     """Rows as psql's aligned format draws them (without the row count line)."""
     cells = [[value(v) for v in row] for row in rows]
     n = max([len(columns)] + [len(c) for c in cells])
-    names = list(columns) + [f"?column{i}?" for i in range(len(columns), n)]
+    names = [escape(str(c)) for c in columns] + [f"?column{i}?" for i in range(len(columns), n)]
     widths = [max([len(names[i])] + [len(c[i]) for c in cells if i < len(c)]) for i in range(n)]
     right = [i < len(types) and types[i] in _NUMERIC for i in range(n)]
     out = [" " + " | ".join(names[i].center(widths[i]) for i in range(n)).rstrip(),
@@ -165,7 +186,7 @@ class Replay:
         self.rows: list[list[Any]] = []  # rows of ``rows`` records before their result
 
     def write(self, text: str = "") -> None:
-        self.out.write(text + "\n")
+        self.out.write(escape(text, layout=True) + "\n")
 
     def at(self, rec: dict[str, Any]) -> str:
         if self.t0 is None:
