@@ -255,3 +255,38 @@ def test_real_journal_feeds_readiness_metrics_and_session_events(pg, tmp_path):
             ("kill", "api:ops", live.info.id, "audit")]
     finally:
         yield svc.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_api_oidc_audience_tells_api_tokens_from_login_tokens(pg, tmp_path, idp):
+    from hoopd.identity.base import AuthError
+
+    port = free_port()
+    cfg = tmp_path / "hoopd.toml"
+    write_config(cfg, pg, f"tcp:{port}:interface=127.0.0.1", down=False,
+                 extra=f'[identity]\norder = ["local", "oidc"]\n[identity.oidc]\nissuer = "{idp.issuer}"\n'
+                       f'audience = "hoopd"\nca_file = "{idp.ca_file}"\n')
+    cfg.write_text(cfg.read_text().replace("[control]\n", '[control]\nadmin_groups = ["dba"]\noidc_audience = "hoopd-api"\n'))
+    svc = GatewayService(load(cfg), reactor)
+    svc.startService()
+    svc.url = f"http://127.0.0.1:{port}"
+    try:
+        api_token = idp.mint("carol", groups=["dba"], aud="hoopd-api")
+        login_token = idp.mint("carol", groups=["dba"])  # aud "hoopd": the database login audience
+        # the first call fetches the IdP's keys: the body waits unread until the token is verified
+        code, body, _ = yield call(svc, "POST", "/api/v1/sessions/nope/kill", api_token, b'{"reason": "x"}')
+        assert (code, body["message"]) == (404, "no live session nope")
+        assert idp.requests.count("/jwks") == 1
+        code, body, _ = yield call(svc, "GET", "/api/v1/stats", api_token)
+        assert code == 200 and body["node"] == "ctl"
+        for method, path in (("GET", "/api/v1/stats"), ("POST", "/api/v1/reload")):
+            code, body, headers = yield call(svc, method, path, login_token, b"{}")
+            assert (code, body["error"]) == (401, "unauthorized")
+            assert headers.getRawHeaders("www-authenticate") == ['Bearer realm="hoopd"']
+        with pytest.raises(AuthError) as e:  # and the API token is no database login
+            yield svc.identity.authenticate("carol", api_token, "127.0.0.1")
+        assert "audience is not hoopd" in str(e.value)
+        user = yield svc.identity.authenticate("carol", login_token, "127.0.0.1")
+        assert user.name == "carol"
+    finally:
+        yield svc.stopService()
