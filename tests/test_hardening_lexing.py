@@ -32,6 +32,7 @@ SHOP_SETUP = """
 DROP TABLE IF EXISTS lex_canary;
 CREATE TABLE lex_canary (id int);
 INSERT INTO lex_canary VALUES (1), (2);
+ALTER TABLE lex_canary OWNER TO app_scram;
 GRANT ALL ON lex_canary TO PUBLIC;
 CREATE OR REPLACE FUNCTION lex_flip_scs() RETURNS text LANGUAGE plpgsql STABLE AS
   $$ BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); RETURN 'flipped'; END $$;
