@@ -63,6 +63,38 @@ def send_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+class _Gate:
+    """The client transport as the upstream's producer, paused while either the upstream's
+    buffer is full (back-pressure) or a statement is held: ending a hold must not resume
+    reading while back-pressure still wants it paused, nor the other way round."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.full = self.held = False
+
+    def _apply(self, was_paused: bool) -> None:
+        paused = self.full or self.held
+        if paused and not was_paused:
+            self.transport.pauseProducing()
+        elif was_paused and not paused:
+            self.transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        was, self.full = self.full or self.held, True
+        self._apply(was)
+
+    def resumeProducing(self) -> None:
+        was, self.full = self.full or self.held, False
+        self._apply(was)
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+    def hold(self, on: bool) -> None:
+        was, self.held = self.full or self.held, on
+        self._apply(was)
+
+
 class Relay:
     """Moves bytes between a client transport and an upstream transport for one session."""
 
@@ -88,6 +120,8 @@ class Relay:
         self.s2c = Framer(swanted, whole_limit=STAGE_BODY_LIMIT)
         self._pending: deque[Event] = deque()
         self._held: Deferred | None = None
+        self._client_gate = _Gate(client)
+        self.stopped = False
         # Denials in flight, in the order sent: (number of the ReadyForQuery that ends the
         # marker's sync segment, marker text, the Deny to answer instead of its error).
         self._markers: deque[tuple[int, str, Deny]] = deque()
@@ -99,12 +133,17 @@ class Relay:
     def start(self) -> None:
         """Wire producers both ways so each side's full buffer pauses the other."""
         self.client.registerProducer(self.upstream, True)
-        self.upstream.registerProducer(self.client, True)
+        self.upstream.registerProducer(self._client_gate, True)
 
     def stop(self, client: bool = True, upstream: bool = True) -> None:
         """Unwire the producers of the transports still connected (a TLS transport will
-        not close while one is registered; a lost one has no TLS layer left to ask)."""
+        not close while one is registered; a lost one has no TLS layer left to ask).
+        A statement still held is withdrawn: it never reaches the server."""
         self._charge(0)
+        self.stopped = True
+        held, self._held = self._held, None
+        if held is not None:
+            held.cancel()  # tells the stage (an approval is withdrawn); its outcome is ignored
         if client:
             self.client.unregisterProducer()
         if upstream:
@@ -155,17 +194,23 @@ class Relay:
             return
         if t in (Q, E):
             self.info.statements += 1
-        tb = bytes([t])
         self.log.trace("session {sid} client {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
+        self._decide(t, body, 0, out)
+
+    def _decide(self, t: int, body: bytes, start: int, out: list[bytes]) -> None:
+        """Ask the stages from ``start`` on; a Deferred verdict holds the message (and every
+        later client message) until it fires, then the remaining stages still get their say."""
+        tb = bytes([t])
         deny: Deny | None = None
-        for i, stage in enumerate(self._client_stages[t]):
-            verdict = stage.client_message(self.info, tb, body)
+        stages = self._client_stages[t]
+        for i in range(start, len(stages)):
+            verdict = stages[i].client_message(self.info, tb, body)
             if isinstance(verdict, Deferred):
                 self._hold(verdict, t, body, i)
                 return
             if verdict is not None:
                 deny = verdict
-                self._denied(t, body, verdict, stage)
+                self._denied(t, body, verdict, stages[i])
                 break
         self._emit(t, body, deny, out)
 
@@ -188,39 +233,36 @@ class Relay:
                 s.message_denied(self.info, tb, body, deny)
 
     def _hold(self, d: Deferred, t: int, body: bytes, index: int) -> None:
-        """A stage needs time (approval): keep the client's later messages queued."""
+        """Stage ``index`` needs time (approval): keep the client's later messages queued.
+        Safe against the session ending first: stop() cancels the hold, and a verdict that
+        arrives after that forwards nothing."""
         self._held = d
-        self.client.pauseProducing()
+        self._client_gate.hold(True)
 
         def release(verdict: Deny | None) -> None:
+            if self._held is not d:  # withdrawn by stop(): the session is gone
+                return
             self._held = None
+            self._client_gate.hold(False)
             out: list[bytes] = []
             stages = self._client_stages[t]
             if verdict is not None:
                 self._denied(t, body, verdict, stages[index])
                 self._emit(t, body, verdict, out)
             else:
-                # the remaining stages still get their say
-                deny = None
-                for stage in stages[index + 1:]:
-                    v = stage.client_message(self.info, bytes([t]), body)
-                    if isinstance(v, Deferred):  # a second hold: not supported, fail closed
-                        deny = Deny("hoopd: statement needs more than one approval; refused")
-                    elif v is not None:
-                        deny = v
-                    if deny is not None:
-                        self._denied(t, body, deny, stage)
-                        break
-                self._emit(t, body, deny, out)
+                self._decide(t, body, index + 1, out)
             if out:
                 self.quiet = False
                 send_now(self.upstream, b"".join(out))
-            self.client.resumeProducing()
-            self._drain_client()
+            if self._held is None:
+                self._drain_client()
 
         def failed(f: Any) -> None:
+            if self._held is not d:
+                return None
             self.log.failure("stage hold failed; statement refused", failure=f)
             release(Deny("hoopd: statement could not be decided; refused"))
+            return None
 
         d.addCallbacks(release, failed)
 
