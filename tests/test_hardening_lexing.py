@@ -12,13 +12,14 @@ import json
 import socket
 import subprocess
 import time
+import urllib.request
 
 import psycopg
 import pytest
 from psycopg.pq import ExecStatus
 
 from hoopd.pgwire import messages as m
-from tests.gateway import BIN, Gateway, connection_toml, users_toml
+from tests.gateway import BIN, Gateway, connection_toml, free_port, users_toml
 from tests.pgcluster import quote_literal
 from tests.rawclient import RawClient, error_of
 
@@ -46,8 +47,11 @@ def gw(pg, tmp_path_factory):
     pg.psql(SETUP)
     pg.psql(SHOP_SETUP, dbname="shop")
     folder = tmp_path_factory.mktemp("gwlex")
-    g = Gateway(folder, f'[journal]\ndir = "{folder / "journal"}"\n' + users_toml()
+    http = free_port()
+    g = Gateway(folder, f'http = "tcp:{http}:interface=127.0.0.1"\n[control]\nopen_metrics = true\n'
+                f'[journal]\ndir = "{folder / "journal"}"\n' + users_toml()
                 + connection_toml("shop", "127.0.0.1", pg.port, "shop", SU, SU_PW)).start()
+    g.http_port = http
     yield g
     g.stop()
     assert "Traceback" not in g.log()
@@ -184,6 +188,9 @@ def test_tripwire_ends_the_session(gw, pg, user, function, setting):
     assert f"ended by the tripwire: the server reports {setting}" in gw.log()
     recs = [x for x in journal_policy_records(gw) if x.get("action") == "end" and x.get("setting") == setting]
     assert recs, "no policy record for the tripwire"
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert f'hoopd_tripwire_sessions_ended_total{{setting="{setting}"}} 1.0' in metrics
 
 
 def gw_password(user: str) -> str:
