@@ -31,6 +31,7 @@ RUN = ROOT / ".run"
 LISTEN_PORT = 6432
 HTTP_PORT = 6480
 APP_ROLE = "shop_app"
+READ_ROLE = "shop_ro"  # what read_only logs in as: a role that may only SELECT (the recommended set-up)
 TWISTD = Path(sys.executable).parent / "twistd"
 
 
@@ -65,18 +66,21 @@ def start_cluster(cluster: Cluster) -> None:
         cluster.init(["local all all trust", "host all all 127.0.0.1/32 scram-sha-256"])
     cluster.stop("fast")  # one left running by an earlier run that was killed
     cluster.start()
-    password = secret(APP_ROLE)
-    cluster.psql(f"""
-        DO $$ BEGIN
-            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
-                CREATE ROLE {APP_ROLE} LOGIN;
-            END IF;
-        END $$;
-        ALTER ROLE {APP_ROLE} LOGIN PASSWORD {quote_literal(password)};
-    """)
+    for role in (APP_ROLE, READ_ROLE):
+        cluster.psql(f"""
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                    CREATE ROLE {role} LOGIN;
+                END IF;
+            END $$;
+            ALTER ROLE {role} LOGIN PASSWORD {quote_literal(secret(role))};
+        """)
     if not cluster.psql("SELECT 1 FROM pg_database WHERE datname = 'shop'").strip():
         cluster.psql(f"CREATE DATABASE shop OWNER {APP_ROLE}")
         cluster.psql(f"SET ROLE {APP_ROLE};\n{SHOP_SQL}", dbname="shop")
+    cluster.psql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READ_ROLE};"
+                 f"ALTER DEFAULT PRIVILEGES FOR ROLE {APP_ROLE} IN SCHEMA public GRANT SELECT ON TABLES TO {READ_ROLE};",
+                 dbname="shop")
 
 
 def write_config(pg_port: int, dev_password: str, agent_password: str, api_token_hash: str) -> Path:
@@ -131,6 +135,10 @@ tls = "disable"
 [connections.shop.credentials.default]
 user = "{APP_ROLE}"
 password_file = {q(str(RUN / "secrets" / APP_ROLE))}
+
+[connections.shop.credentials.read_only]
+user = "{READ_ROLE}"
+password_file = {q(str(RUN / "secrets" / READ_ROLE))}
 
 [connections.shop.access]
 dba = "admin"
