@@ -39,6 +39,8 @@ CREATE OR REPLACE FUNCTION lex_flip_scs() RETURNS text LANGUAGE plpgsql STABLE A
   $$ BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); RETURN 'flipped'; END $$;
 CREATE OR REPLACE FUNCTION lex_flip_ro() RETURNS text LANGUAGE plpgsql STABLE AS
   $$ BEGIN PERFORM set_config('default_transaction_read_only', 'off', false); RETURN 'flipped'; END $$;
+CREATE OR REPLACE FUNCTION lex_become() RETURNS text LANGUAGE plpgsql STABLE AS
+  $$ BEGIN PERFORM set_config('session_authorization', 'app_md5', false); RETURN 'became'; END $$;
 """
 
 
@@ -167,6 +169,7 @@ def journal_policy_records(gw) -> list[dict]:
 @pytest.mark.parametrize("user, function, setting", [
     ("writer", "lex_flip_scs", "standard_conforming_strings"),
     ("reader", "lex_flip_ro", "default_transaction_read_only"),
+    ("reader", "lex_become", "session_authorization"),
 ])
 def test_tripwire_ends_the_session(gw, pg, user, function, setting):
     """A function changes a setting the checks rely on: the session ends before its next

@@ -4,7 +4,8 @@ PostgreSQL reports ``standard_conforming_strings``, ``client_encoding``,
 ``default_transaction_read_only`` and ``in_hot_standby`` (among others) in ParameterStatus
 messages, at login and whenever they change. Below admin the gateway needs
 standard_conforming_strings on (its parser always reads strings that way) and, for
-read_only, default_transaction_read_only on (the upstream's own second line of defence).
+read_only, default_transaction_read_only on (the upstream's own second line of defence);
+client_encoding and session_authorization stay what they were at login.
 The policy stage refuses every statement that would change them; if the server still
 reports one changed (a function that sets it, a configuration reload), the session is
 ended before anything more of it reaches PostgreSQL: the tripwire.
@@ -23,8 +24,8 @@ def problem(session: SessionInfo, name: str, value: str, login_value: str | None
         return "the server reports standard_conforming_strings = off"
     if name == "default_transaction_read_only" and session.level == "read_only" and value != "on":
         return "the server reports default_transaction_read_only = off for a read_only session"
-    if name == "client_encoding" and login_value is not None and value != login_value:
-        return f"the server reports client_encoding changed from {login_value} to {value}"
+    if name in ("client_encoding", "session_authorization") and login_value is not None and value != login_value:
+        return f"the server reports {name} changed from {login_value} to {value}"
     return None
 
 
