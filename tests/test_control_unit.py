@@ -20,7 +20,7 @@ from hoopd.config import load, parse
 from hoopd.confkit import ConfigError
 from hoopd.control.auth import ApiError, authenticate, bearer
 from hoopd.control.console import Console
-from hoopd.control.http import ROUTES
+from hoopd.control.http import ROUTES, ControlResource, ControlSite
 from hoopd.control.openapi import DOCUMENT
 from hoopd.control.plane import ControlPlane
 from hoopd.control.summary import REDACTED
@@ -273,6 +273,78 @@ def test_authenticate_tokens_and_oidc():
     with pytest.raises(ApiError) as e:
         auth(f"Bearer {VIEWER_TOKEN}".encode()).require("admin")
     assert e.value.status == 403
+
+
+# --- the HTTP channel, without sockets -------------------------------------------------------
+
+class PendingVerifier:
+    """OIDC checks that wait until the test fires them."""
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred] = []
+
+    def verify(self, token: str, audience: tuple[str, ...] | None = None) -> defer.Deferred:
+        self.pending.append(defer.Deferred())
+        return self.pending[-1]
+
+
+def channel(verifier=None, **control):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    clock = Clock()
+    site = ControlSite(ControlPlane(FakeGateway(config(admin_groups=["dba"], **control)), clock,
+                                    token_verifier=verifier))
+    site.reactor = clock
+    proto = site.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    proto.makeConnection(transport)
+    return proto, transport, clock
+
+
+def test_an_oidc_check_holds_the_body_unread_until_it_is_done():
+    verifier = PendingVerifier()
+    proto, transport, clock = channel(verifier)
+    proto.dataReceived(b"POST /api/v1/sessions/x/kill HTTP/1.1\r\nHost: h\r\nContent-Length: 17\r\n"
+                       b"Authorization: Bearer aaa.bbb.ccc\r\n\r\n")
+    assert transport.producerState == "paused" and transport.value() == b""
+    verifier.pending[0].callback(Identity("carol", frozenset({"dba"}), "oidc"))
+    assert transport.producerState == "producing"
+    proto.dataReceived(b'{"reason": "why"}')
+    assert transport.value().startswith(b"HTTP/1.1 404 ") and b"no live session x" in transport.value()
+
+    proto, transport, clock = channel(verifier)  # a refused token: answered at once, the body never read
+    proto.dataReceived(b"POST /api/v1/reload HTTP/1.1\r\nHost: h\r\nContent-Length: 60000\r\n"
+                       b"Authorization: Bearer aaa.bbb.ccc\r\n\r\n")
+    verifier.pending[1].errback(AuthError("bad token", reason="token_signature"))
+    assert transport.value().startswith(b"HTTP/1.1 401 Unauthorized\r\n") and transport.disconnecting
+
+
+def test_a_request_must_arrive_within_the_request_timeout():
+    proto, transport, clock = channel(http_request_timeout="3s", http_idle_timeout="60s")
+    clock.advance(2)
+    proto.dataReceived(b"GET /healthz HTTP/1.1\r\nHost:")
+    clock.advance(0.9)
+    assert transport.value() == b""
+    clock.advance(0.2)  # 3 s after the connection was made, whatever trickled in
+    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+
+    proto, transport, clock = channel(http_request_timeout="3s", http_idle_timeout="60s")
+    proto.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert b"200 OK" in transport.value()
+    clock.advance(30)  # between requests only the idle timeout counts
+    assert not transport.disconnecting
+    clock.advance(31)
+    assert transport.disconnecting
+
+
+def test_the_resource_checks_callers_on_any_site():
+    from treq.testing import StubTreq
+
+    client = StubTreq(ControlResource(ControlPlane(FakeGateway(config()), Clock())))
+    ok = fired(client.get("http://h/api/v1/stats", headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}))
+    assert ok.code == 200
+    assert fired(client.get("http://h/api/v1/stats")).code == 401
 
 
 # --- OpenAPI --------------------------------------------------------------------------------

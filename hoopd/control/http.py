@@ -220,7 +220,7 @@ class ControlResource(Resource):
                                     [s.decode("utf-8", "replace") for s in request.postpath if s])
         if isinstance(request, ControlRequest):  # the channel checked the caller from the headers
             who = yield request.caller()
-        else:
+        else:  # served by another Site (e.g. treq.testing.StubTreq): check it here
             who = yield self.admit(request.method, request.uri, request.requestHeaders, None)
         request.hoopd_who = who.name if who else "-"
         return (yield route.handler(self.api, request, who, *params))
@@ -234,20 +234,17 @@ class ControlResource(Resource):
         request.finish()
 
     def _failed(self, request: Request, f: Failure) -> None:
-        if f.check(ApiError):
-            e = f.value
-        else:
-            log.failure("control API {method} {path} failed", failure=f, method=request.method, path=request.path)
-            e = ApiError(500, "internal", "internal error (details in the gateway log)")
+        e = _api_error(f)
         for name, value in e.headers.items():
             request.setHeader(name.encode(), value.encode())
         self._send(request, Reply({"error": e.code, "message": e.message}, e.status))
 
 
 def _api_error(f: Failure) -> ApiError:
+    """The error to answer; anything but an ApiError is logged and answered 500."""
     if f.check(ApiError):
         return f.value
-    log.failure("control port: checking a request failed", failure=f)
+    log.failure("control port: a request failed", failure=f)
     return ApiError(500, "internal", "internal error (details in the gateway log)")
 
 
@@ -280,10 +277,13 @@ class ControlRequest(Request):
         self.content = BytesIO()  # at most MAX_BODY bytes: never a temporary file
 
     def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is None or channel.refused:
+            return
         self._body_bytes += len(data)
         if self._body_bytes > MAX_BODY:
-            self.channel.refuse(ApiError(413, "too_large", f"request body over {MAX_BODY} bytes"))
-        elif self.channel is not None and not self.channel.refused:
+            channel.refuse(ApiError(413, "too_large", f"request body over {MAX_BODY} bytes"))
+        else:
             self.content.write(data)
 
 
