@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import psycopg
 import pytest
@@ -108,6 +109,9 @@ def test_buffer_budget_ends_only_the_session_that_exhausts_it(gateway):
         a.login("dev", USERS["dev"][0])
         b.login("dev", USERS["dev"][0])
         a.send(frame[:half])  # 1.5 MiB held for A
+        deadline = time.monotonic() + 20
+        while svc.factory.budget.used < half - 5 and time.monotonic() < deadline:  # all of it, before B sends
+            time.sleep(0.01)
         b.send(frame[:half])  # 3 MiB in all: over the budget
         msgs_b = read_until_closed(b)
         a.send(frame[half:])
