@@ -54,15 +54,21 @@ class Console:
             return out.channel.recv_exit_status(), text, error
 
 
-@pytest.fixture(scope="module")
-def gw(pg, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ssh")
+def start_with_console(pg, folder: Path) -> Gateway:
+    """A started gateway with the SSH console (keys in ``folder``, driven by ``g.console``)
+    and a journal in ``folder / "journal"``."""
     console = Console(folder)
     body = (f'ssh = "tcp:{console.port}:interface=127.0.0.1"\n'
             f'[control]\nssh_authorized_keys = "{console.keys_file}"\n[journal]\ndir = "{folder / "journal"}"\n'
             + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", pg.app_scram.password))
     g = Gateway(folder, body).start()
     g.console = console
+    return g
+
+
+@pytest.fixture(scope="module")
+def gw(pg, tmp_path_factory):
+    g = start_with_console(pg, tmp_path_factory.mktemp("ssh"))
     yield g
     g.stop()
 

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from hoopd.textsafe import escape, json_escape
-from tests.gateway import BIN, Gateway, connection_toml, free_port, users_toml
-from tests.test_control_ssh import Console, _read_until
+from tests.gateway import BIN, Gateway
+from tests.test_control_ssh import _read_until, start_with_console
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +43,7 @@ def test_escape_shows_every_control_character() -> None:
 
 @pytest.fixture(scope="module")
 def gw(pg, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("escape")
-    console = Console(folder)
-    body = (f'ssh = "tcp:{console.port}:interface=127.0.0.1"\n'
-            f'[control]\nssh_authorized_keys = "{console.keys_file}"\n[journal]\ndir = "{folder / "journal"}"\n'
-            + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", pg.app_scram.password))
-    g = Gateway(folder, body).start()
-    g.console = console
+    g = start_with_console(pg, tmp_path_factory.mktemp("escape"))
     yield g
     g.stop()
 
