@@ -14,18 +14,14 @@ from hoopd.confkit import ConfigError
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from hoopd.config import load, shared_role_warnings
+    from hoopd.config import load, warnings
 
     try:
         cfg = load(args.file)
     except ConfigError as e:
         print(f"hoopd: {e}", file=sys.stderr)
         return 1
-    for w in shared_role_warnings(cfg):
-        print(f"hoopd: warning: {w}", file=sys.stderr)
-    from hoopd.filecheck import warnings as file_warnings
-
-    for w in file_warnings(cfg):
+    for w in warnings(cfg):
         print(f"hoopd: warning: {w}", file=sys.stderr)
     print(f"{args.file}: OK ({len(cfg.connections)} connections, {len(cfg.users)} local users)")
     return 0

@@ -289,6 +289,13 @@ def load(path: str | os.PathLike) -> Config:
     return parse(read_toml(p), p.parent.resolve(), str(p))
 
 
+def warnings(cfg: Config) -> list[str]:
+    """Everything check-config, start-up and reload warn about in a valid config."""
+    from hoopd.filecheck import warnings as file_warnings  # here: hoopd.filecheck imports this module
+
+    return shared_role_warnings(cfg) + file_warnings(cfg)
+
+
 def shared_role_warnings(cfg: Config) -> list[str]:
     """Connections whose read_only level logs in upstream as the same role as a level that
     may write: the weak configuration, where only the gateway stands between a read_only

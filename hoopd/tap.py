@@ -10,12 +10,11 @@ from twisted.application import service, strports
 from twisted.internet import defer, task
 from twisted.python import usage
 
-from hoopd.config import Config, load, shared_role_warnings
+from hoopd.config import Config, load, warnings
 from hoopd.confkit import ConfigError
 from hoopd.control.http import ControlSite
 from hoopd.control.plane import ControlPlane
 from hoopd.control.ssh import make_factory as make_ssh_factory
-from hoopd.filecheck import warnings as file_warnings
 from hoopd.identity.chain import IdentityChain
 from hoopd.journal.stage import JournalStage
 from hoopd.journal.view import LiveJournal
@@ -69,8 +68,6 @@ class GatewayService(service.MultiService):
             writer.setServiceParent(self)
             self.journal = JournalStage(writer, config.journal)
             view = LiveJournal(writer, reactor)
-        for w in shared_role_warnings(config):
-            log.warn("{warning}", warning=w)
         if not config.policy_enabled:
             log.warn("[policy] enabled = false: statements are not checked against access levels or rules"
                      " (read_only sessions still run read-only upstream)")
@@ -149,7 +146,7 @@ class GatewayService(service.MultiService):
             return f"applying the new config failed: {e}"
         log.info("config reloaded ({by}) from {src}: {n} connections, {u} local users", by=by, src=new.source,
                  n=len(new.connections), u=len(new.users))
-        _warn_files(new)
+        _warn(new)
         self.notifier.ready("config reloaded")
         return None
 
@@ -188,9 +185,10 @@ class GatewayService(service.MultiService):
             yield task.deferLater(self.reactor, min(0.1, max(deadline - self.reactor.seconds(), 0)), lambda: None)
 
 
-def _warn_files(config: Config) -> None:
-    """Secret files others may read, a missing SSH keys file (hoopd.filecheck)."""
-    for w in file_warnings(config):
+def _warn(config: Config) -> None:
+    """A shared upstream role for read_only, secret files others may read, a missing SSH
+    keys file (hoopd.config.warnings)."""
+    for w in warnings(config):
         log.warn("{warning}", warning=w)
 
 
@@ -202,7 +200,7 @@ def makeService(options: Options) -> service.IService:
     config = replace(config, source=os.path.abspath(options["config"]))  # reload finds it after a chdir
     log.info("hoopd starting: node {node}, {n} connections, postgres on {ep}", node=config.gateway.node,
              n=len(config.connections), ep=config.listen.postgres)
-    _warn_files(config)
+    _warn(config)
     notifier = Notifier.from_environ()
     try:
         gw = GatewayService(config, reactor, notifier)
