@@ -18,6 +18,7 @@ receives them.
 from __future__ import annotations
 
 from collections import deque
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -56,10 +57,10 @@ def split_statements(text: str) -> list[str]:
         return [text]
 
 
-def _reader(info: SessionInfo) -> Callable[[bytes], str]:
-    """Statement text as the server reads it (the session's client encoding); bytes that
-    encoding cannot read (the policy refused them) are kept as Latin-1, byte for byte."""
-    decode = info.sql_text
+@lru_cache(maxsize=64)
+def _reader(decode: Callable[[bytes], str] | None) -> Callable[[bytes], str]:
+    """Statement text as the server reads it (``decode``: the session's sql_text); bytes
+    that encoding cannot read (the policy refused them) are kept as Latin-1, byte for byte."""
 
     def read(raw: bytes) -> str:
         if decode is not None:
@@ -307,11 +308,11 @@ class JournalStage:
         """The statement record fields of a client message (None: not a statement)."""
         try:
             if t == 81:  # Q
-                text = m.decode_query(body, _reader(st.info))
+                text = m.decode_query(body, _reader(st.info.sql_text))
                 parts = split_statements(text)
                 return {"op": "query", "text": text, **({"parts": parts} if len(parts) > 1 else {})}
             if t == 80:  # P
-                p = m.decode_parse(body, _reader(st.info))
+                p = m.decode_parse(body, _reader(st.info.sql_text))
                 return {"op": "parse", "name": p.name, "text": p.query, "param_types": list(p.param_types)}
             if t == 66:  # B
                 b = m.decode_bind(body)

@@ -22,6 +22,7 @@ Python codec (EUC_TW, MULE_INTERNAL) return None: statements in them cannot be r
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Callable
 
 Decoder = Callable[[bytes], str]
@@ -151,8 +152,9 @@ def _segmented(codec: str, encoding: str) -> Decoder:
     return decode
 
 
+@lru_cache(maxsize=256)
 def sql_decoder(client_encoding: str, server_encoding: str) -> Decoder | None:
-    """The decoder for statement text under these reported settings, or None when the
+    """The decoder (one shared object per pair of settings) for statement text under these reported settings, or None when the
     gateway cannot read it faithfully (unknown encoding, no faithful codec)."""
     client = canonical(client_encoding)
     server = canonical(server_encoding)

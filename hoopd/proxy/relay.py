@@ -72,27 +72,25 @@ class _Gate:
         self.transport = transport
         self.full = self.held = False
 
-    def _apply(self, was_paused: bool) -> None:
-        paused = self.full or self.held
-        if paused and not was_paused:
-            self.transport.pauseProducing()
-        elif was_paused and not paused:
+    def _set(self, full: bool, held: bool) -> None:
+        was = self.full or self.held
+        self.full, self.held = full, held
+        if was and not (full or held):
             self.transport.resumeProducing()
+        elif (full or held) and not was:
+            self.transport.pauseProducing()
 
     def pauseProducing(self) -> None:
-        was, self.full = self.full or self.held, True
-        self._apply(was)
+        self._set(True, self.held)
 
     def resumeProducing(self) -> None:
-        was, self.full = self.full or self.held, False
-        self._apply(was)
+        self._set(False, self.held)
 
     def stopProducing(self) -> None:
         self.transport.stopProducing()
 
     def hold(self, on: bool) -> None:
-        was, self.held = self.full or self.held, on
-        self._apply(was)
+        self._set(self.full, on)
 
 
 class Relay:
@@ -121,7 +119,6 @@ class Relay:
         self._pending: deque[Event] = deque()
         self._held: Deferred | None = None
         self._client_gate = _Gate(client)
-        self.stopped = False
         # Denials in flight, in the order sent: (number of the ReadyForQuery that ends the
         # marker's sync segment, marker text, the Deny to answer instead of its error).
         self._markers: deque[tuple[int, str, Deny]] = deque()
@@ -140,7 +137,6 @@ class Relay:
         not close while one is registered; a lost one has no TLS layer left to ask).
         A statement still held is withdrawn: it never reaches the server."""
         self._charge(0)
-        self.stopped = True
         held, self._held = self._held, None
         if held is not None:
             held.cancel()  # tells the stage (an approval is withdrawn); its outcome is ignored
