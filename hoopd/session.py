@@ -89,9 +89,9 @@ Verdict = Deny | None
 
 
 class EndSession(Exception):
-    """Raised by a stage (in session_started or server_message) to end its session at once:
-    the client gets a FATAL ErrorResponse with this SQLSTATE and message, nothing more of
-    the session is forwarded either way."""
+    """Raised while relaying (by a stage's server_message, the relay's buffer budget or the
+    proxy's tripwire) to end the session at once: the client gets a FATAL ErrorResponse
+    with this SQLSTATE and message, nothing more of the session is forwarded either way."""
 
     def __init__(self, message: str, sqlstate: str = "42501", reason: str | None = None) -> None:
         super().__init__(message)

@@ -404,7 +404,7 @@ def _variable_set(w: _Walker, f: dict, scope: frozenset[str]) -> None:
     elif name in LEXING_SETTINGS and kind in ("VAR_SET_VALUE", "VAR_SET_CURRENT"):
         args = f.get("args") or []
         value = _const(args[0]) if len(args) == 1 and kind == "VAR_SET_VALUE" else None
-        w.lexing[(name, str(value) if isinstance(value, (str, int)) and value is not True else None)] = None
+        w.lexing[(name, str(value) if isinstance(value, (str, int)) else None)] = None
 
 
 def _transaction(w: _Walker, f: dict, scope: frozenset[str]) -> None:

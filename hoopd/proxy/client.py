@@ -220,8 +220,7 @@ class ClientProtocol(TwistedProtocol):
             self._internal_error("server data")
 
     def _ended_by(self, e: EndSession) -> None:
-        log.info("session {sid} ended: {reason}", sid=self.info.id, reason=e.reason)
-        self._fatal(e.sqlstate, e.message, reason=e.reason)
+        self._fatal(e.sqlstate, e.message, reason=e.reason)  # _end logs and journals the reason
 
     def _internal_error(self, where: str) -> None:
         log.failure("session {sid}: internal error handling {where}; session ended", sid=self.info.id, where=where)
