@@ -107,6 +107,14 @@ class ConnectionConfig:
 
 
 @dataclass(frozen=True)
+class FunctionSettings:
+    """``[policy]`` keys for the read_only function allowlist (hoopd.policy.functions)."""
+
+    read_only_functions: frozenset[str] = frozenset()  # read_only_functions: "schema.name" of vetted volatile functions
+    catalog_max_age: float = 60.0  # function_catalog_max_age: seconds a database's function catalog is trusted
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig
     listen: ListenConfig
@@ -122,6 +130,7 @@ class Config:
     unparseable: str = "admin"  # [policy] unparseable: lowest level whose unparseable statements pass
     policy_enabled: bool = True  # [policy] enabled: false takes the SQL policy stage out (needs a restart)
     max_statement_bytes: int = 256 << 10  # [policy] max_statement_bytes: longer statements are refused below admin
+    functions: FunctionSettings = field(default_factory=FunctionSettings)  # [policy] read_only function allowlist
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -264,10 +273,10 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     check_oidc_audience(control, identity.oidc)
     from hoopd.policy.config import parse_global
 
-    rules, unparseable, policy_enabled, max_statement_bytes = parse_global(root)
+    rules, unparseable, policy_enabled, max_statement_bytes, functions = parse_global(root)
     root.done()
     return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
-                  rules, unparseable, policy_enabled, max_statement_bytes)
+                  rules, unparseable, policy_enabled, max_statement_bytes, functions)
 
 
 def read_toml(path: str | os.PathLike) -> dict:

@@ -21,7 +21,9 @@ from hoopd.journal.view import LiveJournal
 from hoopd.journal.writer import JournalWriter
 from hoopd.log import configure, get_logger
 from hoopd.policy.decide import Policy
+from hoopd.policy.functions import FunctionCatalogs
 from hoopd.policy.stage import PolicyStage
+from hoopd.proxy.catalog import catalog_loader
 from hoopd.proxy.client import GatewayFactory
 from hoopd.proxy.registry import SessionRegistry
 from hoopd.sdnotify import Notifier, watchdog_service
@@ -60,7 +62,10 @@ class GatewayService(service.MultiService):
         self.registry = SessionRegistry()
         self.identity = IdentityChain(config.identity, reactor)
         self.identity.setServiceParent(self)  # before the listeners: it owns the LDAP pool
-        self.policy = PolicyStage(Policy.from_config(config), max_statement_bytes=config.max_statement_bytes)
+        functions = FunctionCatalogs(catalog_loader(reactor, lambda: self.config), reactor,
+                                     max_age=config.functions.catalog_max_age)
+        self.policy = PolicyStage(Policy.from_config(config), max_statement_bytes=config.max_statement_bytes,
+                                  functions=functions)
         self.journal: JournalStage | None = None
         view = None
         if config.journal.dir:  # the writer starts before the listeners and stops after them
@@ -158,6 +163,8 @@ class GatewayService(service.MultiService):
         self.identity.reconfigure(new.identity)
         self.policy.policy = Policy.from_config(new)
         self.policy.max_statement_bytes = new.max_statement_bytes
+        if self.policy.functions is not None:
+            self.policy.functions.max_age = new.functions.catalog_max_age
         if self.journal is not None:
             self.journal.reconfigure(new.journal)
 

@@ -101,6 +101,23 @@ READ_ONLY_BYPASS = [
     "SELECT pg_reload_conf()",
     "SELECT query_to_xml('DELETE FROM orders RETURNING 1', true, false, '')",
     "SELECT (SELECT nextval('orders_id_seq')) FROM customers",
+    # SQL run from text, tables read by value, state changed by stable functions (the allowlist)
+    "SELECT * FROM query_to_xml_and_xmlschema('DELETE FROM orders RETURNING 1', true, false, '')",
+    "SELECT table_to_xml('orders', true, false, '')",
+    "SELECT schema_to_xml('public', true, false, '')",
+    "SELECT database_to_xml(true, false, '')",
+    "SELECT ts_stat('SELECT to_tsvector(item) FROM orders')",
+    "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''::tsquery')",
+    "SELECT * FROM crosstab('SELECT 1::text, 1::text, 1::text')",
+    "SELECT * FROM public.connectby('orders', 'id', 'customer_id', '1', 0)",
+    "SELECT txid_current()",
+    "SELECT pg_current_xact_id()",
+    "SELECT brin_summarize_new_values('orders_pkey')",
+    "SELECT gin_clean_pending_list('orders_pkey')",
+    "SELECT pg_try_advisory_xact_lock(1)",
+    "SELECT pg_stat_reset()",
+    "SELECT some_schema.unknown_function()",
+    "SELECT 1 WHERE \"Lower\"('x') = 'x'",
     # privilege changes and read-write toggles
     "SELECT set_config('role', 'postgres', false)",
     "SELECT set_config('default_transaction_read_only', 'off', false)",
@@ -380,7 +397,7 @@ def test_level_messages() -> None:
     (d,) = _decide_all("NOTIFY c", "read_only")
     assert d.message.endswith("does not allow writes (NOTIFY)")
     (d,) = _decide_all("SELECT nextval('s')", "read_only")
-    assert d.message.endswith("does not allow function nextval()")
+    assert d.message.endswith("does not allow function nextval() (volatile: it may change state)")
 
 
 def test_no_level_refuses_everything() -> None:

@@ -1,5 +1,6 @@
-"""What the classifier knows about PostgreSQL: statement kinds, functions with side
-effects, and settings whose change is a privilege change.
+"""What the classifier knows about PostgreSQL: statement kinds, the level functions with
+side effects need (read_write and admin; read_only has the allowlist of
+hoopd.policy.functions), and settings whose change is a privilege change.
 
 Pure data plus two small lookups; no parsing here.
 """
@@ -92,8 +93,6 @@ _EXACT = {
     "pg_clear_relation_stats": _ADMIN, "pg_restore_relation_stats": _ADMIN,
     "pg_clear_attribute_stats": _ADMIN, "pg_restore_attribute_stats": _ADMIN,
     "pg_truncate_visibility_map": _ADMIN,
-    # run SQL given as text, out of the classifier's sight
-    "query_to_xml": _ADMIN, "query_to_xmlschema": _ADMIN, "query_to_xml_and_xmlschema": _ADMIN,
     # only its privileged uses get here (see classify: set_config of a harmless setting is a SET)
     "set_config": _ADMIN,
 }
@@ -106,11 +105,29 @@ _PREFIXES = (
     ("pg_stat_statements_reset", _ADMIN), ("pg_get_wal_", _ADMIN),
 )
 
+SQL_EXECUTORS = frozenset({
+    # core: run a query given as text, or fetch from a cursor by name
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema",
+    "cursor_to_xml", "cursor_to_xmlschema", "ts_stat", "ts_rewrite",
+    # core: read whole tables, schemas or databases named by value (no relation in the tree)
+    "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema",
+    "schema_to_xml", "schema_to_xmlschema", "schema_to_xml_and_xmlschema",
+    "database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
+    # contrib tablefunc and xml2: build and run a query from text
+    "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby", "xpath_table",
+    # contrib dblink: run SQL on another (or the same) server
+    "dblink", "dblink_exec", "dblink_open", "dblink_fetch", "dblink_close", "dblink_send_query",
+    "dblink_get_result", "dblink_connect", "dblink_connect_u", "dblink_build_sql_insert",
+    "dblink_build_sql_update", "dblink_build_sql_delete",
+})
+"""Functions that run SQL, or read tables, that the statement does not show; refused
+below admin in any schema (extensions install anywhere)."""
+
 
 def side_effect_level(name: str) -> str | None:
     """The lowest access level that may call function ``name`` (bare, lower-case name;
     any schema, since extensions install anywhere), or None when it has no known side effect."""
-    level = _EXACT.get(name)
+    level = _EXACT.get(name) or (_ADMIN if name in SQL_EXECUTORS else None)
     if level is not None:
         return level
     for prefix, lvl in _PREFIXES:

@@ -65,6 +65,8 @@ class StatementInfo(NamedTuple):
     relations: tuple[str, ...] = ()  # as written (schema-qualified where given); CTE names excluded
     functions: tuple[str, ...] = ()  # functions called, as written
     side_effect_functions: tuple[str, ...] = ()  # the called functions known to have side effects
+    calls: tuple[tuple[str | None, str], ...] = ()  # functions called: (schema as written or None, name)
+    operators: tuple[tuple[str | None, str], ...] = ()  # operators used, the same way
     has_where: bool | None = None  # UPDATE/DELETE (also nested): False if any lacks a WHERE
     locks: bool = False            # SELECT ... FOR UPDATE/SHARE, LOCK stronger than ACCESS SHARE
     privilege_change: str | None = None  # "role" | "session_authorization" | "read_write" | "unknown"
@@ -89,6 +91,8 @@ class StatementInfo(NamedTuple):
             relations=_union(self.relations, other.relations),
             functions=_union(self.functions, other.functions),
             side_effect_functions=_union(self.side_effect_functions, other.side_effect_functions),
+            calls=_union(self.calls, other.calls),
+            operators=_union(self.operators, other.operators),
             has_where=_where(self.has_where, other.has_where),
             locks=self.locks or other.locks,
             privilege_change=self.privilege_change or other.privilege_change,
@@ -114,7 +118,7 @@ class StatementInfo(NamedTuple):
         return out
 
 
-def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+def _union(a: tuple, b: tuple) -> tuple:
     return a + tuple(x for x in b if x not in a) if b else a
 
 
@@ -187,6 +191,8 @@ class _Walker:
         self.relations: dict[str, None] = {}
         self.functions: dict[str, None] = {}
         self.side_effects: dict[str, None] = {}
+        self.calls: dict[tuple[str | None, str], None] = {}
+        self.operators: dict[tuple[str | None, str], None] = {}
         self.has_where: bool | None = None
         self.privilege: str | None = None
         self.ddl_temp: list[bool] = []
@@ -286,6 +292,8 @@ class _Walker:
         self.relations.update(w.relations)
         self.functions.update(w.functions)
         self.side_effects.update(w.side_effects)
+        self.calls.update(w.calls)
+        self.operators.update(w.operators)
         if w.privilege:
             self.privilege_change(w.privilege)
         self.const_dependent = self.const_dependent or w.const_dependent
@@ -308,7 +316,7 @@ class _Walker:
             kind=kind, command=command, text=text, kinds=frozenset(self.kinds or {kind}),
             reads=self.reads, writes=self.writes, relations=tuple(self.relations),
             functions=tuple(self.functions), side_effect_functions=tuple(self.side_effects),
-            has_where=self.has_where, locks=self.locks, privilege_change=self.privilege,
+            calls=tuple(self.calls), operators=tuple(self.operators), has_where=self.has_where, locks=self.locks, privilege_change=self.privilege,
             temp_only=bool(self.ddl_temp) and all(self.ddl_temp), server_files=self.server_files,
             opaque=self.opaque or bool(self.executes), prepared_name=self.prepared_name,
             executes=tuple(self.executes), body=self.body, lexing=tuple(self.lexing),
@@ -357,12 +365,28 @@ def _func_call(w: _Walker, f: dict, scope: frozenset[str]) -> None:
     parts = _names(f.get("funcname", ()))
     name = ".".join(parts)
     w.functions[name] = None
+    if parts:
+        w.calls[_qualified(parts)] = None
     bare = parts[-1].lower() if parts else ""
     if bare == "set_config":
         _set_config(w, name, f.get("args") or [])
     elif side_effect_level(bare):
         w.side_effects[name] = None
     w.fields(f, scope, skip=_FUNC_SKIP)
+
+
+def _qualified(parts: list[str]) -> tuple[str | None, str]:
+    """(schema or None, name) of a possibly qualified name (a database part is ignored)."""
+    return (parts[-2] if len(parts) > 1 else None, parts[-1])
+
+
+def _operator(w: _Walker, f: dict, scope: frozenset[str]) -> None:
+    """An operator expression (also IN, LIKE, BETWEEN, IS DISTINCT FROM: each names the
+    operator it uses); user-defined operators run their function."""
+    parts = _names(f.get("name", ()))
+    if parts:
+        w.operators[_qualified(parts)] = None
+    w.fields(f, scope)
 
 
 def _set_config(w: _Walker, name: str, args: list) -> None:
@@ -529,6 +553,7 @@ _HANDLERS = {
     **{node: _dml(kind) for node, kind in DML_KINDS.items()},
     "RangeVar": _range_var,
     "FuncCall": _func_call,
+    "A_Expr": _operator,
     "VariableSetStmt": _variable_set,
     "TransactionStmt": _transaction,
     "ExplainStmt": _explain,

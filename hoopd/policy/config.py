@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from hoopd.config import LEVELS
+from hoopd.config import LEVELS, FunctionSettings
 from hoopd.confkit import ConfigError, Table
 from hoopd.policy.catalog import KINDS
 from hoopd.policy.rules import ACTIONS, Rule
@@ -76,15 +76,25 @@ def parse_rules(t: Table) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def parse_global(root: Table) -> tuple[tuple[Rule, ...], str, bool, int]:
-    """Global ``[[rules]]`` and ``[policy]`` (unparseable, enabled, max_statement_bytes) from the root table."""
+def parse_global(root: Table) -> tuple[tuple[Rule, ...], str, bool, int, FunctionSettings]:
+    """Global ``[[rules]]`` and ``[policy]`` (unparseable, enabled, max_statement_bytes,
+    the function allowlist's keys) from the root table."""
     rules = parse_rules(root)
     pt = root.table("policy")
     unparseable = pt.str("unparseable", DEFAULT_UNPARSEABLE, choices=UNPARSEABLE)
     enabled = pt.bool("enabled", True)
     max_statement_bytes = pt.int("max_statement_bytes", 256 << 10, lo=1024)
+    vetted = pt.str_list("read_only_functions")
+    for v in vetted:
+        schema, dot, name = v.rpartition(".")
+        if not (schema and dot and name):
+            raise ConfigError(pt.key("read_only_functions"),
+                              f'"{v}" is not schema.name (a vetted function is named with its schema)')
+    max_age = pt.duration("function_catalog_max_age", 60.0)
+    if max_age < 1:
+        raise ConfigError(pt.key("function_catalog_max_age"), "must be at least 1s")
     pt.done()
-    return rules, unparseable, enabled, max_statement_bytes
+    return rules, unparseable, enabled, max_statement_bytes, FunctionSettings(frozenset(vetted), max_age)
 
 
 def parse_connection(t: Table) -> tuple[tuple[Rule, ...], str | None]:

@@ -12,7 +12,8 @@ Levels:
   COPY TO STDOUT, SHOW, SET/RESET of
   settings that are not privilege changes, transaction control (no READ WRITE), DISCARD,
   DEALLOCATE, CLOSE, DECLARE/FETCH, LISTEN/UNLISTEN, EXPLAIN, PREPARE/EXECUTE of the
-  same; no function with a known side effect, no writes.
+  same; only functions and operators known to have no effect (hoopd.policy.functions),
+  no writes.
 * ``read_write``: plus INSERT, UPDATE, DELETE, MERGE, COPY FROM STDIN, any LOCK, row locks,
   NOTIFY, DDL that only creates temporary objects, sequences (nextval/setval), advisory
   locks, large objects, READ WRITE transactions; no other DDL, no DCL, no SET ROLE or
@@ -29,6 +30,7 @@ from hoopd.config import LEVEL_RANK, LEVELS, Config
 from hoopd.policy.catalog import side_effect_level
 from hoopd.policy.classify import StatementInfo
 from hoopd.policy.config import DEFAULT_UNPARSEABLE
+from hoopd.policy.functions import EMPTY, UserFunctions, read_only_refusal
 from hoopd.policy.rules import Context, Rule, first_match
 
 READ_ONLY_KINDS = frozenset({
@@ -73,9 +75,11 @@ class Decision(NamedTuple):
         return out
 
 
-def level_denial(info: StatementInfo, level: str) -> str | None:
+def level_denial(info: StatementInfo, level: str, functions: UserFunctions | None = EMPTY,
+                 vetted: frozenset[str] = frozenset()) -> str | None:
     """Why ``level`` may not run ``info`` (a phrase for "does not allow ..."), or None.
-    Opaque statements pass here; Policy.decide then wants a rule for them."""
+    Opaque statements pass here; Policy.decide then wants a rule for them. ``functions``
+    and ``vetted``: what read_only calls resolve to (see functions.read_only_refusal)."""
     if level == "admin":
         return None
     if level not in _ALLOWED_KINDS:
@@ -86,8 +90,12 @@ def level_denial(info: StatementInfo, level: str) -> str | None:
         return f"privilege changes (set_config of {_SETTING[info.privilege_change]} inside {info.command})"
     if info.server_files:
         return f"server-side files or programs ({info.command})"
+    if level == "read_only":
+        why = read_only_refusal(info.calls, info.operators, functions, vetted)
+        if why is not None:
+            return why
     for f in info.side_effect_functions:
-        if level == "read_only" or side_effect_level(f.rpartition(".")[2].lower()) == "admin":
+        if side_effect_level(f.rpartition(".")[2].lower()) == "admin":
             return f"function {f}()"
     allowed = _ALLOWED_KINDS[level]
     kinds = info.kinds
@@ -118,7 +126,9 @@ class Policy:
     """Decides statements for sessions; built from the config (rebuild it on reload)."""
 
     def __init__(self, rules: Sequence[Rule] = (), unparseable: str = DEFAULT_UNPARSEABLE,
-                 connections: Mapping[str, tuple[Sequence[Rule], str | None]] | None = None) -> None:
+                 connections: Mapping[str, tuple[Sequence[Rule], str | None]] | None = None,
+                 read_only_functions: frozenset[str] = frozenset()) -> None:
+        self.read_only_functions = read_only_functions  # "schema.name" of volatile functions vetted
         self._global = _ConnPolicy(tuple(rules), unparseable)
         self._conns = {
             name: _ConnPolicy(tuple(crules) + self._global.rules, cunparseable or unparseable)
@@ -128,9 +138,11 @@ class Policy:
     @classmethod
     def from_config(cls, cfg: Config) -> "Policy":
         return cls(cfg.rules, cfg.unparseable,
-                   {name: (c.rules, c.unparseable) for name, c in cfg.connections.items()})
+                   {name: (c.rules, c.unparseable) for name, c in cfg.connections.items()},
+                   cfg.functions.read_only_functions)
 
-    def decide(self, info: StatementInfo, ctx: Context) -> Decision:
+    def decide(self, info: StatementInfo, ctx: Context, functions: UserFunctions | None = EMPTY) -> Decision:
+        """``functions``: the session database's own functions (None: not readable)."""
         cp = self._conns.get(ctx.connection, self._global)
         level = ctx.level
         if level not in LEVEL_RANK:
@@ -141,7 +153,7 @@ class Policy:
             if floor == "none" or LEVEL_RANK[level] < LEVEL_RANK[floor]:
                 return self._deny_level(info, ctx, f"statements the parser cannot parse ({info.error})")
         else:
-            why = level_denial(info, level)
+            why = level_denial(info, level, functions, self.read_only_functions)
             if why is not None:
                 return self._deny_level(info, ctx, why)
             needs_rule = info.opaque and level != "admin"
@@ -153,8 +165,9 @@ class Policy:
                                                "a rule can allow it")
         return Decision(True, "allow", None, f"level {level}", "", info)
 
-    def decide_all(self, infos: Sequence[StatementInfo], ctx: Context) -> list[Decision]:
-        return [self.decide(i, ctx) for i in infos]
+    def decide_all(self, infos: Sequence[StatementInfo], ctx: Context,
+                   functions: UserFunctions | None = EMPTY) -> list[Decision]:
+        return [self.decide(i, ctx, functions) for i in infos]
 
     @staticmethod
     def _deny_level(info: StatementInfo, ctx: Context, why: str) -> Decision:

@@ -11,6 +11,11 @@ Bind/Execute need no check: they run what an allowed Parse prepared.
 Per session state lives in ``session.extra["policy"]`` (a SessionPolicy). Anything that
 goes wrong while deciding refuses the message (fail closed).
 
+A read_only statement that calls functions is decided against the session database's
+own functions (FunctionCatalogs): when the catalog must be read first (never read, older
+than its max age, a DDL statement passed, or a name it does not know), the stage answers
+a Deferred and the relay holds the client's stream until it is decided.
+
 With ``record`` (e.g. JournalStage.record), every deny and review decision, and every
 allow a rule made, is written as a ``policy`` record before the message goes on; when
 that write fails, the message is refused.
@@ -20,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from twisted.internet.defer import CancelledError
+
 from hoopd.log import get_logger
 from hoopd.pgwire.encodings import TextError, canonical
 from hoopd.pgwire.errors import ProtocolError
@@ -27,6 +34,7 @@ from hoopd.pgwire.messages import decode_close_or_describe, decode_function_call
 from hoopd.policy.catalog import is_true
 from hoopd.policy.classify import Classifier, StatementInfo, default_classifier, unparseable
 from hoopd.policy.decide import Decision, Policy
+from hoopd.policy.functions import EMPTY, FunctionCatalogs, UserFunctions, unresolved
 from hoopd.policy.prepared import PreparedRegistry
 from hoopd.policy.rules import Context
 from hoopd.session import Deny, SessionInfo, Verdict
@@ -34,6 +42,7 @@ from hoopd.session import Deny, SessionInfo, Verdict
 log = get_logger("hoopd.policy")
 DEFAULT_MAX_STATEMENT_BYTES = 256 << 10
 _REGISTRY_KINDS = frozenset({"prepare", "deallocate", "discard"})
+_CATALOG_KINDS = frozenset({"ddl", "utility", "do", "call", "unparseable"})  # may change the function catalog
 
 
 @dataclass
@@ -70,12 +79,14 @@ class PolicyStage:
     def __init__(self, policy: Policy, classifier: Classifier | None = None,
                  record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None,
                  count: Callable[[str, str], None] | None = None,
-                 max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES) -> None:
+                 max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES,
+                 functions: FunctionCatalogs | None = None) -> None:
         self.policy = policy  # replace it on reload; sessions pick it up with their next message
         self.max_statement_bytes = max_statement_bytes  # longer texts are refused below admin
         self.classifier = classifier or default_classifier
         self.record = record  # journals decisions made by a rule, and every refusal
         self.count = count  # (kind, action) per decided statement, for metrics
+        self.functions = functions  # None: read_only may call built-ins only
 
     @staticmethod
     def state(session: SessionInfo) -> SessionPolicy:
@@ -185,7 +196,23 @@ class PolicyStage:
         lexing = self._lexing_denial(session, infos) if any(i.lexing for i in infos) else None
         if lexing is not None:
             return self._refuse(session, st, mtype, lexing, "42501", infos)
-        verdict = self._decide(session, st, mtype, infos)
+        if session.level == "read_only" and self.functions is not None and any(i.calls or i.operators for i in infos):
+            key = (session.connection or "", session.database or "")
+            missing = unresolved((c for i in infos for c in i.calls), self.functions.snapshot(*key))
+            if self.functions.needs_load(*key, missing=missing):
+                d = self.functions.refresh(*key)
+                d.addCallback(self._conclude, session, st, mtype, body, infos, prepare_as)
+                d.addErrback(self._failed, session)
+                return d
+            return self._conclude(self.functions.snapshot(*key), session, st, mtype, body, infos, prepare_as)
+        return self._conclude(EMPTY, session, st, mtype, body, infos, prepare_as)
+
+    def _conclude(self, functions: UserFunctions | None, session: SessionInfo, st: SessionPolicy, mtype: bytes,
+                  body: bytes, infos: list[StatementInfo], prepare_as: str | None) -> Verdict:
+        verdict = self._decide(session, st, mtype, infos, functions)
+        if verdict is None and self.functions is not None and any(
+                i.opaque or not i.kinds.isdisjoint(_CATALOG_KINDS) for i in infos):
+            self.functions.changed(session.connection or "")
         if verdict is None and (prepare_as or any(i.kind in _REGISTRY_KINDS for i in infos)):
             st.undo = (body, st.prepared.copy())
             st.prepared.apply_all(infos)
@@ -206,9 +233,15 @@ class PolicyStage:
             st.context_of = of
         return st.context
 
+    @staticmethod
+    def _failed(f: Any, session: SessionInfo) -> Verdict:
+        if not f.check(CancelledError):  # cancelled: the session ended while the catalog was read
+            log.failure("policy could not decide; message refused (session {sid})", f, sid=session.id)
+        return Deny("hoopd: statement could not be classified; refused")
+
     def _decide(self, session: SessionInfo, st: SessionPolicy, mtype: bytes,
-                infos: list[StatementInfo]) -> Verdict:
-        st.decisions = decisions = self.policy.decide_all(infos, self._context(session, st))
+                infos: list[StatementInfo], functions: UserFunctions | None = EMPTY) -> Verdict:
+        st.decisions = decisions = self.policy.decide_all(infos, self._context(session, st), functions)
         denied = next((d for d in decisions if not d.allowed), None)
         if self.count is not None:
             for d in decisions:

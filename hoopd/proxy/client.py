@@ -404,7 +404,7 @@ class ClientProtocol(TwistedProtocol):
             self._refuse_login(pe.TOO_MANY_CONNECTIONS, "hoopd: too many sessions", "too_many_sessions")
             return
         self.connection_config = conn
-        self.info.connection, self.info.level = name, level
+        self.info.connection, self.info.level, self.info.database = name, level, conn.database
         self.transport.write(m.auth_ok())
         self.state = "connecting"
         params, dropped = upstream_params(self.startup.params, read_only=(level == "read_only"),

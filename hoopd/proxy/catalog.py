@@ -1,0 +1,87 @@
+"""Reads a database's own functions for the read_only allowlist (hoopd.policy.functions).
+
+One short upstream connection per load, logged in with the connection's read_only
+credential (so it sees what read_only sessions see), one simple Query, then Terminate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
+
+from hoopd.config import Config
+from hoopd.pgwire import messages as m
+from hoopd.policy.functions import CATALOG_QUERY
+from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream
+
+_I32 = struct.Struct("!i")
+Rows = list[tuple[str | None, ...]]
+
+
+def catalog_loader(reactor: Any, config: Callable[[], Config]) -> Callable[[str, str], Deferred[Rows]]:
+    """``load(connection, database)`` for FunctionCatalogs; ``config`` gives the current config."""
+
+    def load(connection: str, database: str) -> Deferred[Rows]:
+        conn = config().connections.get(connection)
+        if conn is None:
+            return fail(UpstreamError(f"connection {connection} is no longer configured"))
+        conn = dataclasses.replace(conn, database=database)
+        d = connect_upstream(reactor, conn, conn.credential_for("read_only"),
+                             {"application_name": "hoopd function catalog", "client_encoding": "UTF8"})
+        d.addCallback(lambda up: query_rows(up, CATALOG_QUERY).addTimeout(conn.connect_timeout + 5, reactor))
+        return d
+
+    return load
+
+
+def query_rows(up: UpstreamProtocol, sql: str) -> Deferred[Rows]:
+    """Run one simple Query on a logged-in upstream, close it, fire with the rows as text."""
+    rows: Rows = []
+    buf = bytearray()
+    error: list[str] = []
+
+    def cancel(_: Deferred) -> None:
+        up.transport.abortConnection()
+
+    done: Deferred[Rows] = Deferred(cancel)
+
+    def on_data(data: bytes) -> None:
+        buf.extend(data)
+        while len(buf) >= 5 and not done.called:
+            (n,) = _I32.unpack_from(buf, 1)
+            if n < 4 or len(buf) < n + 1:
+                if n < 4:
+                    finish(f"invalid message length {n}")
+                return
+            mtype, body = buf[0], bytes(buf[5:n + 1])
+            del buf[:n + 1]
+            if mtype == ord("D"):
+                rows.append(tuple(None if v is None else v.decode("utf-8", "replace")
+                                  for v in m.decode_data_row(body)))
+            elif mtype == ord("E"):
+                f = m.decode_fields(body)
+                error.append(f"{f.get('C', '?')} {f.get('M', '')}")
+            elif mtype == ord("Z"):
+                finish(error[0] if error else None)
+
+    def finish(err: str | None) -> None:
+        up.transport.write(m.TERMINATE)
+        up.transport.loseConnection()
+        if err is None:
+            done.callback(rows)
+        else:
+            done.errback(UpstreamError(f"catalog query failed: {err}"))
+
+    def lost(reason: Failure) -> None:
+        if not done.called:
+            done.errback(UpstreamError(f"connection closed during the catalog query: {reason.getErrorMessage()}"))
+
+    up.on_data, up.on_lost = on_data, lost
+    up.transport.write(m.query(sql))
+    early = up.take_early_data()
+    if early:
+        on_data(early)
+    return done
