@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from hoopd.policy import classify as C
 from hoopd.policy.catalog import KINDS
+from hoopd.policy.statement import StatementInfo
 from hoopd.policy.classify import Classifier, classify
 from hoopd.policy.prepared import PreparedRegistry
 
@@ -236,7 +237,7 @@ CASES = [
 ]
 
 
-def _check(info: C.StatementInfo, want: dict) -> None:
+def _check(info: StatementInfo, want: dict) -> None:
     for field, value in want.items():
         got = getattr(info, field)
         if field in ("kinds", "relations", "functions", "side_effect_functions"):  # order: the tree's
@@ -428,7 +429,7 @@ def test_token_soup_never_crashes(sql: str) -> None:
 @given(st.text(max_size=200))
 def test_random_text_never_crashes(sql: str) -> None:
     infos = classify(sql)
-    assert all(isinstance(i, C.StatementInfo) for i in infos)
+    assert all(isinstance(i, StatementInfo) for i in infos)
 
 
 @settings(max_examples=200, deadline=None)

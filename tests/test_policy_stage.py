@@ -9,6 +9,7 @@ import pytest
 from hoopd.identity.base import Identity
 from hoopd.pgwire import messages as m
 from hoopd.policy import classify as C
+from hoopd.policy.statement import StatementInfo
 from hoopd.policy.classify import Classifier
 from hoopd.policy.decide import Policy
 from hoopd.policy.rules import Rule

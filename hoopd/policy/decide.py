@@ -28,7 +28,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from hoopd.config import LEVEL_RANK, LEVELS, Config
 from hoopd.policy.catalog import side_effect_level
-from hoopd.policy.classify import StatementInfo
+from hoopd.policy.statement import StatementInfo
 from hoopd.policy.config import DEFAULT_UNPARSEABLE
 from hoopd.policy.functions import EMPTY, UserFunctions, read_only_refusal
 from hoopd.policy.rules import Context, Rule, first_match

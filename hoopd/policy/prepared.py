@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from hoopd.policy.classify import StatementInfo
+from hoopd.policy.statement import StatementInfo
 
 
 class PreparedRegistry:

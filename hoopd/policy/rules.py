@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Iterable
 
-from hoopd.policy.classify import StatementInfo
+from hoopd.policy.statement import StatementInfo
 
 ACTIONS = ("allow", "deny", "review")
 

@@ -32,7 +32,8 @@ from hoopd.pgwire.encodings import TextError, canonical
 from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.messages import decode_close_or_describe, decode_function_call, decode_parse, decode_query
 from hoopd.policy.catalog import is_true
-from hoopd.policy.classify import Classifier, StatementInfo, default_classifier, unparseable
+from hoopd.policy.classify import Classifier, default_classifier
+from hoopd.policy.statement import StatementInfo, unparseable
 from hoopd.policy.decide import Decision, Policy
 from hoopd.policy.functions import EMPTY, FunctionCatalogs, UserFunctions, unresolved
 from hoopd.policy.prepared import PreparedRegistry
