@@ -13,27 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from hoopd.confkit import ConfigError, Table
+from hoopd.confkit import ConfigError, Secret, Table
 from hoopd.control.config import ControlConfig, check_oidc_audience, parse_control
 from hoopd.identity.config import IdentityConfig, parse_identity
 from hoopd.journal.config import JournalConfig, parse_journal
+from hoopd.filecheck import warnings as file_warnings
+from hoopd.levels import LEVEL_RANK, LEVELS
 
-LEVELS = ("read_only", "read_write", "admin")
-LEVEL_RANK = {name: i for i, name in enumerate(LEVELS)}
 if TYPE_CHECKING:
     from hoopd.policy.rules import Rule
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A secret value that never shows itself in repr/str/logs."""
-
-    value: str = field(repr=False)
-    origin: str = ""  # where it came from, e.g. "file /etc/hoopd/secrets/shop" (safe to show)
-
-    def __str__(self) -> str:
-        return "<secret>"
 
 
 @dataclass(frozen=True)
@@ -273,8 +262,9 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     check_oidc_audience(control, identity.oidc)
     from hoopd.policy.config import parse_global
 
-    rules, unparseable, policy_enabled, max_statement_bytes, functions = parse_global(root)
+    rules, unparseable, policy_enabled, max_statement_bytes, vetted, max_age = parse_global(root)
     root.done()
+    functions = FunctionSettings(vetted, max_age)
     return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
                   rules, unparseable, policy_enabled, max_statement_bytes, functions)
 
@@ -300,8 +290,6 @@ def load(path: str | os.PathLike) -> Config:
 
 def warnings(cfg: Config) -> list[str]:
     """Everything check-config, start-up and reload warn about in a valid config."""
-    from hoopd.filecheck import warnings as file_warnings  # here: hoopd.filecheck imports this module
-
     return shared_role_warnings(cfg) + file_warnings(cfg)
 
 

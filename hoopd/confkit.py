@@ -6,6 +6,7 @@ Every section parser in hoopd uses a Table: it records which keys were read and
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -18,6 +19,17 @@ class ConfigError(Exception):
         super().__init__(f"{path}: {problem}" if path else problem)
         self.path = path
         self.problem = problem
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value that never shows itself in repr/str/logs."""
+
+    value: str = field(repr=False)
+    origin: str = ""  # where it came from, e.g. "file /etc/hoopd/secrets/shop" (safe to show)
+
+    def __str__(self) -> str:
+        return "<secret>"
 
 
 def _show(value: Any) -> str:

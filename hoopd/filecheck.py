@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Iterator
 from hoopd.confkit import ConfigError
 
 if TYPE_CHECKING:
-    from hoopd.config import Config, Secret
+    from hoopd.config import Config
+    from hoopd.confkit import Secret
 
 
 def _mode(st: os.stat_result) -> str:

@@ -10,7 +10,8 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from hoopd.config import Config, Secret
+from hoopd.config import Config
+from hoopd.confkit import Secret
 
 REDACTED = "<redacted>"
 _SECRET_NAME = re.compile(r"(password|secret|token|hmac_key|private)(?!_file|_env)", re.I)

@@ -9,13 +9,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from hoopd.confkit import ConfigError, Table
-
-if TYPE_CHECKING:
-    from hoopd.config import Secret
+from hoopd.confkit import ConfigError, Secret, Table
 
 SOURCES = ("local", "oidc", "ldap")
 PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -137,8 +133,6 @@ def _oidc(t: Table, base: Path) -> OIDCConfig:
 
 
 def _bind_password(t: Table, base: Path) -> Secret | None:
-    from hoopd.config import Secret  # here: hoopd.config imports this module
-
     name = t.str("bind_password_file")
     if name is None:
         return None

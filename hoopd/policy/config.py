@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 
-from hoopd.config import LEVELS, FunctionSettings
 from hoopd.confkit import ConfigError, Table
+from hoopd.levels import LEVELS
 from hoopd.policy.catalog import KINDS
 from hoopd.policy.rules import ACTIONS, Rule
 
@@ -76,9 +76,9 @@ def parse_rules(t: Table) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def parse_global(root: Table) -> tuple[tuple[Rule, ...], str, bool, int, FunctionSettings]:
+def parse_global(root: Table) -> tuple[tuple[Rule, ...], str, bool, int, frozenset[str], float]:
     """Global ``[[rules]]`` and ``[policy]`` (unparseable, enabled, max_statement_bytes,
-    the function allowlist's keys) from the root table."""
+    read_only_functions, function_catalog_max_age) from the root table."""
     rules = parse_rules(root)
     pt = root.table("policy")
     unparseable = pt.str("unparseable", DEFAULT_UNPARSEABLE, choices=UNPARSEABLE)
@@ -94,7 +94,7 @@ def parse_global(root: Table) -> tuple[tuple[Rule, ...], str, bool, int, Functio
     if max_age < 1:
         raise ConfigError(pt.key("function_catalog_max_age"), "must be at least 1s")
     pt.done()
-    return rules, unparseable, enabled, max_statement_bytes, FunctionSettings(frozenset(vetted), max_age)
+    return rules, unparseable, enabled, max_statement_bytes, frozenset(vetted), max_age
 
 
 def parse_connection(t: Table) -> tuple[tuple[Rule, ...], str | None]:

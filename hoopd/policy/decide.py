@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from hoopd.config import LEVEL_RANK, LEVELS, Config
+from hoopd.config import Config
+from hoopd.levels import LEVEL_RANK, LEVELS
 from hoopd.policy.catalog import side_effect_level
 from hoopd.policy.statement import StatementInfo
 from hoopd.policy.config import DEFAULT_UNPARSEABLE
