@@ -6,20 +6,24 @@ import signal
 from dataclasses import replace
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.python import usage
 
 from hoopd.config import Config, load, warnings
 from hoopd.confkit import ConfigError
 from hoopd.control.http import ControlSite
+from hoopd.control.metrics import Metrics
 from hoopd.control.plane import ControlPlane
 from hoopd.control.ssh import make_factory as make_ssh_factory
+from hoopd.control.tracker import SessionTracker
 from hoopd.identity.chain import IdentityChain
 from hoopd.journal.stage import JournalStage
 from hoopd.journal.view import LiveJournal
 from hoopd.journal.writer import JournalWriter
+from hoopd.listener import Listener
 from hoopd.log import configure, get_logger
+from hoopd.policy.classify import default_classifier
 from hoopd.policy.decide import Policy
 from hoopd.policy.functions import FunctionCatalogs
 from hoopd.policy.stage import PolicyStage
@@ -62,36 +66,34 @@ class GatewayService(service.MultiService):
         self.registry = SessionRegistry()
         self.identity = IdentityChain(config.identity, reactor)
         self.identity.setServiceParent(self)  # before the listeners: it owns the LDAP pool
-        functions = FunctionCatalogs(catalog_loader(reactor, lambda: self.config), reactor,
-                                     max_age=config.functions.catalog_max_age)
-        self.policy = PolicyStage(Policy.from_config(config), max_statement_bytes=config.max_statement_bytes,
-                                  functions=functions)
+        tracker = SessionTracker(reactor)
+        metrics = Metrics(self.registry, tracker, identity_failures=lambda: self.identity.failures,
+                          policy_cache_stats=default_classifier.stats)
         self.journal: JournalStage | None = None
         view = None
         if config.journal.dir:  # the writer starts before the listeners and stops after them
             writer = JournalWriter(config.journal, config.gateway.node, reactor)
+            writer.written_hooks.append(lambda rec, nbytes, seconds: metrics.journal_written(seconds, nbytes))
+            writer.failed_hooks.append(lambda err: metrics.journal_failed())
             writer.setServiceParent(self)
             self.journal = JournalStage(writer, config.journal)
             view = LiveJournal(writer, reactor)
+        record = self.journal.record if self.journal else None  # policy decisions and tripwire ends, in sequence
+        functions = FunctionCatalogs(catalog_loader(reactor, lambda: self.config), reactor,
+                                     max_age=config.functions.catalog_max_age)
+        self.policy = PolicyStage(Policy.from_config(config), default_classifier, record=record,
+                                  count=metrics.statement, max_statement_bytes=config.max_statement_bytes,
+                                  functions=functions)
         if not config.policy_enabled:
             log.warn("[policy] enabled = false: statements are not checked against access levels or rules"
                      " (read_only sessions still run read-only upstream)")
         stages: list[Stage] = (([self.policy] if config.policy_enabled else [])
-                               + ([self.journal] if self.journal else []))  # the journal sees final bytes
-        self.factory = GatewayFactory(config, self.registry, reactor, stages=stages, identity=self.identity)
-        self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity)
-        metrics = self.control.metrics
-        self.factory.metrics = metrics
-        self.policy.count = metrics.statement
-        metrics.login_failure_sources.append(lambda: self.identity.failures)
-        metrics.policy_cache_stats = self.policy.classifier.stats
-        if self.journal is not None:
-            self.policy.record = self.journal.record  # rule decisions and refusals, in the session's sequence
-            self.factory.record = self.journal.record  # tripwire ends
-            writer.written_hooks.append(lambda rec, nbytes, seconds: metrics.journal_written(seconds, nbytes))
-            writer.failed_hooks.append(lambda err: metrics.journal_failed())
-        self.factory.stages.append(self.control.tracker)
-        self._ports: dict[str, Any] = {}
+                               + ([self.journal] if self.journal else []) + [tracker])  # the journal sees final bytes
+        self.factory = GatewayFactory(config, self.registry, reactor, stages=stages, identity=self.identity,
+                                      metrics=metrics, record=record)
+        self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
+                                    tracker=tracker, metrics=metrics)
+        self._listeners: dict[str, Listener] = {}
         self._listen("postgres", config.listen.postgres, self.factory)
         if config.listen.http:
             self._listen("http", config.listen.http, ControlSite(self.control))
@@ -99,10 +101,10 @@ class GatewayService(service.MultiService):
             self._listen("ssh", config.listen.ssh, make_ssh_factory(self.control))
 
     def _listen(self, name: str, description: str, factory: Any) -> None:
-        svc = strports.service(description, factory)
+        svc = Listener(self.reactor, description, factory)
         svc.setName(name)
         svc.setServiceParent(self)
-        self._ports[name] = None
+        self._listeners[name] = svc
 
     def listeners(self) -> dict[str, str | None]:
         """Listener name -> "host:port" it is bound to, or None while it is not."""
@@ -111,22 +113,13 @@ class GatewayService(service.MultiService):
                 return None
             a = port.getHost()
             return f"{a.host}:{a.port}" if hasattr(a, "port") else str(a)
-        return {name: show(port) for name, port in self._ports.items()}
+        return {name: show(svc.port) for name, svc in self._listeners.items()}
 
     def startService(self) -> None:
         super().startService()
-        bound = []
-        for name in self._ports:
-            # strports services expose the Deferred of their port only as _waitingForPort
-            d = self.getServiceNamed(name)._waitingForPort
-            d.addCallback(self._bound, name)
-            bound.append(d)
-        defer.gatherResults(bound).addCallback(lambda _: self.notifier.ready(
-            "serving " + ", ".join(f"{k} on {v}" for k, v in self.listeners().items())))
-
-    def _bound(self, port: Any, name: str) -> Any:
-        self._ports[name] = port
-        return port
+        bound = defer.gatherResults([svc.bound for svc in self._listeners.values()], consumeErrors=True)
+        bound.addCallbacks(lambda _: self.notifier.ready(
+            "serving " + ", ".join(f"{k} on {v}" for k, v in self.listeners().items())), lambda f: None)
 
     def reload(self, by: str = "SIGHUP") -> str | None:
         """Re-read the config file: None when applied to new sessions, else why it was rejected."""
@@ -172,8 +165,7 @@ class GatewayService(service.MultiService):
     def stopService(self) -> Any:
         self.stopping = True
         self.notifier.stopping()
-        yield self.getServiceNamed("postgres").stopService()  # stop accepting clients
-        self._ports["postgres"] = None
+        yield self._listeners["postgres"].stopService()  # stop accepting clients
         yield self._drain(self.config.control.shutdown_grace)
         if len(self.registry):
             log.info("shutdown: ending {n} sessions still open after the grace period", n=len(self.registry))

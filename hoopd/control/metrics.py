@@ -4,11 +4,11 @@ Session gauges and byte/statement totals are computed at scrape time from the se
 registry (live sessions) plus the SessionTracker (ended ones), so the relay does no extra
 work per message. Counters other parts already keep are read at scrape time too:
 
-- ``login_failure_sources``: callables returning reason -> count (the identity chain's
-  ``failures``), summed into hoopd_login_failures_total{reason}
+- ``identity_failures``: a callable returning reason -> count (the identity chain's
+  ``failures``), added into hoopd_login_failures_total{reason}
 - ``policy_cache_stats``: a callable returning Classifier.stats() -> hoopd_policy_cache_total{result}
 
-and the rest report through small methods (the lead wires them):
+(both given to the constructor), and the rest report through small methods:
 
 - ``login_failed(reason)``: refusals outside the identity chain (no_access,
   unknown_connection, too_many_sessions, upstream_failed, login_timeout)
@@ -83,10 +83,12 @@ class _Collector:
 
 
 class Metrics:
-    def __init__(self, sessions: Iterable[Any], tracker: SessionTracker) -> None:
+    def __init__(self, sessions: Iterable[Any], tracker: SessionTracker,
+                 identity_failures: Callable[[], Mapping[str, int]] | None = None,
+                 policy_cache_stats: Callable[[], Mapping[str, int]] | None = None) -> None:
         r = self.registry = CollectorRegistry()
-        self.login_failure_sources: list[Callable[[], Mapping[str, int]]] = []
-        self.policy_cache_stats: Callable[[], Mapping[str, int]] | None = None
+        self.identity_failures = identity_failures
+        self.policy_cache_stats = policy_cache_stats
         self._login_failures: Counter[str] = Counter()
         self._statements = PCounter("hoopd_statements", "Statements decided by policy", ["kind", "decision"],
                                     registry=r)
@@ -136,6 +138,6 @@ class Metrics:
     def login_failures(self) -> dict[str, int]:
         """reason -> count, from every source."""
         total = self._login_failures.copy()
-        for source in self.login_failure_sources:
-            total.update(source())
+        if self.identity_failures is not None:
+            total.update(self.identity_failures())
         return dict(total)

@@ -50,13 +50,14 @@ def _who(by: str) -> str:
 
 class ControlPlane:
     def __init__(self, gateway: Gateway, reactor: Any, journal: JournalView | None = None,
-                 token_verifier: TokenVerifier | None = None) -> None:
+                 token_verifier: TokenVerifier | None = None, tracker: SessionTracker | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.gateway = gateway
         self.reactor = reactor
         self.journal = journal
         self.token_verifier = token_verifier
-        self.tracker = SessionTracker(reactor)
-        self.metrics = Metrics(gateway.registry, self.tracker)
+        self.tracker = tracker or SessionTracker(reactor)
+        self.metrics = metrics or Metrics(gateway.registry, self.tracker)
         self.started = reactor.seconds()
 
     @property

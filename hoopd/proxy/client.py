@@ -55,13 +55,14 @@ class GatewayFactory(Factory):
 
     def __init__(self, config: Config, registry: SessionRegistry, reactor: Any,
                  stages: list[Stage] | None = None, identity: IdentityChain | None = None,
-                 metrics: LoginMetrics | None = None) -> None:
+                 metrics: LoginMetrics | None = None,
+                 record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None) -> None:
         self.registry = registry
         self.reactor = reactor
         self.stages = stages or []
         self.identity = identity or IdentityChain(config.identity, reactor)
         self.metrics = metrics
-        self.record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None  # journals tripwire ends
+        self.record = record  # journals tripwire ends
         self.budget = BufferBudget(config.gateway.max_buffered_bytes)
         self.reconfigure(config)
 
