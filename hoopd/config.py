@@ -33,6 +33,7 @@ class GatewayConfig:
     max_sessions: int = 1000
     max_message_bytes: int = 256 << 20  # largest client message accepted (PostgreSQL's 1 GiB stays the ceiling)
     max_buffered_bytes: int = 512 << 20  # partly received client messages held, all sessions together
+    hold_timeout: float = 600.0  # longest a stage may hold a statement (an approval) before it is refused
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,10 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
         max_sessions=g.int("max_sessions", 1000, lo=1),
         max_message_bytes=g.int("max_message_bytes", GatewayConfig.max_message_bytes, lo=10_000, hi=(1 << 30) - 5),
         max_buffered_bytes=g.int("max_buffered_bytes", GatewayConfig.max_buffered_bytes, lo=1 << 20),
+        hold_timeout=g.duration("hold_timeout", GatewayConfig.hold_timeout),
     )
+    if gateway.hold_timeout < 1:
+        raise ConfigError("gateway.hold_timeout", "must be at least 1s")
     g.done()
     li = root.table("listen")
     listen = ListenConfig(li.str("postgres", ListenConfig.postgres), li.str("http"), li.str("ssh"))

@@ -97,3 +97,67 @@ def test_releasing_a_hold_keeps_back_pressure() -> None:
     assert client.producerState == "paused"  # still paused: back-pressure says so
     r._client_gate.resumeProducing()
     assert client.producerState == "producing" and client.pauses == 0
+
+
+def clocked(*stages, timeout: float = 30.0):
+    from twisted.internet.task import Clock
+    clock = Clock()
+    client, upstream = Transport(), Transport()
+    r = Relay(SessionInfo("s1", "peer", 0.0), client, upstream, stages, get_logger("test"), lambda: None,
+              clock=clock, hold_timeout=timeout)
+    r.start()
+    return r, client, upstream, clock
+
+
+def test_a_hold_that_times_out_is_refused_and_the_next_message_goes_on() -> None:
+    h = Holder("approvals")
+    r, client, upstream, clock = clocked(h)
+    r.client_data(m.query("delete from orders") + m.query("select 1"))
+    clock.advance(29)
+    assert upstream.value() == b"" and client.producerState == "paused"
+    clock.advance(1)
+    assert h.cancelled == 1  # the stage hears its request was withdrawn
+    sent = upstream.value()
+    assert sent.startswith(b"Q") and b"delete" not in sent and b"hoopd_deny_" in sent  # the marker, not the statement
+    assert len(h.holds) == 2  # the next Query is asked about, and held in turn
+    h.holds[0].callback(None)  # a late answer to the first changes nothing
+    assert upstream.value() == sent
+    h.holds[1].callback(None)
+    assert upstream.value() == sent + m.query("select 1")
+    # the server's error for the marker becomes the timeout refusal
+    marker = sent[5:-1].decode()
+    client.clear()
+    r.server_data(m.error_response("42601", f'syntax error at or near "{marker}"') + m.ready_for_query(b"I"))
+    fields = m.decode_fields(client.value()[5:client.value().index(b"Z")])
+    assert fields["C"] == "57014" and "hold_timeout" in fields["M"]
+    assert not clock.getDelayedCalls()  # the second hold's timer went with its release
+
+
+def test_a_failed_hold_is_refused_and_its_timer_cancelled() -> None:
+    h = Holder("approvals")
+    r, client, upstream, clock = clocked(h)
+    r.client_data(m.query("select 1"))
+    h.holds[0].errback(RuntimeError("approval service down"))
+    assert b"hoopd_deny_" in upstream.value() and not clock.getDelayedCalls()
+    assert client.producerState == "producing"
+
+
+def test_disconnect_during_a_hold_cancels_its_timer() -> None:
+    h = Holder("approvals")
+    r, client, upstream, clock = clocked(h)
+    r.client_data(m.query("delete from orders"))
+    r.stop()
+    assert not clock.getDelayedCalls()
+    clock.advance(60)
+    assert upstream.value() == b"" and h.cancelled == 1
+
+
+def test_back_pressure_during_a_hold_that_times_out() -> None:
+    h = Holder("approvals")
+    r, client, upstream, clock = clocked(h)
+    r.client_data(m.query("select 1"))
+    r._client_gate.pauseProducing()  # the upstream's buffer filled meanwhile
+    clock.advance(30)
+    assert client.producerState == "paused"  # the timeout ended the hold, not the back-pressure
+    r._client_gate.resumeProducing()
+    assert client.producerState == "producing"

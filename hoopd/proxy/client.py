@@ -456,7 +456,8 @@ class ClientProtocol(TwistedProtocol):
                              + m.ready_for_query(b"I"))
         self.relay = Relay(self.info, self.transport, up.transport, self.gw.stages, log, self._client_terminated,
                            on_report=self._reported, budget=self.gw.budget,
-                           max_message=self.config.gateway.max_message_bytes)
+                           max_message=self.config.gateway.max_message_bytes, clock=self.gw.reactor,
+                           hold_timeout=self.config.gateway.hold_timeout)
         self.state = "relay"
         up.on_data = self._server_data
         up.on_lost = self._upstream_lost

@@ -99,7 +99,8 @@ class Relay:
     def __init__(self, info: SessionInfo, client: Any, upstream: Any, stages: Sequence[Stage],
                  log: Any, on_terminate: Callable[[], None],
                  on_report: Callable[[str, str], None] | None = None,
-                 budget: BufferBudget | None = None, max_message: int = MAX_MESSAGE) -> None:
+                 budget: BufferBudget | None = None, max_message: int = MAX_MESSAGE,
+                 clock: Any = None, hold_timeout: float = 600.0) -> None:
         self.info = info
         self.client = client  # ITransport towards the client
         self.upstream = upstream  # ITransport towards PostgreSQL
@@ -108,6 +109,8 @@ class Relay:
         self.on_terminate = on_terminate
         self.on_report = on_report  # a setting the server reported; may raise EndSession
         self.budget = budget
+        self.clock = clock  # IReactorTime for hold timeouts (None: holds never time out)
+        self.hold_timeout = hold_timeout
         self._charged = 0  # bytes of this session counted in the budget
         self._client_stages = {t: [s for s in stages if bytes([t]) in s.client_types] for t in range(256)}
         self._server_stages = {t: [s for s in stages if bytes([t]) in s.server_types] for t in range(256)}
@@ -231,14 +234,38 @@ class Relay:
     def _hold(self, d: Deferred, t: int, body: bytes, index: int) -> None:
         """Stage ``index`` needs time (approval): keep the client's later messages queued.
         Safe against the session ending first: stop() cancels the hold, and a verdict that
-        arrives after that forwards nothing."""
+        arrives after that forwards nothing. After ``hold_timeout`` the hold is cancelled
+        and the statement refused (57014)."""
         self._held = d
         self._client_gate.hold(True)
+        timer = None
+
+        def expire() -> None:
+            nonlocal timer
+            timer = None
+            if self._held is not d:
+                return
+            self.log.warn("session {sid}: a statement was held {s:g}s without a decision; refused",
+                          sid=self.info.id, s=self.hold_timeout)
+            self._held = None  # so what the stage answers to the cancel is ignored
+            d.cancel()
+            finish(Deny(f"hoopd: statement held for {self.hold_timeout:g}s without a decision; refused"
+                        " ([gateway] hold_timeout)", "57014"))
 
         def release(verdict: Deny | None) -> None:
-            if self._held is not d:  # withdrawn by stop(): the session is gone
+            stop_timer()
+            if self._held is not d:  # withdrawn by stop() or expired: nothing more to do
                 return
             self._held = None
+            finish(verdict)
+
+        def stop_timer() -> None:
+            nonlocal timer
+            if timer is not None:
+                timer.cancel()
+                timer = None
+
+        def finish(verdict: Deny | None) -> None:
             self._client_gate.hold(False)
             out: list[bytes] = []
             stages = self._client_stages[t]
@@ -254,12 +281,15 @@ class Relay:
                 self._drain_client()
 
         def failed(f: Any) -> None:
+            stop_timer()
             if self._held is not d:
                 return None
             self.log.failure("stage hold failed; statement refused", failure=f)
             release(Deny("hoopd: statement could not be decided; refused"))
             return None
 
+        if self.clock is not None:
+            timer = self.clock.callLater(self.hold_timeout, expire)
         d.addCallbacks(release, failed)
 
     def _oversize(self, from_client: bool, ev: Big) -> None:
