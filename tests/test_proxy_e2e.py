@@ -201,6 +201,19 @@ def test_cancel_via_gateway(gw):
         assert c.execute("select 1").fetchone() == (1,)
 
 
+def test_the_client_sees_the_real_backend_pid(gw):
+    """libpq's backend_pid is the server's own (pg_backend_pid(), notification pids,
+    pg_terminate_backend), not a number the gateway made up."""
+    with connect(gw) as c:
+        pid = c.info.backend_pid
+        assert c.execute("select pg_backend_pid()").fetchone() == (pid,)
+        c.autocommit = True
+        c.execute("listen me")
+        c.execute("notify me, 'x'")
+        got = next(c.notifies(timeout=10))
+        assert got.pid == pid
+
+
 def test_stale_cancel_key_ignored_and_right_key_in_tls(gw):
     r = RawClient(gw.port)
     r.login("dev", USERS["dev"][0])

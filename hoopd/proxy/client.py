@@ -447,7 +447,8 @@ class ClientProtocol(TwistedProtocol):
             return
         reg = self.gw.registry
         key_len = 32 if self.info.protocol >= (3, 2) else 4
-        pid, secret = reg.mint_key(self, key_len)
+        pid = up.key[0] if up.key else 0  # the real backend pid (0: the server sent no BackendKeyData)
+        secret = reg.mint_key(self, pid, key_len)
         reg.add(self)
         self._registered = True
         for s in self.gw.stages:

@@ -1,13 +1,14 @@
-"""Every live session, findable by id and by the cancel key the gateway minted for it.
+"""Every live session, findable by id and by its cancel key: the upstream's real backend
+pid (clients compare it with pg_backend_pid() and notification pids) and a secret the
+gateway minted, so the pair is unique even across servers whose pids collide.
 
 The control port and the console read this; they act on sessions only through
 ``kill`` and ``cancel``, never by reaching into protocol objects.
 """
 from __future__ import annotations
 
-import hmac
+import hashlib
 import os
-import struct
 from typing import Iterator, Protocol
 
 from hoopd.session import SessionInfo
@@ -24,19 +25,23 @@ class Killable(Protocol):
 class SessionRegistry:
     def __init__(self) -> None:
         self._by_id: dict[str, Killable] = {}
-        self._by_pid: dict[int, tuple[bytes, Killable]] = {}
+        self._by_key: dict[bytes, Killable] = {}  # digest of (pid, secret) -> session
         self.total = 0
 
-    def mint_key(self, session: Killable, key_len: int = 4) -> tuple[int, bytes]:
-        """A fresh BackendKeyData (pid, secret) for a session; 3.2 clients get longer secrets."""
+    @staticmethod
+    def _digest(pid: int, secret: bytes) -> bytes:
+        """Looked up by digest, so no comparison of secret bytes depends on how many match."""
+        return hashlib.sha256(pid.to_bytes(4, "big", signed=True) + secret).digest()
+
+    def mint_key(self, session: Killable, pid: int, key_len: int = 4) -> bytes:
+        """A fresh secret for a session whose upstream backend is ``pid``, unique with it
+        among live sessions; 3.2 clients get longer secrets."""
         while True:
-            (pid,) = struct.unpack("!I", os.urandom(4))
-            pid &= 0x7FFFFFFF
-            if pid and pid not in self._by_pid:
-                break
-        secret = os.urandom(key_len)
-        self._by_pid[pid] = (secret, session)
-        return pid, secret
+            secret = os.urandom(key_len)
+            digest = self._digest(pid, secret)
+            if digest not in self._by_key:
+                self._by_key[digest] = session
+                return secret
 
     def add(self, session: Killable) -> None:
         self._by_id[session.info.id] = session
@@ -44,15 +49,12 @@ class SessionRegistry:
 
     def remove(self, session: Killable) -> None:
         self._by_id.pop(session.info.id, None)
-        for pid, (_, s) in list(self._by_pid.items()):
+        for key, s in list(self._by_key.items()):
             if s is session:
-                del self._by_pid[pid]
+                del self._by_key[key]
 
     def by_cancel_key(self, pid: int, secret: bytes) -> Killable | None:
-        entry = self._by_pid.get(pid)
-        if entry and hmac.compare_digest(entry[0], secret):
-            return entry[1]
-        return None
+        return self._by_key.get(self._digest(pid, secret))
 
     def get(self, session_id: str) -> Killable | None:
         return self._by_id.get(session_id)
