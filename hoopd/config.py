@@ -154,6 +154,11 @@ def _secret(t: Table, base: Path) -> Secret | None:
     return Secret(text.rstrip("\r\n"), f"file {p}")
 
 
+WILDCARD = "*"
+"""The connection for a client database no other connection is named after (like
+pgbouncer's ``*``): the upstream database is the client's."""
+
+
 def _connection(name: str, t: Table, base: Path) -> ConnectionConfig:
     host = t.str("host", required=True)
     port = t.int("port", 5432, lo=1, hi=65535)
@@ -259,7 +264,11 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     conns: dict[str, ConnectionConfig] = {}
     ctab = root.table("connections")
     for cname, _ in list(ctab.items()):
-        _name(ctab, cname, "connection")
+        if cname != WILDCARD:
+            _name(ctab, cname, "connection")
+        elif ctab.table(cname).has("database"):
+            raise ConfigError(ctab.table(cname).key("database"), 'the "*" connection serves the database each client'
+                              " names; it has no database of its own")
         conns[cname] = _connection(cname, ctab.table(cname), base)
     identity = parse_identity(root.table("identity"), base)
     control = parse_control(root.table("control"), base)

@@ -44,9 +44,15 @@ class RawClient:
             self.buf += chunk
 
     def until_ready(self) -> list[tuple[bytes, bytes]]:
+        """Messages up to ReadyForQuery, or up to a FATAL error the server closed after."""
         out = []
         while True:
-            t, body = self.read_message()
+            try:
+                t, body = self.read_message()
+            except ConnectionError:
+                if out and out[-1][0] == b"E":
+                    return out
+                raise
             out.append((t, body))
             if t == b"K":
                 self.key = (struct.unpack_from("!i", body)[0], body[4:])

@@ -224,7 +224,8 @@ class JournalStage:
         ident = info.identity
         self._write(st, r.SESSION_START, {
             "user": ident.name if ident else None, "groups": sorted(ident.groups) if ident else [],
-            "source": ident.source if ident else None, "connection": info.connection, "level": info.level,
+            "source": ident.source if ident else None, "connection": info.connection,
+            "database": info.database, "level": info.level,
             "peer": info.peer, "application_name": info.application_name, "tls": info.tls,
             "protocol": "%d.%d" % info.protocol, "started": r.timestamp(info.started)})
         st.start_pending = False

@@ -7,6 +7,7 @@ sources), ``connecting`` (logging in upstream with the held credential), ``relay
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 import uuid
@@ -17,7 +18,7 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 
-from hoopd.config import Config
+from hoopd.config import WILDCARD, Config
 from hoopd.identity.base import AuthError, Identity
 from hoopd.identity.chain import IdentityChain
 from hoopd.log import get_logger
@@ -393,19 +394,21 @@ class ClientProtocol(TwistedProtocol):
         self.info.identity = identity
         name = self.startup.params.get("database") or self.startup.params["user"]
         conn = self.config.connections.get(name)
+        if conn is None and WILDCARD in self.config.connections:
+            conn = dataclasses.replace(self.config.connections[WILDCARD], database=name)
         if conn is None:
             self._refuse_login(pe.INVALID_CATALOG, f'hoopd: no connection named "{name}"', "unknown_connection")
             return
         level = conn.level_for(identity.groups)
         if level is None:
             self._refuse_login(pe.INVALID_AUTHORIZATION,
-                               f'hoopd: user "{identity.name}" has no access to connection "{name}"', "no_access")
+                               f'hoopd: user "{identity.name}" has no access to connection "{conn.name}"', "no_access")
             return
         if len(self.gw.registry) >= self.config.gateway.max_sessions:
             self._refuse_login(pe.TOO_MANY_CONNECTIONS, "hoopd: too many sessions", "too_many_sessions")
             return
         self.connection_config = conn
-        self.info.connection, self.info.level, self.info.database = name, level, conn.database
+        self.info.connection, self.info.level, self.info.database = conn.name, level, conn.database
         self.transport.write(m.auth_ok())
         self.state = "connecting"
         params, dropped = upstream_params(self.startup.params, read_only=(level == "read_only"),
@@ -421,7 +424,11 @@ class ClientProtocol(TwistedProtocol):
         err = f.value if f.check(UpstreamError) else f.getErrorMessage()
         log.warn("session {sid}: upstream for connection {conn} failed: {err}",
                  sid=self.info.id, conn=self.info.connection, err=str(err))
-        if self.state != "closing":
+        if self.state == "closing":
+            return
+        if f.check(UpstreamError) and f.value.sqlstate == "3D000":  # not a secret: the client named it
+            self._refuse_login("3D000", f'hoopd: database "{self.info.database}" does not exist', "no_database")
+        else:
             self._refuse_login(pe.CANNOT_CONNECT, f'hoopd: cannot connect to connection "{self.info.connection}"'
                                " (details in the gateway log)", "upstream_failed")
 

@@ -38,7 +38,12 @@ _I32 = struct.Struct("!i")
 
 
 class UpstreamError(Exception):
-    """Logging in upstream failed; str() is for the gateway log only."""
+    """Logging in upstream failed; str() is for the gateway log only. ``sqlstate``: the
+    server's, when it refused the login."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 _OTHER_METHODS = {2: "Kerberos V5", 6: "SCM credential", 7: "GSSAPI", 9: "SSPI"}
@@ -92,7 +97,9 @@ class UpstreamProtocol(Protocol):
         self._buf += data
         try:
             self._advance()
-        except (ProtocolError, ScramFailure, UpstreamError) as e:
+        except UpstreamError as e:
+            self._fail(e)
+        except (ProtocolError, ScramFailure) as e:
             self._fail(UpstreamError(str(e)))
 
     def _advance(self) -> None:
@@ -125,7 +132,7 @@ class UpstreamProtocol(Protocol):
             self._auth(body)
         elif mtype == b"E":
             f = m.decode_fields(body)
-            raise UpstreamError(f"server refused login: {f.get('C', '?')} {f.get('M', '')}")
+            raise UpstreamError(f"server refused login: {f.get('C', '?')} {f.get('M', '')}", f.get("C"))
         elif mtype in (b"S", b"N"):
             self.parameter_frames.append(m.frame(mtype, body))
         elif mtype == b"K":
