@@ -18,6 +18,7 @@ from hoopd.control.config import ControlConfig, check_oidc_audience, parse_contr
 from hoopd.identity.config import IdentityConfig, parse_identity
 from hoopd.journal.config import JournalConfig, parse_journal
 from hoopd.filecheck import warnings as file_warnings
+from hoopd.names import name_key
 from hoopd.levels import LEVEL_RANK, LEVELS
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class Config:
     tls: TLSConfig
     logging: LoggingConfig
     journal: JournalConfig
-    users: Mapping[str, UserConfig]
+    users: Mapping[str, UserConfig]  # by hoopd.names.name_key of the name
     connections: Mapping[str, ConnectionConfig]
     source: str = ""
     identity: IdentityConfig = field(default_factory=IdentityConfig)  # [identity]: order, OIDC, LDAP, limits
@@ -251,15 +252,20 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     logging = LoggingConfig(logging.level, {ns: lv.str(ns, choices=LOG_LEVELS) for ns, _ in list(lv.items())})
     lt.done()
     journal = parse_journal(root.table("journal"), base)
-    users: dict[str, UserConfig] = {}
+    users: dict[str, UserConfig] = {}  # by name_key: one name per person
     for u in root.tables("users"):
         name = u.str("name", required=True)
-        if name in users:
-            raise ConfigError(u.key("name"), f"duplicate user {name!r}")
+        key = name_key(name)
+        if key in users:
+            raise ConfigError(u.key("name"), f"duplicate user {name!r}" if users[key].name == name else
+                              f"{name!r} is the same name as user {users[key].name!r} (names compare ignoring"
+                              " case, surrounding spaces and control characters)")
+        if not key:
+            raise ConfigError(u.key("name"), "is empty")
         ph = u.str("password_hash", required=True)
         if not ph.startswith("SCRAM-SHA-256$"):
             raise ConfigError(u.key("password_hash"), "expected a SCRAM-SHA-256 verifier (run `hoopd hash-password`)")
-        users[name] = UserConfig(name, ph, frozenset(u.str_list("groups")))
+        users[key] = UserConfig(name, ph, frozenset(u.str_list("groups")))
         u.done()
     conns: dict[str, ConnectionConfig] = {}
     ctab = root.table("connections")

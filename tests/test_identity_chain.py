@@ -109,16 +109,41 @@ def test_per_user_limit_with_retry_time_and_expiry():
     chain, clock = chain_with(Source("ldap", {"alice": AuthError("bad")}), max_failed_logins_per_user=3,
                               failed_login_window=300)
     for i in range(3):
-        assert outcome(chain.authenticate("alice", SECRET, f"10.0.0.{i}")).reason == "bad_password"
+        assert outcome(chain.authenticate("alice", SECRET, "10.0.0.1")).reason == "bad_password"
         clock.advance(10)
-    err = outcome(chain.authenticate("Alice", SECRET, "10.9.9.9"))  # any address, any case
+    err = outcome(chain.authenticate(" Alice", SECRET, "10.0.0.1"))  # the same name, however typed
     assert (err.reason, err.sqlstate, err.message) == ("rate_limited", "53300",
                                                         "hoopd: too many failed logins, retry in 270 s")
     clock.advance(265)
-    assert outcome(chain.authenticate("alice", SECRET, "10.9.9.9")).message.endswith("retry in 5 s")
+    assert outcome(chain.authenticate("ALICE", SECRET, "10.0.0.1")).message.endswith("retry in 5 s")
     clock.advance(5)
-    assert outcome(chain.authenticate("alice", SECRET, "10.9.9.9")).reason == "bad_password"  # one aged out
+    assert outcome(chain.authenticate("alice", SECRET, "10.0.0.1")).reason == "bad_password"  # one aged out
     assert chain.failures["rate_limited"] == 2 and chain.failures["bad_password"] == 4
+
+
+def test_a_stranger_cannot_lock_a_user_out_from_another_address():
+    answers: dict[str, Any] = {"bob": AuthError("bad")}
+    chain, _ = chain_with(Source("ldap", answers), max_failed_logins_per_user=3, max_failed_logins_per_user_total=5,
+                          max_failed_logins_per_address=0)
+    for _ in range(4):
+        outcome(chain.authenticate("bob", SECRET, "203.0.113.9"))  # the attacker's address
+    assert outcome(chain.authenticate("bob", SECRET, "203.0.113.9")).reason == "rate_limited"
+    good = answers["bob"] = Identity("bob", frozenset(), "ldap")
+    assert outcome(chain.authenticate("bob", SECRET, "10.0.0.7")) is good  # bob, from his own address
+    answers["bob"] = AuthError("bad")
+    for i in range(5):  # failures from many addresses reach the per-user cap
+        outcome(chain.authenticate("bob", SECRET, f"198.51.100.{i}"))
+    assert outcome(chain.authenticate("bob", SECRET, "10.0.0.7")).reason == "rate_limited"
+
+
+def test_the_lock_does_not_tell_whether_the_account_exists():
+    chain, _ = chain_with(Source("ldap", {"alice": AuthError("bad")}), max_failed_logins_per_user=2)
+    for name in ("alice", "nosuchuser"):
+        for _ in range(2):
+            outcome(chain.authenticate(name, SECRET, "10.0.0.1"))
+    a = outcome(chain.authenticate("alice", SECRET, "10.0.0.1"))
+    b = outcome(chain.authenticate("nosuchuser", SECRET, "10.0.0.1"))
+    assert (a.sqlstate, a.message) == (b.sqlstate, b.message) == ("53300", "hoopd: too many failed logins, retry in 300 s")
 
 
 def test_per_address_limit_and_ipv6_prefixes():
@@ -134,15 +159,15 @@ def test_per_address_limit_and_ipv6_prefixes():
 def test_success_clears_the_user_budget_not_the_address_budget():
     good = Identity("alice", frozenset(), "ldap")
     answers: dict[str, Any] = {"alice": AuthError("bad")}
-    chain, _ = chain_with(Source("ldap", answers), max_failed_logins_per_user=2, max_failed_logins_per_address=3)
+    chain, _ = chain_with(Source("ldap", answers), max_failed_logins_per_user=2, max_failed_logins_per_address=4)
     outcome(chain.authenticate("alice", SECRET, "10.0.0.1"))
     answers["alice"] = good
     assert outcome(chain.authenticate("alice", SECRET, "10.0.0.1")) is good
     answers["alice"] = AuthError("bad")
     outcome(chain.authenticate("alice", SECRET, "10.0.0.1"))
-    assert outcome(chain.authenticate("alice", SECRET, "10.0.0.2")).reason == "bad_password"  # user: 1 + 1
-    assert outcome(chain.authenticate("alice", SECRET, "10.0.0.3")).reason == "rate_limited"
-    assert outcome(chain.authenticate("bob", SECRET, "10.0.0.1")).reason == "unknown_user"  # address: 2 + 1
+    assert outcome(chain.authenticate("alice", SECRET, "10.0.0.1")).reason == "bad_password"  # user: 1 + 1
+    assert outcome(chain.authenticate("alice", SECRET, "10.0.0.1")).reason == "rate_limited"
+    assert outcome(chain.authenticate("bob", SECRET, "10.0.0.1")).reason == "unknown_user"  # address: 3 + 1
     assert outcome(chain.authenticate("carol", SECRET, "10.0.0.1")).reason == "rate_limited"
 
 
@@ -222,10 +247,10 @@ async def test_chain_with_real_idp_and_slapd(slapd, idp, logged):
                 await chain.authenticate("bob", "guess", "10.0.0.2")
             assert e.value.reason == "bad_password"
         with pytest.raises(AuthError) as e:
-            await chain.authenticate("bob", PASSWORDS["bob"], "10.0.0.3")  # even the right password
+            await chain.authenticate("bob", PASSWORDS["bob"], "10.0.0.2")  # even the right password
         assert e.value.reason == "rate_limited"
         clock.advance(cfg.failed_login_window)
-        assert (await chain.authenticate("bob", PASSWORDS["bob"], "10.0.0.3")).name == "bob"
+        assert (await chain.authenticate("bob", PASSWORDS["bob"], "10.0.0.2")).name == "bob"
         assert dict(chain.logins) == {"oidc": 1, "ldap": 2}
         assert dict(chain.failures) == {"bad_password": 3, "rate_limited": 1}
     finally:

@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from tests.certs import write_self_signed
-from tests.gateway import Gateway, connection_toml, free_port, users_toml
+from tests.gateway import BIN, Gateway, connection_toml, free_port, users_toml
 from tests.ldap_server import PASSWORDS, SERVICE_DN, SERVICE_PW, SUFFIX
 from tests.oidc_server import AUDIENCE
 
@@ -25,6 +25,7 @@ def gw(pg, slapd, idp, tmp_path):
              f'password = "{pg.app_md5.password}"\n')
     body = (f'http = "tcp:{free_port()}:interface=127.0.0.1"\n'  # still inside [listen]
             f'[control]\nadmin_groups = ["dba"]\nviewer_groups = ["oncall"]\n'
+            f'[journal]\ndir = "journal"\n'
             f'[tls]\nmode = "allow"\ncert = "{cert}"\nkey = "{key}"\n'
             f'[identity.oidc]\nissuer = "{idp.issuer}"\naudience = "{AUDIENCE}"\nca_file = "{idp.ca_file}"\n'
             f'[identity.ldap]\nurl = "{slapd.url}"\nstart_tls = true\nca_file = "{slapd.ca_file}"\n'
@@ -81,6 +82,24 @@ def test_ldap_passwords_map_groups_to_levels(gw):
     r = yield in_thread(gw, "bob", "wrong", "select 1")
     assert r.returncode != 0 and 'password authentication failed for user "bob"' in r.stderr
     assert PASSWORDS["bob"] not in gw.log()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_name_typed_another_way_is_the_same_person(gw):
+    # the directory matches uid ignoring case and spaces; the session is bob's (his level,
+    # his rules, his journal), and the journal also keeps what was typed
+    r = yield in_thread(gw, "BOB", PASSWORDS["bob"], "select current_user")
+    assert (r.returncode, r.stdout.strip()) == (0, "app_md5"), r.stderr
+    import json
+    import subprocess
+
+    out = subprocess.run([str(BIN / "hoopd"), "journal", "export", "--dir", str(gw.folder / "journal"),
+                          "--format", "jsonl"], capture_output=True, text=True, timeout=60)
+    starts = [e for e in map(json.loads, out.stdout.splitlines()) if e["kind"] == "session_start"]
+    assert [(e["user"], e.get("user_typed")) for e in starts] == [("bob", "BOB")], out.stderr
+    out = subprocess.run([str(BIN / "hoopd"), "journal", "sessions", "--dir", str(gw.folder / "journal"),
+                          "--user", "Bob"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "bob" in out.stdout
 
 
 def api(gw, path: str, token: str, method: str = "GET") -> tuple[int, dict]:

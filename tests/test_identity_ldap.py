@@ -132,6 +132,26 @@ async def test_user_filter_with_another_attribute(slapd, make_auth):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_identity_is_named_as_the_directory_spells_it(slapd, make_auth):
+    # uid matches ignoring case and surrounding spaces: " BOB " is bob, and is named bob,
+    # so rules, limits and journals see one person whatever the client typed
+    auth = make_auth(slapd)
+    for typed in ("BOB", " bob ", "Bob"):
+        ident = await auth.authenticate(typed, PASSWORDS["bob"], "127.0.0.1")
+        assert (ident.name, ident.typed, ident.groups) == ("bob", typed, {"analysts"})
+    assert (await auth.authenticate("bob", PASSWORDS["bob"], "127.0.0.1")).typed is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_without_the_name_attribute_is_refused(slapd, make_auth):
+    # the filter matched on mail but the identity would be named by uid: the typed name is
+    # not the entry's uid, so the gateway does not invent a name for it
+    auth = make_auth(slapd, user_filter="(mail={username})", username_attribute="uid")
+    err = await refused(auth, "bob@example.org", PASSWORDS["bob"])
+    assert (err.reason, err.sqlstate) == ("ldap_name", "28P01")
+
+
+@pytest_twisted.ensureDeferred
 async def test_wrong_ca_fails_closed(slapd, make_auth, tmp_path):
     other = tmp_path / "other.crt"
     other.write_bytes(pem_cert(make_ca("someone else")[0]))

@@ -123,6 +123,12 @@ def test_auth_errors(gw):
     assert 'no connection named "nosuch"' in str(e.value)
 
 
+def test_a_local_user_typed_in_capitals_is_that_user(gw):
+    # one person, one name: "READER" gets reader's level (read_only), not a level of its own
+    with psycopg.connect(gw.dsn("reader").replace("user='reader'", "user='READER'"), autocommit=True) as c:
+        assert c.execute("show default_transaction_read_only").fetchone()[0] == "on"
+
+
 def test_role_and_options_cannot_pick_the_upstream_role(gw):
     with connect(gw, options="-c role=postgres -c search_path=public", application_name="cursor-agent") as c:
         assert c.execute("select current_user").fetchone()[0] == "app_scram"

@@ -17,6 +17,7 @@ from hoopd.control.metrics import Metrics
 from hoopd.control.providers import JournalView, TokenVerifier
 from hoopd.control.summary import config_summary
 from hoopd.control.tracker import SessionTracker
+from hoopd.names import name_key
 from hoopd.log import get_logger
 from hoopd.proxy.registry import SessionRegistry
 
@@ -75,7 +76,7 @@ class ControlPlane:
                             key=lambda s: s["started"])
         if active is not True:
             found = list(self.tracker.recent) + found
-        return [s for s in found if (user is None or s["user"] == user)
+        return [s for s in found if (user is None or name_key(s["user"] or "") == name_key(user))
                 and (connection is None or s["connection"] == connection)]
 
     def session(self, session_id: str) -> dict[str, Any] | None:

@@ -11,9 +11,10 @@ from twisted.internet.defer import Deferred
 class Identity:
     """Who a client is, as established by the gateway (never by the client)."""
 
-    name: str
+    name: str  # canonical: the configured name, the directory's attribute, the token's claim
     groups: frozenset[str] = field(default_factory=frozenset)
     source: str = "local"  # local | oidc | ldap
+    typed: str | None = None  # the name as the client typed it, when that was not ``name``
 
 
 class AuthError(Exception):

@@ -44,7 +44,7 @@ class IdentityChain(service.MultiService):
         self.failures: Counter[str] = Counter()  # refusal reason -> count
         self.logins: Counter[str] = Counter()  # identity source -> successful logins
         self.limiter = FailedLoginLimiter(cfg.max_failed_logins_per_user, cfg.max_failed_logins_per_address,
-                                          cfg.failed_login_window, self.clock)
+                                          cfg.failed_login_window, self.clock, cfg.max_failed_logins_per_user_total)
         self.oidc: OIDCAuthenticator | None = None
         self.ldap: LDAPAuthenticator | None = None
         self.sources: list[PasswordAuthenticator] = []
@@ -54,7 +54,7 @@ class IdentityChain(service.MultiService):
         """Apply a reloaded config; unchanged sources keep their caches and pool."""
         self.cfg = cfg
         self.limiter.reconfigure(cfg.max_failed_logins_per_user, cfg.max_failed_logins_per_address,
-                                 cfg.failed_login_window)
+                                 cfg.failed_login_window, cfg.max_failed_logins_per_user_total)
         if cfg.oidc is None:
             self.oidc = None
         elif self.oidc is None or self.oidc.cfg != cfg.oidc:
@@ -98,7 +98,7 @@ class IdentityChain(service.MultiService):
 
     def succeeded(self, identity: Identity, peer: str) -> None:
         self.logins[identity.source] += 1
-        self.limiter.succeeded(identity.name)
+        self.limiter.succeeded(identity.name, peer)
         log.debug("login of {user!r} ({source}) from {peer}", user=identity.name, source=identity.source, peer=peer)
 
     # --- PasswordAuthenticator -------------------------------------------------------------

@@ -42,19 +42,33 @@ class LDAPConfig:
     group_base: str | None = None  # None: no group search; memberOf only
     group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
     group_name_attribute: str = "cn"
+    username_attribute: str | None = None  # the name identities carry, as the entry spells it; None: see name_attribute
     start_tls: bool = False
     ca_file: str | None = None
     connect_timeout: float = 5.0
     timeout: float = 10.0  # per LDAP operation
     pool_size: int = 4
 
+    @property
+    def name_attribute(self) -> str:
+        """``username_attribute``, else the attribute ``user_filter`` matches the name
+        against (``mail`` in ``(&(objectClass=person)(mail={username}))``), else uid."""
+        if self.username_attribute:
+            return self.username_attribute
+        m = FILTER_NAME_ATTRIBUTE.search(self.user_filter)
+        return m.group(1) if m else "uid"
+
+
+FILTER_NAME_ATTRIBUTE = re.compile(r"\(([A-Za-z][\w-]*)=\{username\}\)")
+
 
 @dataclass(frozen=True)
 class IdentityConfig:
     order: tuple[str, ...] = ("local",)
     login_timeout: float = 20.0  # all password sources together, then the login fails
-    max_failed_logins_per_user: int = 5  # within failed_login_window; 0 = no limit
+    max_failed_logins_per_user: int = 5  # one name from one address, within failed_login_window; 0 = no limit
     max_failed_logins_per_address: int = 20
+    max_failed_logins_per_user_total: int = 50  # one name from all addresses together
     failed_login_window: float = 300.0
     oidc: OIDCConfig | None = None
     ldap: LDAPConfig | None = None
@@ -162,7 +176,8 @@ def _ldap(t: Table, base: Path) -> LDAPConfig:
         user_filter=_template(t, "user_filter", LDAPConfig.user_filter, ("username",)),
         group_base=t.str("group_base"),
         group_filter=_template(t, "group_filter", LDAPConfig.group_filter, ("dn", "username")),
-        group_name_attribute=t.str("group_name_attribute", "cn"), start_tls=start_tls,
+        group_name_attribute=t.str("group_name_attribute", "cn"),
+        username_attribute=t.str("username_attribute"), start_tls=start_tls,
         ca_file=_ca_file(t, "ca_file", base), connect_timeout=t.duration("connect_timeout", 5.0),
         timeout=t.duration("timeout", 10.0), pool_size=t.int("pool_size", 4, lo=1, hi=64))
     t.done()
@@ -194,6 +209,7 @@ def parse_identity(t: Table, base: Path) -> IdentityConfig:
         order=order, login_timeout=t.duration("login_timeout", 20.0),
         max_failed_logins_per_user=t.int("max_failed_logins_per_user", 5, lo=0),
         max_failed_logins_per_address=t.int("max_failed_logins_per_address", 20, lo=0),
+        max_failed_logins_per_user_total=t.int("max_failed_logins_per_user_total", 50, lo=0),
         failed_login_window=t.duration("failed_login_window", 300.0), oidc=oidc, ldap=ldap)
     t.done()
     return cfg

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.threadpool import ThreadPool
 
 from hoopd.identity.base import AuthError, Identity
+from hoopd.names import name_key
 from hoopd.identity.config import LDAPConfig
 
 QUEUE_PER_THREAD = 4  # logins waiting for a thread beyond this are refused at once
@@ -137,7 +138,7 @@ def check_password(cfg: LDAPConfig, username: str, password: str) -> Identity:
                             "gateway log)", "28000", "ldap_error",
                             f"{cfg.url}: bind as {cfg.bind_dn!r}: {svc.result.get('description')}")
         flt = cfg.user_filter.format(username=escape_filter_chars(username))
-        entries = _search(svc, cfg.user_base, flt, ["memberOf"], "user", limit=2)
+        entries = _search(svc, cfg.user_base, flt, ["memberOf", cfg.name_attribute], "user", limit=2)
         if not entries:
             raise bad_password(username, "unknown_user")
         if len(entries) > 1:
@@ -153,7 +154,15 @@ def check_password(cfg: LDAPConfig, username: str, password: str) -> Identity:
                                 f"bind as {dn!r}: {user.result.get('description')}")
         finally:
             _close(user)
-        return Identity(username, _groups(cfg, svc, username, dn, _values(entries[0], "memberOf")), "ldap")
+        # the directory matched the typed name its own way (uid ignores case and surrounding
+        # spaces); the identity is named as the entry spells it
+        key = name_key(username)
+        name = next((v for v in _values(entries[0], cfg.name_attribute) if name_key(v) == key), None)
+        if name is None:
+            raise AuthError(f'password authentication failed for user "{username}"', "28P01", "ldap_name",
+                            f"entry {dn!r} has no {cfg.name_attribute} that is the name typed")
+        return Identity(name, _groups(cfg, svc, name, dn, _values(entries[0], "memberOf")), "ldap",
+                        typed=username if username != name else None)
     except LDAPException as e:  # the directory went away or timed out mid-login
         raise _unavailable(cfg, e) from None
     finally:

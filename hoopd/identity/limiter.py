@@ -1,10 +1,18 @@
-"""Failed-login rate limiting per user name and per source address (sliding window)."""
+"""Failed-login rate limiting (sliding window): per user name from one address, per user
+name from all addresses together (a higher cap), and per source address.
+
+A stranger failing as "bob" from their own address exhausts only the (bob, their address)
+budget, so bob can still sign in from his; only failures from many addresses reach the
+per-user cap. Names count by hoopd.names.name_key (BOB and " bob" are bob). The
+refusal is the same whether or not the name exists (see IdentityChain.check_rate)."""
 from __future__ import annotations
 
 import ipaddress
 import math
 from collections import deque
 from typing import Any
+
+from hoopd.names import name_key
 
 MAX_KEYS = 100_000  # bounded memory under a spray of names or addresses
 
@@ -23,22 +31,25 @@ def address_key(peer: str) -> str:
 
 
 class FailedLoginLimiter:
-    """At most ``per_user`` failures per user name and ``per_address`` per source address
-    within ``window`` seconds; beyond that, logins are refused until the oldest failure
-    ages out. A limit of 0 turns that limit off. ``clock`` has ``seconds()``."""
+    """At most ``per_user`` failures per user name from one address, ``per_user_total`` per
+    user name from all addresses and ``per_address`` per source address within ``window``
+    seconds; beyond that, logins are refused until the oldest failure ages out. A limit
+    of 0 turns that limit off. ``clock`` has ``seconds()``."""
 
-    def __init__(self, per_user: int, per_address: int, window: float, clock: Any) -> None:
+    def __init__(self, per_user: int, per_address: int, window: float, clock: Any, per_user_total: int = 0) -> None:
         self.per_user = per_user
+        self.per_user_total = per_user_total
         self.per_address = per_address
         self.window = window
         self.clock = clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._failures: dict[tuple[str, ...], deque[float]] = {}
 
-    def _keys(self, user: str, peer: str) -> list[tuple[tuple[str, str], int]]:
-        # user names compare case-insensitively here, so case variants share one budget
-        return [(("user", user.lower()), self.per_user), (("addr", address_key(peer)), self.per_address)]
+    def _keys(self, user: str, peer: str) -> list[tuple[tuple[str, ...], int]]:
+        name, addr = name_key(user), address_key(peer)
+        return [(("user@", name, addr), self.per_user), (("user", name), self.per_user_total),
+                (("addr", addr), self.per_address)]
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float] | None:
+    def _recent(self, key: tuple[str, ...], now: float) -> deque[float] | None:
         q = self._failures.get(key)
         if q is None:
             return None
@@ -71,14 +82,17 @@ class FailedLoginLimiter:
         if len(self._failures) > MAX_KEYS:
             self._prune(now)
 
-    def succeeded(self, user: str) -> None:
+    def succeeded(self, user: str, peer: str) -> None:
         """A good login clears its user name's failures (never its address's)."""
-        self._failures.pop(("user", user.lower()), None)
+        name = name_key(user)
+        self._failures.pop(("user", name), None)
+        self._failures.pop(("user@", name, address_key(peer)), None)
 
-    def reconfigure(self, per_user: int, per_address: int, window: float) -> None:
+    def reconfigure(self, per_user: int, per_address: int, window: float, per_user_total: int = 0) -> None:
         """New limits start from a clean slate (the deques are sized by the old ones)."""
-        if (per_user, per_address, window) != (self.per_user, self.per_address, self.window):
-            self.per_user, self.per_address, self.window = per_user, per_address, window
+        new = (per_user, per_user_total, per_address, window)
+        if new != (self.per_user, self.per_user_total, self.per_address, self.window):
+            self.per_user, self.per_user_total, self.per_address, self.window = new
             self._failures.clear()
 
     def _prune(self, now: float) -> None:

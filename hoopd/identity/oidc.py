@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from hoopd.identity.base import AuthError, Identity
+from hoopd.names import name_key
 from hoopd.identity.config import OIDCConfig
 from hoopd.identity.http import FetchError, get_json, make_client
 from hoopd.log import get_logger
@@ -209,10 +210,11 @@ class OIDCAuthenticator:
                             "28000", "idp_bad_key") from None
         claims = self._decode(token, key, alg, audience or self.cfg.audience)
         name = self._username(claims)
-        if username is not None and name != username:
+        if username is not None and name_key(name) != name_key(username):
             raise _Refused(f'it is for user "{name}", not "{username}"; connect with user={name}', "user_mismatch",
                            "28000")
-        return Identity(name, self._groups(claims), self.source)
+        return Identity(name, self._groups(claims), self.source,
+                        typed=username if username is not None and username != name else None)
 
     def _decode(self, token: str, key: jwt.PyJWK, alg: str, audience: tuple[str, ...]) -> dict:
         cfg = self.cfg

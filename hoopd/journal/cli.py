@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 
 from hoopd.config import read_toml
 from hoopd.confkit import ConfigError, Table
+from hoopd.names import name_key
 from hoopd.journal import records as r
 from hoopd.journal import render
 from hoopd.journal.config import JournalConfig, parse_journal, read_key
@@ -132,7 +133,7 @@ class _Filter:
             return False
         if self.user or self.connection:
             start = self.journal.session_start(sid) or {}
-            if self.user and start.get("user") != self.user:
+            if self.user and name_key(start.get("user") or "") != name_key(self.user):
                 return False
             if self.connection and start.get("connection") != self.connection:
                 return False

@@ -227,7 +227,8 @@ class JournalStage:
             "source": ident.source if ident else None, "connection": info.connection,
             "database": info.database, "level": info.level,
             "peer": info.peer, "application_name": info.application_name, "tls": info.tls,
-            "protocol": "%d.%d" % info.protocol, "started": r.timestamp(info.started)})
+            "protocol": "%d.%d" % info.protocol, "started": r.timestamp(info.started),
+            **({"user_typed": ident.typed} if ident and ident.typed else {})})
         st.start_pending = False
 
     def _try(self, st: _State, kind: str, fields: dict[str, Any]) -> None:

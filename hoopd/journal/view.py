@@ -10,6 +10,7 @@ from typing import Any, Callable
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
+from hoopd.names import name_key
 from hoopd.journal import records as r
 from hoopd.journal import render
 from hoopd.journal.reader import Journal
@@ -48,7 +49,7 @@ class LiveJournal:
         sid = rec.get("session")
         if session is not None and (sid is None or not sid.startswith(session)):
             return False
-        return user is None or (sid is not None and self._users.get(sid) == user)
+        return user is None or (sid is not None and name_key(self._users.get(sid) or "") == name_key(user))
 
     # --- reading ----------------------------------------------------------------------
 
@@ -74,7 +75,7 @@ class LiveJournal:
             if sid not in names:
                 start = j.session_start(sid)
                 names[sid] = start.get("user") if start else None
-            return user is None or names[sid] == user
+            return user is None or name_key(names[sid] or "") == name_key(user)
         entries = j.last(limit, match)
         for w in j.warnings:
             log.warn("journal: {warning}", warning=w)

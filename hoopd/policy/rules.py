@@ -2,7 +2,8 @@
 
 Globs (``relations``, ``functions``, ``groups``, ``users``, ``applications``) use
 fnmatch syntax, case-sensitively (PostgreSQL folds unquoted names to lower case, so
-write patterns in lower case). A statement matches ``relations`` / ``functions`` when
+write patterns in lower case); ``users`` compares names and patterns by
+hoopd.names.name_key (case, spaces and control characters do not count). A statement matches ``relations`` / ``functions`` when
 any name it uses matches any pattern. The gateway cannot know the search_path, so an
 unqualified name in the statement matches a qualified pattern on its last part alone
 (``customer`` matches ``public.customer*``), and an unqualified pattern matches names in
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Iterable
 
+from hoopd.names import name_key
 from hoopd.policy.statement import StatementInfo
 
 ACTIONS = ("allow", "deny", "review")
@@ -51,6 +53,8 @@ class Rule:
         for key in ("relations", "functions", "groups", "users", "applications"):
             patterns = getattr(self, key)
             if patterns is not None:
+                if key == "users":  # user names compare by name_key, as everywhere
+                    patterns = tuple(name_key(p) for p in patterns)
                 self._globs[key] = _Globs(patterns, names=key in ("relations", "functions"))
 
     def matches(self, info: StatementInfo, ctx: Context) -> bool:
@@ -59,7 +63,7 @@ class Rule:
         if self.kinds is not None and not (self.kinds & info.kinds):
             return False
         g = self._globs
-        if "users" in g and not (ctx.user is not None and g["users"].any((ctx.user,))):
+        if "users" in g and not (ctx.user is not None and g["users"].any((name_key(ctx.user),))):
             return False
         if "groups" in g and not g["groups"].any(ctx.groups):
             return False

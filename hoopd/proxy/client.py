@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from hoopd.config import WILDCARD, Config
 from hoopd.identity.base import AuthError, Identity
+from hoopd.names import name_key
 from hoopd.identity.chain import IdentityChain
 from hoopd.log import get_logger
 from hoopd.pgwire import errors as pe
@@ -321,7 +322,7 @@ class ClientProtocol(TwistedProtocol):
         if limited is not None:
             self._auth_failed(limited)
             return
-        local = cfg.users.get(user) if chain.local_accounts else None
+        local = cfg.users.get(name_key(user)) if chain.local_accounts else None
         if local is not None or not chain.sources:
             verifier = parse_verifier(local.password_hash) if local else mock_verifier()
             self._scram = ScramServerExchange(verifier)
@@ -369,7 +370,7 @@ class ClientProtocol(TwistedProtocol):
                     self.transport.write(m.auth_sasl_continue(self._scram.client_first(data)))
                     return
                 final = self._scram.client_final(body)
-                u = self.config.users.get(user) if self.gw.identity.local_accounts else None
+                u = self.config.users.get(name_key(user)) if self.gw.identity.local_accounts else None
                 if u is None:
                     raise ScramFailure("no such local user")  # a mock exchange: same answer as a bad password
             except ScramFailure:
@@ -377,7 +378,7 @@ class ClientProtocol(TwistedProtocol):
                 self._auth_failed(bad)
                 return
             self.transport.write(m.auth_sasl_final(final))
-            identity = Identity(user, u.groups, "local")
+            identity = Identity(u.name, u.groups, "local", typed=user if user != u.name else None)
             self.gw.identity.succeeded(identity, self.peer_host)
             self._authenticated(identity)
             return
