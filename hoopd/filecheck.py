@@ -8,6 +8,8 @@
   password, the TLS key) gets a warning when group or others may read it, as libpq warns
   about ``.pgpass``. Group read is accepted for a root-owned file (a secrets group such as
   Debian's ssl-cert, as PostgreSQL allows for its own key file).
+* The journal folder is created 0700; an existing one that group or others may enter
+  gets a warning (it holds every statement and result).
 
 Messages name the config key and the file, never the content.
 """
@@ -92,6 +94,10 @@ def secret_files(cfg: Config) -> Iterator[tuple[str, str]]:
 def warnings(cfg: Config) -> list[str]:
     """Start-up and check-config warnings about the files of a loaded config."""
     found = [w for key, path in secret_files(cfg) if (w := secret_file_warning(key, path))]
+    jdir = cfg.journal.dir
+    if jdir and os.path.isdir(jdir) and (mode := stat.S_IMODE(os.stat(jdir).st_mode)) & 0o077:
+        found.append(f"journal.dir: {jdir} has group or world access (mode {mode:04o}); the journal holds every"
+                     " statement and result: chmod 700 it")
     keys = cfg.control.ssh_authorized_keys
     if cfg.listen.ssh and keys and not os.path.exists(keys):
         found.append(f"control.ssh_authorized_keys: {keys} does not exist; nobody can log in to the SSH console")

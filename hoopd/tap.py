@@ -20,6 +20,7 @@ from hoopd.control.tracker import SessionTracker
 from hoopd.identity.chain import IdentityChain
 from hoopd.journal.stage import JournalStage
 from hoopd.journal.view import LiveJournal
+from hoopd.journal.anchor import AnchorSink, anchor_file
 from hoopd.journal.writer import JournalWriter
 from hoopd.listener import Listener
 from hoopd.log import configure, get_logger
@@ -72,7 +73,9 @@ class GatewayService(service.MultiService):
         self.journal: JournalStage | None = None
         view = None
         if config.journal.dir:  # the writer starts before the listeners and stops after them
-            writer = JournalWriter(config.journal, config.gateway.node, reactor)
+            sink = AnchorSink(anchor_file(config.gateway.state_dir, config.gateway.node), config.journal.anchor_syslog)
+            writer = JournalWriter(config.journal, config.gateway.node, reactor, anchor=sink)
+            writer.anchored_hooks.append(metrics.journal_anchored)
             writer.written_hooks.append(lambda rec, nbytes, seconds: metrics.journal_written(seconds, nbytes))
             writer.failed_hooks.append(lambda err: metrics.journal_failed())
             writer.setServiceParent(self)

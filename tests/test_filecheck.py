@@ -107,6 +107,14 @@ def test_check_config_refuses_a_writable_keys_file_and_warns_about_readable_secr
         assert f"{tmp_path / name} has group or world access (mode 0644)" in w
     assert SECRET not in r.stderr + r.stdout
 
+    (tmp_path / "journal").mkdir(mode=0o755)
+    (tmp_path / "journal").chmod(0o755)
+    r = check_config(cfg)
+    assert (f"hoopd: warning: journal.dir: {tmp_path / 'journal'} has group or world access (mode 0755)"
+            in r.stderr), r.stderr
+    (tmp_path / "journal").chmod(0o700)
+    assert "journal.dir" not in check_config(cfg).stderr
+
     keys.chmod(0o666)
     r = check_config(cfg)
     assert r.returncode == 1 and r.stderr.startswith(

@@ -71,7 +71,8 @@ def make_writer(folder: Path, clock: Clock | None = None, ops: Any = os, log: An
         clock = Clock()
         clock.advance(T0)
     node = cfg.pop("node", "gw-1")
-    return JournalWriter(JournalConfig(dir=str(folder), **cfg), node, clock, ops=ops, log=log or Log())
+    anchor = cfg.pop("anchor", None)
+    return JournalWriter(JournalConfig(dir=str(folder), **cfg), node, clock, ops=ops, log=log or Log(), anchor=anchor)
 
 
 def records(folder: Path) -> list[dict[str, Any]]:

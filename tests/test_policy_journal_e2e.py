@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import urllib.request
 
 import psycopg
 import pytest
@@ -131,6 +132,14 @@ def test_journal_records_and_verifies(gw):
     jdir = gw.folder / "journal"
     r = hoopd("journal", "verify", str(jdir))
     assert r.returncode == 0, r.stdout + r.stderr
+    # the running gateway anchored its chain in state_dir (and says so in /metrics)
+    r = hoopd("journal", "verify", "--config", str(gw.config))
+    assert r.returncode == 0 and "checked against anchor" in r.stdout and "present" in r.stdout, r.stdout + r.stderr
+    anchor = json.loads((gw.folder / "journal-anchor.test.json").read_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert (f'hoopd_journal_anchor_records{{hash="{anchor["hash"]}",node="test",segment="{anchor["segment"]}"}}'
+            f' {anchor["records"]:.1f}') in metrics
     r = hoopd("journal", "sessions", "--dir", str(jdir), "--user", "reader")
     assert r.returncode == 0 and "reader" in r.stdout and "read_only" in r.stdout
     r = hoopd("journal", "export", "--dir", str(jdir), "--format", "jsonl")

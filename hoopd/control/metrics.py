@@ -15,18 +15,22 @@ work per message. Counters other parts already keep are read at scrape time too:
 - ``statement(kind, decision)``: policy, once per decided statement -> hoopd_statements_total
 - ``upstream_connected(connection, seconds)``: after each upstream login -> hoopd_upstream_connect_seconds
 - ``journal_written(seconds, nbytes)`` / ``journal_failed()``: the journal writer's hooks
-  -> hoopd_journal_write_seconds, hoopd_journal_bytes_total, hoopd_journal_errors_total
+  -> hoopd_journal_write_seconds, hoopd_journal_bytes_total, hoopd_journal_errors_total;
+  ``journal_anchored(anchor)`` -> hoopd_journal_anchor_records{node,segment,hash},
+  hoopd_journal_anchor_timestamp_seconds
 """
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import Counter as PCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from hoopd.control.tracker import SessionTracker
+from hoopd.journal.anchor import Anchor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -99,6 +103,11 @@ class Metrics:
                                         buckets=(.0001, .0005, .001, .005, .01, .05, .1, .5, 1, float("inf")))
         self._journal_bytes = PCounter("hoopd_journal_bytes", "Bytes written to the journal", registry=r)
         self._journal_errors = PCounter("hoopd_journal_errors", "Failed journal writes", registry=r)
+        self._anchor = Gauge("hoopd_journal_anchor_records", "The journal chain's last anchor: records of its"
+                             " segment up to the anchored one (labels: segment and hash)", ["node", "segment", "hash"],
+                             registry=r)
+        self._anchor_time = Gauge("hoopd_journal_anchor_timestamp_seconds", "When the chain was last anchored",
+                                  registry=r)
         self._admin = PCounter("hoopd_admin_actions", "Admin actions (kill, reload) by channel", ["action", "via"],
                                registry=r)
         self._tripwire = PCounter("hoopd_tripwire_sessions_ended",
@@ -125,6 +134,11 @@ class Metrics:
 
     def journal_failed(self) -> None:
         self._journal_errors.inc()
+
+    def journal_anchored(self, anchor: Anchor) -> None:
+        self._anchor.clear()  # one series: the newest anchor
+        self._anchor.labels(anchor.node, anchor.segment, anchor.hash).set(anchor.records)
+        self._anchor_time.set(datetime.fromisoformat(anchor.ts.replace("Z", "+00:00")).timestamp())
 
     def admin_action(self, action: str, via: str) -> None:
         self._admin.labels(action, via).inc()

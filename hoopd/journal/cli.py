@@ -14,11 +14,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from hoopd.config import read_toml
+from hoopd.config import GatewayConfig, read_toml
 from hoopd.confkit import ConfigError, Table
 from hoopd.names import name_key
 from hoopd.journal import records as r
 from hoopd.journal import render
+from hoopd.journal.anchor import Anchor, anchor_files, read_anchor
 from hoopd.journal.config import JournalConfig, parse_journal, read_key
 from hoopd.journal.reader import Entry, Journal, Progress
 from hoopd.journal.verify import KeyNeeded, verify
@@ -86,6 +87,28 @@ def journal_config(path: str) -> JournalConfig:
         return parse_journal(Table(data.get("journal", {}), "journal"), p.parent.resolve())
     except ConfigError as e:
         raise UsageError(str(e) if not e.path else f"{p}: {e}") from None
+
+
+def _anchors(args: argparse.Namespace) -> dict[str, Anchor]:
+    """The anchors to check against: --anchor files (an anchor file, or a saved syslog line),
+    and with --config every node's anchor file in its [gateway].state_dir."""
+    files = [Path(f) for f in args.anchor]
+    if args.config and not args.anchor:
+        try:
+            gw = read_toml(Path(args.config)).get("gateway", {})
+        except ConfigError as e:
+            raise UsageError(f"{args.config}: {e}") from None
+        state_dir = gw.get("state_dir", GatewayConfig.state_dir) if isinstance(gw, dict) else GatewayConfig.state_dir
+        files = anchor_files(state_dir) if isinstance(state_dir, str) else []
+    found = {}
+    for f in files:
+        try:
+            found[str(f)] = read_anchor(f)
+        except OSError as e:
+            raise UsageError(f"cannot read anchor {f}: {e.strerror}") from None
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return found
 
 
 def _folder(args: argparse.Namespace) -> Path:
@@ -273,8 +296,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not segs:
         print(f"hoopd: no journal segments in {', '.join(map(str, targets))}", file=sys.stderr)
         return 1
+    anchors = _anchors(args)
     try:
-        rep = verify(segs, key, whole_dir=whole, progress=TtyProgress())
+        rep = verify(segs, key, whole_dir=whole, progress=TtyProgress(), anchors=anchors)
     except KeyNeeded as e:
         raise UsageError(str(e)) from None
     for note in rep.notes:
@@ -282,8 +306,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for b in rep.broken:
         print(f"BROKEN: {b}")
     if rep.ok:
-        print(f"OK: {rep.segments} segments, {rep.records} records, hash chain intact"
-              + (" (HMAC)" if key else ""))
+        print(f"OK: {rep.segments} segments, {rep.records} records, hash chain intact" + (" (HMAC)" if key else "")
+              + ("" if anchors else "; no chain anchor given (--anchor FILE, or --config for the gateway's"
+                 " state_dir), so records cut from the end would not show"))
         return 0
     print(f"FAILED: {len(rep.broken)} broken chain(s) in {rep.segments} segments")
     return 1
@@ -349,3 +374,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     v = cmd("verify", cmd_verify, "check the hash chain; prints OK or the first broken record, exits 1 if broken")
     v.add_argument("paths", nargs="*", metavar="DIR|FILE", help="journal folders or segment files")
     v.add_argument("--key-file", metavar="FILE", help="the HMAC key of a keyed journal")
+    v.add_argument("--anchor", action="append", default=[], metavar="FILE",
+                   help="a chain anchor (the state_dir file, or a syslog line saved to a file); repeatable")

@@ -23,6 +23,8 @@ class JournalConfig:
     max_result_rows: int = 10_000  # rows kept per statement result; 0 none, -1 all
     max_copy_bytes: int = 1 << 20  # COPY data kept per COPY; 0 none
     max_value_bytes: int = 1 << 20  # per Bind parameter / FunctionCall argument
+    anchor_interval: float = 60.0  # seconds between chain anchors (also at every rotation); see anchor.py
+    anchor_syslog: str = "/dev/log"  # the syslog socket anchors also go to; "" for none
 
 
 def read_key(path: Path) -> bytes:
@@ -60,8 +62,11 @@ def parse_journal(t: Table, base: Path) -> JournalConfig:
         max_result_rows=t.int("max_result_rows", d.max_result_rows, lo=-1),
         max_copy_bytes=t.size("max_copy_bytes", d.max_copy_bytes),
         max_value_bytes=t.size("max_value_bytes", d.max_value_bytes),
+        anchor_interval=t.duration("anchor_interval", d.anchor_interval),
+        anchor_syslog=t.str("anchor_syslog", d.anchor_syslog),
     )
-    for name, lo in (("fsync_interval", 0.001), ("rotate_interval", 1.0), ("retention", 60.0)):
+    for name, lo in (("fsync_interval", 0.001), ("rotate_interval", 1.0), ("retention", 60.0),
+                     ("anchor_interval", 1.0)):
         v = getattr(cfg, name)
         if v is not None and v < lo:
             raise ConfigError(t.key(name), f"must be at least {lo:g} seconds, got {t.data[name]!r}")

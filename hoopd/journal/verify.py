@@ -4,6 +4,8 @@ A changed byte breaks the hash of its record; a removed or inserted record break
 next one; a removed, reordered or renamed segment breaks the link in the next segment's
 header (``prev_segment`` and ``prev``). Segments deleted by retention are named in a
 ``retention`` record of the chain, so only those may be missing before the first one.
+Records cut from the end leave a valid chain; anchors (journal/anchor.py) catch that:
+the anchored record must still be there, with the anchored hash.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hoopd.journal import records as r
+from hoopd.journal.anchor import Anchor
 from hoopd.journal.reader import Progress, open_segment, size_of
 
 
@@ -49,11 +52,13 @@ class _Stop(Exception):
     pass
 
 
-def verify(segs: list[r.SegmentName], key: bytes | None, whole_dir: bool, progress: Progress | None = None) -> Report:
+def verify(segs: list[r.SegmentName], key: bytes | None, whole_dir: bool, progress: Progress | None = None,
+           anchors: dict[str, Anchor] | None = None) -> Report:
     """Check the chains of the given segments (grouped by node, in counter order).
 
     ``whole_dir``: the segments are all there is, so a chain may only start after
-    segments that retention deleted (and said so in the chain)."""
+    segments that retention deleted (and said so in the chain). ``anchors``: where each
+    came from -> anchor; the journal must still hold each anchored record."""
     rep = Report()
     progress = progress or Progress()
     progress.start(sum(size_of(s) for s in segs))
@@ -63,14 +68,25 @@ def verify(segs: list[r.SegmentName], key: bytes | None, whole_dir: bool, progre
     deleted: set[str] = set()
     starts: list[tuple[r.SegmentName, str]] = []
     done = 0
+    anchored: dict[tuple[str, str], list[tuple[str, Anchor]]] = {}
+    for origin, a in (anchors or {}).items():
+        anchored.setdefault((a.node, a.segment), []).append((origin, a))
+    counted: dict[tuple[str, str], int] = {}  # (node, segment) -> records, of chains checked to the end
+    checked: set[str] = set()
+    broken_nodes: set[str] = set()
     for node, chain in nodes.items():
-        c = _Chain(rep, key, deleted, starts)
+        c = _Chain(rep, key, deleted, starts, anchored, checked)
         try:
             for i, seg in enumerate(chain):
                 c.segment(seg, newest=i == len(chain) - 1, done=done, progress=progress)
                 done += size_of(seg)
         except _Stop:
-            pass
+            broken_nodes.add(node)  # that break is the finding; its anchors are not checked
+            continue
+        counted.update(((node, base), n) for base, n in c.counts.items())
+    for origin, a in (anchors or {}).items():
+        if origin not in checked and a.node not in broken_nodes:
+            _check_anchor(rep, origin, a, counted, whole_dir, deleted)
     for seg, before in starts:
         if not whole_dir:
             rep.notes.append(f"{seg.path.name} follows {before}, which was not given: the chain is checked from there")
@@ -82,10 +98,35 @@ def verify(segs: list[r.SegmentName], key: bytes | None, whole_dir: bool, progre
     return rep
 
 
+def _check_anchor(rep: Report, origin: str, a: Anchor, counted: dict[tuple[str, str], int], whole_dir: bool,
+                  deleted: set[str]) -> None:
+    """An anchor the chain did not reach: say what is missing."""
+    where = _where(origin, a)
+    n = counted.get((a.node, a.segment))
+    if n is not None:
+        rep.broken.append(Broken(Path(a.segment), 0, None, None, f"holds {n} records but {where}: records were cut"
+                                 " from its end"))
+    elif a.segment in deleted:
+        rep.notes.append(f"{where}: its segment was deleted by retention; not checked")
+    elif whole_dir:
+        rep.broken.append(Broken(Path(a.segment), 0, None, None, f"missing, but {where}: the journal was cut"
+                                 " (this segment and any after it were removed)"))
+    else:
+        rep.notes.append(f"{where}: its segment was not given; not checked")
+
+
+def _where(origin: str, a: Anchor) -> str:
+    return f"anchor {origin} names record {a.records} of {a.segment} (node {a.node}, anchored {a.ts})"
+
+
 class _Chain:
     def __init__(self, rep: Report, key: bytes | None, deleted: set[str],
-                 starts: list[tuple[r.SegmentName, str]]) -> None:
+                 starts: list[tuple[r.SegmentName, str]],
+                 anchored: dict[tuple[str, str], list[tuple[str, Anchor]]], checked: set[str]) -> None:
         self.rep = rep
+        self.anchored = anchored
+        self.checked = checked  # origins of the anchors found
+        self.counts: dict[str, int] = {}  # segment -> records
         self.key = key
         self.deleted = deleted
         self.starts = starts
@@ -102,6 +143,7 @@ class _Chain:
         scan = r.Scan()
         prev = r.GENESIS
         n = 0
+        anchors = self.anchored.get((seg.node, seg.base), [])
         with open_segment(seg) as f:
             try:
                 for off, raw, obj in r.iter_raw(f, scan):
@@ -116,6 +158,9 @@ class _Chain:
                                   " was removed or inserted" if n else "hash of the segment header does not match")
                     prev = h
                     n += 1
+                    for origin, a in anchors:
+                        if a.records == n:
+                            self.anchor(seg, off, obj, origin, a, h)
                     if obj.get("kind") == r.RETENTION:
                         self.deleted.update(obj.get("deleted") or ())
             except r.BadRecord as e:
@@ -130,6 +175,13 @@ class _Chain:
             self.rep.notes.append(f"{seg.path.name}: last record incomplete at offset {scan.end} "
                                   + ("(still being written)" if newest else "(left by a crash; closed at next start)"))
         self.last, self.prev_base = prev, seg.base
+        self.counts[seg.base] = n
+
+    def anchor(self, seg: r.SegmentName, off: int, obj: Any, origin: str, a: Anchor, h: bytes) -> None:
+        if not hmac.compare_digest(h.hex(), a.hash):
+            self.fail(seg, off, obj, f"{_where(origin, a)} with another hash: the segment was rewritten")
+        self.checked.add(origin)
+        self.rep.notes.append(f"checked against {_where(origin, a)}: present")
 
     def header(self, seg: r.SegmentName, off: int, obj: dict[str, Any]) -> bytes:
         """Check a segment header; return the hash the header chains to."""

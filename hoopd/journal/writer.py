@@ -10,6 +10,8 @@ a torn record.
 
 All time comes from the injected ``clock`` (an IReactorTime); all file system calls go
 through ``ops`` (the ``os`` module by default), so tests can make the disk fail.
+``anchor`` (journal/anchor.py) receives the chain's head at every new segment, every
+``anchor_interval`` when it moved, and at the end.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from hoopd.journal import records as r
+from hoopd.journal.anchor import Anchor
 from hoopd.journal.config import JournalConfig
 from hoopd.log import get_logger
 
@@ -42,7 +45,7 @@ class JournalWriter(Service):
     name = "journal"
 
     def __init__(self, config: JournalConfig, node: str, clock: IReactorTime, *, ops: Any = os,
-                 log: Any = None) -> None:
+                 log: Any = None, anchor: Callable[[Anchor], None] | None = None) -> None:
         if not config.dir:
             raise ValueError("journal.dir is not set")
         self.config = config
@@ -69,9 +72,13 @@ class JournalWriter(Service):
         self._age_call: Any = None
         self._sync_loop: LoopingCall | None = None
         self._retention_loop: LoopingCall | None = None
+        self._anchor_loop: LoopingCall | None = None
+        self._anchor = anchor
+        self.last_anchor: Anchor | None = None
         # hooks (metrics, live followers): called after each record written / each failed write
         self.written_hooks: list[Callable[[dict[str, Any], int, float], None]] = []  # record, bytes, seconds
         self.failed_hooks: list[Callable[[OSError], None]] = []
+        self.anchored_hooks: list[Callable[[Anchor], None]] = []
         self.last_error: str | None = None  # while failing: why
 
     # --- service ----------------------------------------------------------------------
@@ -94,12 +101,16 @@ class JournalWriter(Service):
             self._retention_loop = LoopingCall(self.apply_retention)
             self._retention_loop.clock = self.clock
             self._retention_loop.start(min(RETENTION_CHECK, self.config.retention), now=True)
+        if self._anchor is not None:
+            self._anchor_loop = LoopingCall(self.anchor)
+            self._anchor_loop.clock = self.clock
+            self._anchor_loop.start(self.config.anchor_interval, now=False)
 
     def _stop_loops(self) -> None:
-        for loop in (self._sync_loop, self._retention_loop):
+        for loop in (self._sync_loop, self._retention_loop, self._anchor_loop):
             if loop is not None and loop.running:
                 loop.stop()
-        self._sync_loop = self._retention_loop = None
+        self._sync_loop = self._retention_loop = self._anchor_loop = None
 
     def reconfigure(self, config: JournalConfig) -> None:
         """Apply a reloaded [journal] section. ``dir`` and the HMAC key take a restart."""
@@ -125,6 +136,7 @@ class JournalWriter(Service):
                                err=e)
                 self._abandon()
         self._retry_unfinished()
+        self.anchor()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -169,6 +181,20 @@ class JournalWriter(Service):
                 hook(full, self._size - size, time.perf_counter() - t0)
             except Exception:
                 self.log.failure("journal: a written hook failed")
+
+    def anchor(self) -> None:
+        """Hand the chain's head to the anchor sink, unless it is already anchored there."""
+        if self._anchor is None or self._seg is None or self._records == 0:
+            return
+        head = self._last.hex()
+        if self.last_anchor is not None and self.last_anchor.hash == head:
+            return
+        a = Anchor(self.node, self._seg.base, self._records, head,
+                   r.timestamp(self.clock.seconds()).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        self._anchor(a)
+        self.last_anchor = a
+        for hook in self.anchored_hooks:
+            hook(a)
 
     def sync(self) -> None:
         """fsync the open segment if anything is unsynced. Raises OSError."""
@@ -235,6 +261,7 @@ class JournalWriter(Service):
         self._dirty = False
         self._schedule_age()
         self._retry_unfinished()
+        self.anchor()  # the new header chains to the last segment's end: this anchors both
 
     def _rotate(self, now: float) -> None:
         self._finish(now)
