@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.hoopd-installed
 
-.PHONY: venv run test deps bench clean
+.PHONY: venv run test deps bench peer clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ test: deps venv
 
 bench: deps venv
 	$(VPY) bench/run.py
+
+# psycopg's own test suite, directly and through hoopd (not CI: ~5 minutes)
+peer: deps venv
+	$(VPY) scripts/peer.py
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules twisted/plugins/dropin.cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from bench.services import DBNAME, USER, Target
 from hoopd.pgwire import messages as m
 from tests.rawclient import RawClient, error_of
 
-_TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.M)
+_TPS = re.compile(r"^tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)", re.M)
+PIPELINE = ("\\set aid random(1, 100000 * :scale)\n\\startpipeline\n"
+            + "select abalance from pgbench_accounts where aid = :aid;\n" * 10 + "\\endpipeline\n")
 _LAT = re.compile(r"^latency average = ([\d.]+) ms", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
 _DONE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
@@ -27,9 +30,17 @@ class PgbenchResult:
 
 
 def pgbench(target: Target, mode: str, clients: int, seconds: float) -> PgbenchResult:
-    """``pgbench -S`` (select only, no vacuum) against target; -j 2 when there are several clients."""
+    """``pgbench -S`` (select only, no vacuum) against target; -j 2 when there are several clients.
+    Mode ``connect``: a new connection per transaction (-C); ``pipeline``: 10 selects in one
+    pipeline per transaction (extended protocol)."""
     threads = 2 if clients > 1 else 1
-    cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(threads), "-T", str(int(seconds)),
+    if mode == "pipeline":
+        script = Path(tempfile.gettempdir()) / "hoopd-bench-pipeline.sql"
+        script.write_text(PIPELINE)
+        work = ["-M", "extended", "-f", str(script)]
+    else:
+        work = ["-S", "-M", "simple", "-C"] if mode == "connect" else ["-S", "-M", mode]
+    cmd = ["pgbench", "-n", *work, "-c", str(clients), "-j", str(threads), "-T", str(int(seconds)),
            *target.pg_args(), DBNAME]
     proc = subprocess.run(cmd, env=target.env(), capture_output=True, text=True, timeout=seconds + 60)
     out = proc.stdout

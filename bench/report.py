@@ -6,7 +6,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-CONFIGS = (("simple", 1), ("simple", 8), ("prepared", 1), ("prepared", 8))
+# pgbench modes (measure.pgbench): simple/prepared -S; connect: -S with a new connection per
+# transaction (connect, one query, close); pipeline: 10 selects in one pipeline per transaction
+CONFIGS = (("simple", 1), ("simple", 8), ("prepared", 1), ("prepared", 8), ("connect", 1), ("pipeline", 1))
 STREAMS = ("copy", "select")
 CACHE_RESULTS = ("exact_hit", "shape_hit", "miss")  # hoopd_policy_cache_total{result}
 
@@ -110,6 +112,9 @@ def checks(res: dict[str, Any]) -> list[Check]:
         Check(GATEWAY, "c=1 prepared added latency", h["prepared_c1"]["added_us"], "<=", 60, "us"),
         *(Check(GATEWAY, f"1M-row {kind} stream time vs direct", streams[kind]["hoopd"]["vs_direct"], "<=", 1.5, "x")
           for kind in STREAMS),
+        Check(GATEWAY, "connection set-up (connect, 1 query, close) rate vs direct", h["connect_c1"]["vs_direct"],
+              ">=", 0.5, "x"),
+        Check(GATEWAY, "10-statement pipeline rate vs direct", h["pipeline_c1"]["vs_direct"], ">=", 0.5, "x"),
         Check(GATEWAY, f"gateway peak RSS, slow {slow['mib_read']:.0f} MiB stream", slow["peak_rss_mb"], "<=", 150,
               "MB"),
         Check(JOURNAL, "c=8 simple TPS, journal (fsync interval) / off",

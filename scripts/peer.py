@@ -1,0 +1,117 @@
+"""Run psycopg's own test suite against PostgreSQL directly and through hoopd; list the
+tests that fail only through the gateway (``make peer``; not part of CI: ~5 minutes).
+
+The suite is ../shared/peer/psycopg-tests-*.tar.gz (or --tarball); it runs in a venv of
+its own (--venv, created on first use from the package registry). Both runs use a
+superuser: directly, and through a connection named ``postgres`` whose held credential
+is that superuser, the gateway user mapped to admin, login limits off (the suite makes
+deliberate bad logins).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hoopd.pgwire.scram import make_verifier  # noqa: E402
+from tests.gateway import Gateway, connection_toml  # noqa: E402
+from tests.pgcluster import SUPERUSER, Cluster, quote_literal  # noqa: E402
+
+PACKAGES = ["psycopg[binary]==3.3.5", "psycopg-pool", "pytest", "anyio", "pproxy", "dnspython", "Faker", "numpy",
+            "pytest-cov", "mypy"]
+USER = "peer"
+
+
+def say(msg: str) -> None:
+    print(f"peer: {msg}", flush=True)
+
+
+def suite_venv(venv: Path) -> Path:
+    py = venv / "bin" / "python"
+    if not py.exists():
+        say(f"creating {venv} for the suite")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PACKAGES], check=True)
+    return py
+
+
+def run_suite(py: Path, suite: Path, dsn: str, out: Path, extra: list[str]) -> tuple[set[str], int, float]:
+    """(failing test ids, tests run, seconds) of one run, from its JUnit XML."""
+    t0 = time.monotonic()
+    subprocess.run([str(py), "-m", "pytest", "tests", "--test-dsn", dsn, "-m", "not slow", "--ignore", "tests/pool",
+                    "--ignore", "tests/crdb", "-p", "no:randomly", "-p", "no:cacheprovider", "-q",
+                    f"--junitxml={out}", *extra], cwd=suite, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.monotonic() - t0
+    failed, total = set(), 0
+    for case in ET.parse(out).iter("testcase"):
+        total += 1
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.add(f"{case.get('classname')}::{case.get('name')}")
+    return failed, total, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/peer.py", description=__doc__.split("\n\n")[0])
+    found = sorted((ROOT.parent / "shared" / "peer").glob("psycopg-tests-*.tar.gz"))
+    p.add_argument("--tarball", type=Path, default=found[-1] if found else None, help="psycopg's tests")
+    p.add_argument("--venv", type=Path, default=Path(tempfile.gettempdir()) / "hoopd-peer-venv")
+    p.add_argument("pytest_args", nargs="*", help="more pytest arguments for both runs (e.g. -k copy)")
+    args = p.parse_args(argv)
+    if args.tarball is None or not args.tarball.exists():
+        p.error("no psycopg test tarball: give --tarball FILE")
+    py = suite_venv(args.venv)
+    base = Path(tempfile.mkdtemp(prefix="hoopd-peer-"))
+    os.chmod(base, 0o711)  # the postgres OS user must reach its folder inside
+    cluster = Cluster(base / "pg")
+    gw: Gateway | None = None
+    try:
+        with tarfile.open(args.tarball) as t:
+            t.extractall(base / "suite", filter="data")
+        suite = base / "suite"
+        password = secrets.token_urlsafe(18)
+        cluster.init(["local all all trust", "host all all 127.0.0.1/32 scram-sha-256"],
+                     {"max_connections": "200", "max_prepared_transactions": "10"})
+        cluster.start()
+        cluster.psql(f"ALTER ROLE {SUPERUSER} PASSWORD {quote_literal(password)};")
+        body = ('[identity]\nmax_failed_logins_per_user = 0\nmax_failed_logins_per_address = 0\n'
+                'max_failed_logins_per_user_total = 0\n[logging]\nlevel = "warn"\n'
+                f'[[users]]\nname = "{USER}"\npassword_hash = "{make_verifier(password)}"\ngroups = ["dba"]\n'
+                + connection_toml("postgres", "127.0.0.1", cluster.port, "postgres", SUPERUSER, password))
+        (base / "gw").mkdir(mode=0o700)
+        gw = Gateway(base / "gw", body).start()
+        dsn = "host=127.0.0.1 dbname=postgres sslmode=disable password=" + password
+        say("psycopg's suite directly against PostgreSQL 15")
+        direct, n1, s1 = run_suite(py, suite, f"{dsn} port={cluster.port} user={SUPERUSER}", base / "direct.xml",
+                                   args.pytest_args)
+        say(f"direct: {len(direct)} failed of {n1} in {s1:.0f} s")
+        say("psycopg's suite through hoopd")
+        via, n2, s2 = run_suite(py, suite, f"{dsn} port={gw.port} user={USER}", base / "hoopd.xml", args.pytest_args)
+        say(f"through hoopd: {len(via)} failed of {n2} in {s2:.0f} s")
+        only = sorted(via - direct)
+        say(f"{len(only)} fail only through hoopd" + (":" if only else ""))
+        for t in only:
+            print(f"  {t}")
+        if "Traceback" in gw.log():
+            say("the gateway logged a traceback:\n" + gw.log()[-4000:])
+            return 1
+        return 0
+    finally:
+        if gw is not None:
+            gw.stop()
+        cluster.stop("fast")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
