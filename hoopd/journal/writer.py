@@ -183,12 +183,18 @@ class JournalWriter(Service):
                 self.log.failure("journal: a written hook failed")
 
     def anchor(self) -> None:
-        """Hand the chain's head to the anchor sink, unless it is already anchored there."""
+        """Hand the chain's head to the anchor sink (after an fsync), unless it is anchored already."""
         if self._anchor is None or self._seg is None or self._records == 0:
             return
         head = self._last.hex()
         if self.last_anchor is not None and self.last_anchor.hash == head:
             return
+        if self.config.fsync != "never":  # anchor only what a power cut keeps
+            try:
+                self.sync()
+            except OSError as e:
+                self._failed(e)
+                return
         a = Anchor(self.node, self._seg.base, self._records, head,
                    r.timestamp(self.clock.seconds()).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
         self._anchor(a)
