@@ -138,7 +138,7 @@ def figures(res: dict[str, Any]) -> list[Figure]:
     for mode, by_target in res["policy_cache"].items():
         c = by_target["hoopd"]
         if c["classifications"]:
-            out.append(Figure(POLICY, f"classification cache hit rate, pgbench -M {mode}", c["hit_rate"] * 100, "%",
+            out.append(Figure(POLICY, f"classification cache hit rate, pgbench {mode}", c["hit_rate"] * 100, "%",
                               f"{c['exact_hit']} exact + {c['shape_hit']} shape hits, {c['miss']} parses"))
     return out
 
