@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import threading
@@ -134,6 +135,42 @@ class SlowRead:
     bytes_read: int
     seconds: float
     complete: bool  # read the whole limit before the time bound
+
+
+def copy_cancel_overread(target: Target, before: int = 1 << 20) -> int:
+    """Bytes a client still reads after cancelling a large ``COPY ... TO STDOUT``: it reads
+    ``before`` bytes slowly enough to fill the buffers on the way, sends a CancelRequest and
+    counts what arrives until the 57014 error."""
+    client = RawClient(target.port)
+    try:
+        err = error_of(client.login(USER, target.password, DBNAME))
+        if err:
+            raise RuntimeError(f"copy-cancel client login to {target.name} failed: {err.get('M')}")
+        assert client.key is not None
+        client.send(m.query("copy (select repeat('x', 1024) from generate_series(1, 10000000)) to stdout"))
+        sock = client.sock
+        got = len(client.buf)
+        while got < before:
+            data = sock.recv(8192)
+            if not data:
+                raise RuntimeError(f"{target.name} closed the connection during COPY")
+            got += len(data)
+            time.sleep(0.001)
+        time.sleep(0.5)  # every buffer between the server and the client fills up
+        with socket.create_connection(("127.0.0.1", target.port), timeout=10) as c:
+            c.sendall(m.cancel_request(*client.key))
+        after = 0
+        tail = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise RuntimeError(f"{target.name} closed the connection before the cancel error")
+            after += len(data)
+            tail = (tail + data)[-4096:]
+            if b"57014" in tail:
+                return after
+    finally:
+        client.close()
 
 
 def slow_read(target: Target, limit: int, rate: float, max_seconds: float, chunk: int = 8192) -> SlowRead:

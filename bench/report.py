@@ -101,6 +101,13 @@ def _time_ratio(streams: dict[str, Any], kind: str, a: str, b: str) -> float:
     return round(streams[kind][a]["seconds"] / streams[kind][b]["seconds"], 3)
 
 
+def summarize_copy_cancel(got: dict[str, list[int]]) -> dict[str, Any]:
+    """got[target] = [bytes read after the cancel, ...] -> median MiB, and over direct."""
+    med = {t: statistics.median(v) / (1 << 20) for t, v in got.items()}
+    return {t: {"mib": round(v, 2), "runs_mib": [round(x / (1 << 20), 2) for x in got[t]],
+                "over_direct_mib": round(v - med["direct"], 2)} for t, v in med.items()}
+
+
 def checks(res: dict[str, Any]) -> list[Check]:
     """The targets: the gateway's own on ``hoopd``; journal on vs off (``hoopd-jnl``,
     ``hoopd-jnl-allrows`` vs ``hoopd``); policy on vs off (``hoopd`` vs ``hoopd-relay``)."""
@@ -115,6 +122,8 @@ def checks(res: dict[str, Any]) -> list[Check]:
         Check(GATEWAY, "connection set-up (connect, 1 query, close) rate vs direct", h["connect_c1"]["vs_direct"],
               ">=", 0.5, "x"),
         Check(GATEWAY, "10-statement pipeline rate vs direct", h["pipeline_c1"]["vs_direct"], ">=", 0.5, "x"),
+        Check(GATEWAY, "read after cancelling a COPY, beyond direct", res["copy_cancel"]["hoopd"]["over_direct_mib"],
+              "<=", 1.0, "MiB"),
         Check(GATEWAY, f"gateway peak RSS, slow {slow['mib_read']:.0f} MiB stream", slow["peak_rss_mb"], "<=", 150,
               "MB"),
         Check(JOURNAL, "c=8 simple TPS, journal (fsync interval) / off",
