@@ -88,7 +88,8 @@ def write_config(pg_port: int, dev_password: str, agent_password: str, api_token
     coding agent would get), the shop connection, and the control port."""
     cert, key = tls_files()
     journal, state = RUN / "journal", RUN / "state"
-    journal.mkdir(exist_ok=True)
+    journal.mkdir(mode=0o700, exist_ok=True)
+    journal.chmod(0o700)  # a folder an earlier version made 0755
     state.mkdir(exist_ok=True)
     q = json.dumps  # a JSON string is a valid TOML basic string
     text = f"""# Written by scripts/devrun.py on every `make run`: edits are overwritten.

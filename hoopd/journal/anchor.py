@@ -88,7 +88,9 @@ class AnchorSink:
         except OSError as e:
             if kind not in self._failing:
                 where = self.path if kind == "file" else self.syslog
-                self.log.error("journal: cannot write the chain anchor to {where}: {err}", where=str(where), err=e)
+                # no syslog socket at all (a container): say so, less loudly than a failing one
+                say = self.log.warn if kind == "syslog" and isinstance(e, FileNotFoundError) else self.log.error
+                say("journal: cannot write the chain anchor to {where}: {err}", where=str(where), err=e)
                 self._failing.add(kind)
             return
         self._failing.discard(kind)
