@@ -49,10 +49,13 @@ def suite_venv(venv: Path) -> Path:
 def run_suite(py: Path, suite: Path, dsn: str, out: Path, extra: list[str]) -> tuple[set[str], int, float]:
     """(failing test ids, tests run, seconds) of one run, from its JUnit XML."""
     t0 = time.monotonic()
-    subprocess.run([str(py), "-m", "pytest", "tests", "--test-dsn", dsn, "-m", "not slow", "--ignore", "tests/pool",
-                    "--ignore", "tests/crdb", "-p", "no:randomly", "-p", "no:cacheprovider", "-q",
-                    f"--junitxml={out}", *extra], cwd=suite, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [str(py), "-m", "pytest", "tests", "--test-dsn", dsn, "-m", "not slow", "--ignore", "tests/pool",
+           "--ignore", "tests/crdb", "-p", "no:randomly", "-o", f"cache_dir={suite / '.cache'}", "-q",
+           f"--junitxml={out}", *extra]
+    proc = subprocess.run(cmd, cwd=suite, capture_output=True, text=True)
     seconds = time.monotonic() - t0
+    if not out.exists():
+        raise SystemExit(f"peer: the suite did not run ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     failed, total = set(), 0
     for case in ET.parse(out).iter("testcase"):
         total += 1
