@@ -200,7 +200,10 @@ class JournalWriter(Service):
         self._anchor(a)
         self.last_anchor = a
         for hook in self.anchored_hooks:
-            hook(a)
+            try:
+                hook(a)
+            except Exception:
+                self.log.failure("journal: an anchored hook failed")
 
     def sync(self) -> None:
         """fsync the open segment if anything is unsynced. Raises OSError."""
