@@ -256,12 +256,12 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     for u in root.tables("users"):
         name = u.str("name", required=True)
         key = name_key(name)
+        if not key:
+            raise ConfigError(u.key("name"), "is empty")
         if key in users:
             raise ConfigError(u.key("name"), f"duplicate user {name!r}" if users[key].name == name else
                               f"{name!r} is the same name as user {users[key].name!r} (names compare ignoring"
                               " case, surrounding spaces and control characters)")
-        if not key:
-            raise ConfigError(u.key("name"), "is empty")
         ph = u.str("password_hash", required=True)
         if not ph.startswith("SCRAM-SHA-256$"):
             raise ConfigError(u.key("password_hash"), "expected a SCRAM-SHA-256 verifier (run `hoopd hash-password`)")
