@@ -57,6 +57,15 @@ class Anchor:
         return cls(d["node"], d["segment"], d["records"], d["hash"], d["ts"])
 
 
+def fsync_dir(folder: Path, ops: Any = os) -> None:
+    """Make a folder's entries (a rename, a new file) durable. Raises OSError."""
+    fd = ops.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+
+
 def anchor_file(state_dir: str | Path, node: str) -> Path:
     return Path(state_dir) / f"journal-anchor.{node}.json"
 
@@ -105,11 +114,7 @@ class AnchorSink:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.path.parent)
 
     def _send_syslog(self, anchor: Anchor) -> None:
         msg = f"<{SYSLOG_PRIORITY}>{SYSLOG_TAG}[{os.getpid()}]: {PREFIX}{anchor.to_json()}"

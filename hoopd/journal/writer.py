@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from hoopd.journal import records as r
-from hoopd.journal.anchor import Anchor
+from hoopd.journal.anchor import Anchor, fsync_dir
 from hoopd.journal.config import JournalConfig
 from hoopd.log import get_logger
 
@@ -331,11 +331,7 @@ class JournalWriter(Service):
         self._unfinished = left
 
     def _sync_dir(self) -> None:
-        fd = self.ops.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            self.ops.fsync(fd)
-        finally:
-            self.ops.close(fd)
+        fsync_dir(self.folder, self.ops)
 
     def _close_quietly(self, fd: int) -> None:
         try:
