@@ -35,6 +35,7 @@ class GatewayConfig:
     max_message_bytes: int = 256 << 20  # largest client message accepted (PostgreSQL's 1 GiB stays the ceiling)
     max_buffered_bytes: int = 512 << 20  # partly received client messages held, all sessions together
     hold_timeout: float = 600.0  # longest a stage may hold a statement (an approval) before it is refused
+    max_rewrite_bytes: int = 16 << 20  # largest server message a rewriting stage (masking) buffers; larger: FATAL 54000
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
         max_message_bytes=g.int("max_message_bytes", GatewayConfig.max_message_bytes, lo=10_000, hi=(1 << 30) - 5),
         max_buffered_bytes=g.int("max_buffered_bytes", GatewayConfig.max_buffered_bytes, lo=1 << 20),
         hold_timeout=g.duration("hold_timeout", GatewayConfig.hold_timeout),
+        max_rewrite_bytes=g.int("max_rewrite_bytes", GatewayConfig.max_rewrite_bytes, lo=1 << 20, hi=(1 << 30) - 5),
     )
     if gateway.hold_timeout < 1:
         raise ConfigError("gateway.hold_timeout", "must be at least 1s")

@@ -1,15 +1,22 @@
 """What a session is, as data, and the stage seam that journal, policy and masking plug into.
 
-The proxy fills a SessionInfo per client connection and calls each configured Stage:
+A Stage is a factory: ``open(session, conversation)`` returns the SessionStage that lives for that one
+session (its typed state lives on it) and is dead after ``close(reason)``. The relay
+calls, for the message types the stage declared:
 
-* ``client_message`` for every client->server message the stage asked for (by type byte),
-  *before* it is forwarded. A stage returns None (allow), a Deny (the gateway answers an
-  ErrorResponse in protocol order and the session stays usable), or a Deferred of either
-  (the relay holds the client's stream until it fires; used for approvals).
-* ``server_message`` for every server->client message the stage asked for, before it is
-  forwarded; it may return a replacement body (masking) or None (unchanged).
-* ``session_started`` / ``session_ended`` around the relay.
+* ``client(msg)`` for each client message *before* it is forwarded. It returns None
+  (allow), a Deny (the gateway answers an ErrorResponse in protocol order and the session
+  stays usable), or a Deferred of either (the relay holds the client's stream until it
+  fires; approvals). Several stages may each hold the same message, one after another.
+* ``server(msg)`` for each server message before it is forwarded; a stage that declared
+  the type in ``rewrites`` may return a replacement body (masking), others return None.
+* ``denied(msg, deny)`` when another stage refused a client message it saw.
 
+Messages come decoded once, from the session's Conversation (hoopd.pgwire.conversation):
+``msg.answers`` links a server message to the client message it responds to, a DataRow
+to its columns. Observers (tracker, metrics) hear only of sessions and denials.
+
+The order of stages is declared here, per direction (CLIENT_ORDER, SERVER_ORDER).
 Stages never see the upstream credential. Nothing here imports hoopd.proxy.
 """
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 
 from hoopd.identity.base import Identity
+from hoopd.pgwire.conversation import ClientMessage, Conversation, ServerMessage
 from hoopd.pgwire.encodings import Decoder, sql_decoder
 
 _utf8 = sql_decoder("UTF8", "UTF8")
@@ -42,7 +50,6 @@ class SessionInfo:
     bytes_in: int = 0  # client -> gateway
     bytes_out: int = 0  # gateway -> client
     transaction_status: str = "I"  # last ReadyForQuery status from upstream: I, T or E
-    extra: dict[str, Any] = field(default_factory=dict)  # per-stage state, keyed by stage name
     settings: dict[str, str] = field(default_factory=dict)  # as the server last reported them (ParameterStatus)
     sql_text: Decoder | None = _utf8  # statement bytes -> the text the server lexes; None: cannot be read
     database: str | None = None  # the upstream database
@@ -101,31 +108,54 @@ class EndSession(Exception):
         self.reason = reason or message  # for the session_end record and the log
 
 
-class Stage(Protocol):
-    """One pure processing stage (journal, policy, masking, review)."""
+CLIENT_ORDER = ("policy", "review", "journal")
+"""Stages that see client messages, first to last: the journal records what passed the
+others (and what they refused, by ``denied``)."""
+SERVER_ORDER = ("masking", "journal")
+"""Stages that see server messages, first to last: the journal records results as the
+client receives them."""
 
-    name: str
-    client_types: frozenset[bytes]  # message type bytes wanted from the client, e.g. {b"Q", b"P"}
-    server_types: frozenset[bytes]  # message type bytes wanted from the server, e.g. {b"D", b"T"}
+
+class SessionStage(Protocol):
+    """A stage's life for one session."""
+
+    def client(self, msg: ClientMessage) -> Verdict | Deferred[Verdict]: ...
+
+    def server(self, msg: ServerMessage) -> bytes | None: ...
+
+    def denied(self, msg: ClientMessage, deny: Deny) -> None:
+        """Another stage refused this client message (it will not reach the server)."""
+
+    def oversize(self, from_client: bool, mtype: int, length: int) -> None:
+        """A message larger than STAGE_BODY_LIMIT streamed through without being buffered."""
+
+    def close(self, reason: str) -> None:
+        """The session ended; nothing more is called on this object."""
+
+
+class Stage(Protocol):
+    """One processing stage (journal, policy, masking, review): a factory of SessionStages."""
+
+    name: str  # its place in CLIENT_ORDER / SERVER_ORDER
+    client_types: frozenset[int]  # client message types it wants (hoopd.pgwire.types.FE)
+    server_types: frozenset[int]  # server message types it wants (hoopd.pgwire.types.BE)
+    rewrites: frozenset[int]  # of server_types, those whose body it may replace (buffered whole)
+
+    def open(self, session: SessionInfo, conversation: Conversation) -> SessionStage: ...
+
+
+class Observer(Protocol):
+    """Hears of sessions and denials only (the control plane's tracker, metrics)."""
 
     def session_started(self, session: SessionInfo) -> None: ...
 
-    def client_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> Verdict | Deferred[Verdict]: ...
-
-    def server_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> bytes | None: ...
-
     def session_ended(self, session: SessionInfo, reason: str) -> None: ...
 
-    def message_denied(self, session: SessionInfo, mtype: bytes, body: bytes, deny: Deny) -> None:
-        """Another stage denied this client message (it will not reach the server)."""
-        ...
-
-    def oversize_message(self, session: SessionInfo, from_client: bool, mtype: bytes, length: int) -> None:
-        """A message larger than STAGE_BODY_LIMIT streamed through without being buffered."""
-        ...
+    def message_denied(self, session: SessionInfo, msg: ClientMessage, deny: Deny) -> None: ...
 
 
 STAGE_BODY_LIMIT = 1 << 20
 """Server messages larger than this stream through in chunks; stages hear of them by
-oversize_message only. Client messages a stage asked for are buffered whole (up to
-PostgreSQL's own 1 GiB cap) so policy and journal see all of a statement."""
+``oversize`` only, except the types a stage rewrites (see REWRITE_LIMIT). Client
+messages a stage asked for are buffered whole (up to PostgreSQL's own 1 GiB cap) so
+policy and journal see all of a statement."""

@@ -28,6 +28,7 @@ from hoopd.policy.classify import default_classifier
 from hoopd.policy.decide import Policy
 from hoopd.policy.functions import FunctionCatalogs
 from hoopd.policy.stage import PolicyStage
+from hoopd.proxy.pipeline import Pipeline
 from hoopd.proxy.catalog import catalog_loader
 from hoopd.proxy.client import GatewayFactory
 from hoopd.proxy.registry import SessionRegistry
@@ -90,9 +91,9 @@ class GatewayService(service.MultiService):
         if not config.policy_enabled:
             log.warn("[policy] enabled = false: statements are not checked against access levels or rules"
                      " (read_only sessions still run read-only upstream)")
-        stages: list[Stage] = (([self.policy] if config.policy_enabled else [])
-                               + ([self.journal] if self.journal else []) + [tracker])  # the journal sees final bytes
-        self.factory = GatewayFactory(config, self.registry, reactor, stages=stages, identity=self.identity,
+        stages: list[Stage] = ([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
+        self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker]),
+                                      identity=self.identity,
                                       metrics=metrics, record=record)
         self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
                                     tracker=tracker, metrics=metrics)

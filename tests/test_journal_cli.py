@@ -22,25 +22,23 @@ from hoopd.journal.cli import parse_time
 from hoopd.journal.stage import JournalStage
 from hoopd.pgwire import messages as m
 from hoopd.session import SessionInfo
-from tests.test_journal_helpers import T0, bind, error, execute, make_writer, parse, row, row_description, tag
+from tests.test_journal_helpers import T0, Talk, bind, error, execute, make_writer, parse, row, row_description, tag
 
 KEY = b"an hmac key of some length, 32b"
 
 
-def session(stage: JournalStage, clock: Clock, sid: str, user: str, conn: str, level: str = "read_only") -> SessionInfo:
+def session(stage: JournalStage, clock: Clock, sid: str, user: str, conn: str, level: str = "read_only") -> Talk:
     info = SessionInfo(id=sid, peer="127.0.0.1:4000", started=clock.seconds(), identity=Identity(user, frozenset({"g"})),
                        connection=conn, level=level, application_name="psql")
-    stage.session_started(info)
-    return info
+    return Talk(stage, info)
 
 
-def converse(stage: JournalStage, clock: Clock, info: SessionInfo, n: int) -> None:
-    srv = lambda *msgs: [stage.server_message(info, t, b) for t, b in msgs]  # noqa: E731
-    stage.client_message(info, b"Q", m.cstr(f"select id, name from items where id <= {n}"))
+def converse(clock: Clock, talk: Talk, n: int) -> None:
+    talk.c(b"Q", m.cstr(f"select id, name from items where id <= {n}"))
     clock.advance(0.003)
-    srv((b"T", row_description(("id", 23), ("name", 25))),
-        *[(b"D", row(str(i).encode(), f"item {i}".encode())) for i in range(1, n + 1)],
-        (b"C", tag(f"SELECT {n}")), (b"Z", b"I"))
+    talk.s((b"T", row_description(("id", 23), ("name", 25))),
+           *[(b"D", row(str(i).encode(), f"item {i}".encode())) for i in range(1, n + 1)],
+           (b"C", tag(f"SELECT {n}")), (b"Z", b"I"))
     clock.advance(1)
 
 
@@ -52,23 +50,21 @@ def build(folder: Path, key: bytes | None = None) -> dict[str, Any]:
     w.startService()
     st = JournalStage(w, w.config)
     alice = session(st, clock, "aaaa1111aaaa1111", "alice", "shop", "admin")
-    converse(st, clock, alice, 3)
+    converse(clock, alice, 3)
     w.stopService()
     w = make_writer(folder, clock, hmac_key=key)
     w.startService()
     st.writer = w
     bob = session(st, clock, "bbbb2222bbbb2222", "bob", "crm")
-    converse(st, clock, alice, 2)
-    st.client_message(bob, b"P", parse("", "select $1::bytea"))
-    st.client_message(bob, b"B", bind("", "", [b"\x00\xffbin"], formats=[1]))
-    st.client_message(bob, b"E", execute())
-    st.client_message(bob, b"S", b"")
-    for t, b in ((b"1", b""), (b"2", b""), (b"E", error("42501", "permission denied for table secrets")),
-                 (b"Z", b"I")):
-        st.server_message(bob, t, b)
+    converse(clock, alice, 2)
+    bob.c(b"P", parse("", "select $1::bytea"))
+    bob.c(b"B", bind("", "", [b"\x00\xffbin"], formats=[1]))
+    bob.c(b"E", execute())
+    bob.c(b"S", b"")
+    bob.s((b"1", b""), (b"2", b""), (b"E", error("42501", "permission denied for table secrets")), (b"Z", b"I"))
     clock.advance(1)
-    st.session_ended(alice, "client terminate")
-    st.session_ended(bob, "client disconnect")
+    alice.end("client terminate")
+    bob.end("client disconnect")
     w.stopService()
     return {"clock": clock}
 
@@ -191,9 +187,9 @@ def test_csv_export_neutralises_formulas(tmp_path: Path, capsys: pytest.CaptureF
     w = make_writer(tmp_path / "j", clock)
     w.startService()
     st = JournalStage(w, w.config)
-    info = session(st, clock, "cccc3333cccc3333", "mallory", "shop")
-    st.client_message(info, b"Q", m.cstr(sql))
-    st.session_ended(info, "client terminate")
+    talk = session(st, clock, "cccc3333cccc3333", "mallory", "shop")
+    talk.c(b"Q", m.cstr(sql))
+    talk.end("client terminate")
     w.stopService()
     code, out, _ = run(capsys, "export", "--dir", str(tmp_path / "j"), "--format", "csv")
     assert code == 0

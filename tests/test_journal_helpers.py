@@ -1,5 +1,5 @@
 """Helpers for the journal tests (no tests here): a writer on a Clock, a disk that fails on demand,
-a log that remembers, and reading records back."""
+a log that remembers, reading records back, and a session driven through a stage."""
 from __future__ import annotations
 
 import os
@@ -14,8 +14,47 @@ from hoopd.journal.config import JournalConfig
 from hoopd.journal.reader import Journal
 from hoopd.journal.writer import JournalWriter
 from hoopd.pgwire import messages as m
+from hoopd.pgwire.conversation import ClientMessage, Conversation
+from hoopd.session import Deny, SessionInfo
 
 T0 = 1_764_000_000.0  # 2025-11-24T16:00:00Z
+
+
+class Talk:
+    """One session through one stage, fed the way the relay feeds it: each message goes
+    through the session's Conversation; what a stage refuses reaches the server as a marker."""
+
+    def __init__(self, stage: Any, info: SessionInfo) -> None:
+        self.info = info
+        self.conv = Conversation()
+        self.conv.text = info.sql_text
+        self.stage = stage.open(info, self.conv)
+
+    def c(self, t: bytes, body: bytes, denied_after: Deny | None = None) -> Any:
+        """A client message; returns the stage's verdict. ``denied_after``: a stage after
+        this one refuses it."""
+        msg = self.conv.client(t[0], body)
+        verdict = self.stage.client(msg)
+        if verdict is None and denied_after is not None:
+            self.stage.denied(msg, denied_after)
+            verdict = denied_after
+        if verdict is None or isinstance(verdict, Deny):
+            self.conv.sent(msg, denied=verdict is not None)
+        return None if denied_after is not None else verdict
+
+    def s(self, *msgs: tuple[bytes, bytes]) -> list[Any]:
+        """Server messages; returns what the stage answered to each."""
+        return [self.stage.server(self.conv.server(t[0], body)) for t, body in msgs]
+
+    def denied(self, t: bytes, body: bytes, deny: Deny) -> ClientMessage:
+        """A client message another stage (earlier in the order) refused."""
+        msg = self.conv.client(t[0], body)
+        self.stage.denied(msg, deny)
+        self.conv.sent(msg, denied=True)
+        return msg
+
+    def end(self, reason: str = "client terminate") -> None:
+        self.stage.close(reason)
 
 
 class FlakyOS:

@@ -19,6 +19,7 @@ from hoopd.journal import records as r
 from hoopd.journal.stage import JournalStage
 from hoopd.journal.verify import verify
 from hoopd.journal.writer import JournalWriter
+from hoopd.proxy.pipeline import Pipeline
 from hoopd.tap import GatewayService
 from tests.gateway import USERS, _VERIFIERS, free_port
 from tests.test_journal_helpers import FlakyOS, session_records
@@ -42,7 +43,8 @@ def gateway(pg, tmp_path: Path):
     writer.startService()
     # the gateway's own journal is off: this test's writer (with injectable failures) is the journal
     svc = GatewayService(replace(cfg, journal=replace(cfg.journal, dir=None)), reactor)
-    svc.factory.stages.append(JournalStage(writer, cfg.journal))
+    old = svc.factory.pipeline
+    svc.factory.pipeline = Pipeline([*old.client_stages, JournalStage(writer, cfg.journal)], old.observers)
     svc.startService()
     yield {"port": port, "folder": tmp_path / "journal", "ops": ops,
            "dsn": f"host=127.0.0.1 port={port} dbname=shop user=dev password={USERS['dev'][0]} sslmode=disable"}

@@ -15,14 +15,15 @@ from hoopd.journal import stage as stage_mod
 from hoopd.journal.stage import JournalStage, split_statements
 from hoopd.pgwire import messages as m
 from hoopd.session import Deny, SessionInfo
-from tests.test_journal_helpers import (FlakyOS, bind, copy_response, describe, error, execute, make_writer, parse,
+from tests.test_journal_helpers import (FlakyOS, Talk, bind, copy_response, describe, error, execute, make_writer, parse,
                                         records, row, row_description, session_records, tag)
 
 INT4, TEXT, BYTEA = 23, 25, 17
 
 
 class Harness:
-    def __init__(self, folder: Path, ops: Any = None, broken: int | None = None, **cfg: Any) -> None:
+    def __init__(self, folder: Path, ops: Any = None, broken: int | None = None, relay: bool = False,
+                 **cfg: Any) -> None:
         kw = {"ops": ops} if ops else {}
         self.folder = folder
         self.writer = make_writer(folder, fsync=cfg.pop("fsync", "never"), **kw, **cfg)
@@ -34,17 +35,20 @@ class Harness:
                                 level="admin", tls="TLSv1.3", application_name="psql")
         if ops is not None:
             ops.broken = broken  # the disk fails from here on
-        self.stage.session_started(self.info)
+        self.talk: Any = None if relay else Talk(self.stage, self.info)  # relay: see relay_for
+        self.opened: Any = None  # the relay's SessionStages
 
     def c(self, t: bytes, body: bytes) -> Any:
-        return self.stage.client_message(self.info, t, body)
+        return self.talk.c(t, body)
 
     def s(self, *msgs: tuple[bytes, bytes]) -> None:
-        for t, body in msgs:
-            assert self.stage.server_message(self.info, t, body) is None
+        assert self.talk.s(*msgs) == [None] * len(msgs)
 
     def end(self, reason: str = "client terminate") -> list[dict[str, Any]]:
-        self.stage.session_ended(self.info, reason)
+        if self.opened is not None:
+            self.opened.close(reason)
+        else:
+            self.talk.end(reason)
         self.writer.stopService()
         return session_records(self.folder)
 
@@ -195,7 +199,7 @@ def test_big_results_go_out_in_chunks(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_oversize_row_is_counted(h: Harness) -> None:
     h.c(b"Q", m.cstr("select big"))
     h.s((b"T", row_description(("big", TEXT))), (b"D", row(b"small")))
-    h.stage.oversize_message(h.info, False, b"D", 5 << 20)
+    h.talk.stage.oversize(False, ord("D"), 5 << 20)
     h.s((b"C", tag("SELECT 2")), (b"Z", b"I"))
     (res,) = by_kind(h.end(), "result")
     assert res["rows"] == [["small"]] and res["rows_total"] == 2 and res["truncated"]
@@ -312,9 +316,7 @@ def test_session_start_written_late_when_the_journal_was_down(tmp_path: Path) ->
 
 
 def test_denied_by_a_later_stage_refers_to_the_statement(h: Harness) -> None:
-    body = m.cstr("delete from orders")
-    assert h.c(b"Q", body) is None
-    h.stage.message_denied(h.info, b"Q", body, Deny("hoopd: no deletes", hint="ask"))
+    assert h.talk.c(b"Q", m.cstr("delete from orders"), denied_after=Deny("hoopd: no deletes", hint="ask")) is None
     h.s((b"Z", b"I"))
     h.c(b"Q", m.cstr("select 1"))
     h.s((b"T", row_description(("x", INT4))), (b"D", row(b"1")), (b"C", tag("SELECT 1")), (b"Z", b"I"))
@@ -327,8 +329,7 @@ def test_denied_by_a_later_stage_refers_to_the_statement(h: Harness) -> None:
 
 def test_denied_by_an_earlier_stage_records_what_was_asked(h: Harness) -> None:
     h.c(b"P", parse("", "select 1"))
-    body = bind("", "", [b"x"])
-    h.stage.message_denied(h.info, b"B", body, Deny("hoopd: nope"))
+    h.talk.denied(b"B", bind("", "", [b"x"]), Deny("hoopd: nope"))
     h.c(b"E", execute())
     h.c(b"S", b"")
     h.s((b"1", b""), (b"Z", b"E"))
@@ -344,11 +345,15 @@ def test_denied_by_an_earlier_stage_records_what_was_asked(h: Harness) -> None:
 
 class Policy:
     name = "policy"
-    client_types = frozenset({b"Q"})
-    server_types = frozenset()
+    client_types = frozenset(b"Q")
+    server_types: frozenset[int] = frozenset()
+    rewrites: frozenset[int] = frozenset()
 
-    def client_message(self, s, t, body):
-        return Deny("hoopd: no drops") if b"drop" in body else None
+    def open(self, info, conversation):
+        return self
+
+    def client(self, msg):
+        return Deny("hoopd: no drops") if b"drop" in msg.body else None
 
     def __getattr__(self, name: str) -> Any:
         return lambda *a: None
@@ -369,15 +374,17 @@ class CheckingUpstream(StringTransport):
 
 
 def relay_for(h: Harness, stages: list) -> tuple[Any, StringTransport, CheckingUpstream]:
+    from hoopd.proxy.pipeline import Pipeline
     from hoopd.proxy.relay import Relay
     from tests.test_journal_helpers import Log
 
     client, upstream = StringTransport(), CheckingUpstream(h.folder)
-    return Relay(h.info, client, upstream, stages, Log(), lambda: None), client, upstream
+    h.opened = Pipeline(stages).open(h.info)
+    return Relay(h.info, client, upstream, h.opened, Log(), lambda: None), client, upstream
 
 
 def test_relay_forwards_only_what_is_journaled_and_synced(tmp_path: Path) -> None:
-    h = Harness(tmp_path, fsync="always")
+    h = Harness(tmp_path, fsync="always", relay=True)
     relay, client, upstream = relay_for(h, [Policy(), h.stage])
     relay.client_data(m.query("select 42"))
     assert upstream.seen == [(m.query("select 42"), True)]
@@ -390,7 +397,7 @@ def test_relay_forwards_only_what_is_journaled_and_synced(tmp_path: Path) -> Non
 
 def test_relay_refuses_statements_the_journal_cannot_record(tmp_path: Path) -> None:
     ops = FlakyOS()
-    h = Harness(tmp_path, ops=ops, fsync="always")
+    h = Harness(tmp_path, ops=ops, fsync="always", relay=True)
     relay, client, upstream = relay_for(h, [h.stage])
     ops.broken = errno.ENOSPC
     relay.client_data(m.query("update accounts set balance = 0"))

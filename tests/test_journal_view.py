@@ -13,7 +13,7 @@ from hoopd.journal.view import LiveJournal
 from hoopd.journal.writer import JournalUnavailable
 from hoopd.pgwire import messages as m
 from hoopd.session import SessionInfo
-from tests.test_journal_helpers import FlakyOS, make_writer, records, row, row_description, tag
+from tests.test_journal_helpers import FlakyOS, Talk, make_writer, records, row, row_description, tag
 
 
 def start(folder: Path, ops=None):
@@ -22,13 +22,11 @@ def start(folder: Path, ops=None):
     return w, JournalStage(w, w.config), LiveJournal(w, reactor)
 
 
-def talk(stage: JournalStage, sid: str, user: str, sql: str) -> SessionInfo:
-    info = SessionInfo(id=sid, peer="p:1", started=stage.clock.seconds(), identity=Identity(user))
-    stage.session_started(info)
-    stage.client_message(info, b"Q", m.cstr(sql))
-    for t, b in ((b"T", row_description(("x", 23))), (b"D", row(b"1")), (b"C", tag("SELECT 1")), (b"Z", b"I")):
-        stage.server_message(info, t, b)
-    return info
+def talk(stage: JournalStage, sid: str, user: str, sql: str) -> Talk:
+    t = Talk(stage, SessionInfo(id=sid, peer="p:1", started=stage.clock.seconds(), identity=Identity(user)))
+    t.c(b"Q", m.cstr(sql))
+    t.s((b"T", row_description(("x", 23))), (b"D", row(b"1")), (b"C", tag("SELECT 1")), (b"Z", b"I"))
+    return t
 
 
 def test_follow_filters_and_stops(tmp_path: Path) -> None:
@@ -40,7 +38,7 @@ def test_follow_filters_and_stops(tmp_path: Path) -> None:
     talk(stage, "aaaa0001", "alice", "select 1")
     b = talk(stage, "bbbb0002", "bob", "select 2")
     stop()
-    stage.session_ended(b, "client terminate")
+    b.end("client terminate")
     assert [e["kind"] for e in bobs] == ["session_start", "statement", "result"]
     assert all(e["session"] == "aaaa0001" for e in sessions) and len(sessions) == 3
     assert len(everything) == 7 and everything[-1]["kind"] == "session_end"

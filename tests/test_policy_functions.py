@@ -290,6 +290,7 @@ def test_config_keys():
 def test_stage_waits_for_the_catalog_then_decides_and_remembers_the_prepare():
     from hoopd.identity.base import Identity
     from hoopd.pgwire import messages as m
+    from hoopd.pgwire.conversation import ClientMessage
     from hoopd.policy.decide import Policy
     from hoopd.policy.stage import PolicyStage
     from hoopd.session import Deny, SessionInfo
@@ -298,19 +299,23 @@ def test_stage_waits_for_the_catalog_then_decides_and_remembers_the_prepare():
     stage = PolicyStage(Policy(), functions=FunctionCatalogs(loads, clock))
     s = SessionInfo(id="s1", peer="p", started=0.0, identity=Identity("alice", frozenset()),
                     connection="shop", level="read_only", database="shop")
-    stage.session_started(s)
-    assert stage.client_message(s, b"Q", m.query("SELECT 1")[5:]) is None  # no call: no catalog needed
-    held = stage.client_message(s, b"Q", m.query("PREPARE p AS SELECT fx.price(1)")[5:])
+    ps = stage.open(s, None)
+
+    def q(sql: str) -> ClientMessage:
+        return ClientMessage(ord("Q"), m.query(sql)[5:], 0)
+
+    assert ps.client(q("SELECT 1")) is None  # no call: no catalog needed
+    held = ps.client(q("PREPARE p AS SELECT fx.price(1)"))
     assert isinstance(held, Deferred) and loads.pending[0][0] == ("shop", "shop")
     got: list = []
     held.addCallback(got.append)
     loads.pending[0][1].callback([("f", "fx", "price", "s"), ("f", "fx", "bump", "v")])
-    assert got == [None] and "p" in stage.state(s).prepared
-    deny = stage.client_message(s, b"Q", m.query("SELECT fx.bump()")[5:])  # fresh catalog: decided at once
+    assert got == [None] and "p" in ps.prepared
+    deny = ps.client(q("SELECT fx.bump()"))  # fresh catalog: decided at once
     assert isinstance(deny, Deny) and "fx.bump is volatile" in deny.message
     # a session that goes away while its statement waits gets a quiet refusal
     clock.advance(61)
-    held = stage.client_message(s, b"Q", m.query("SELECT fx.price(2)")[5:])
+    held = ps.client(q("SELECT fx.price(2)"))
     assert isinstance(held, Deferred)
     held.cancel()
     got.clear()
@@ -318,4 +323,4 @@ def test_stage_waits_for_the_catalog_then_decides_and_remembers_the_prepare():
     assert isinstance(got[0], Deny)
     # read_write and admin never wait
     s.level = "read_write"
-    assert stage.client_message(s, b"Q", m.query("SELECT fx.anything()")[5:]) is None
+    assert ps.client(q("SELECT fx.anything()")) is None

@@ -3,6 +3,7 @@ statement memory across messages; another stage's denial; malformed input."""
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -13,8 +14,9 @@ from hoopd.policy.statement import StatementInfo
 from hoopd.policy.classify import Classifier
 from hoopd.policy.decide import Policy
 from hoopd.policy.rules import Rule
-from hoopd.policy.stage import PolicyStage
+from hoopd.policy.stage import PolicySession, PolicyStage
 from hoopd.session import Deny, SessionInfo
+from tests.test_journal_helpers import Talk
 from tests.test_policy_levels import READ_ONLY_BYPASS, READ_ONLY_ROUTINE
 
 
@@ -45,19 +47,39 @@ def stage() -> PolicyStage:
     return PolicyStage(Policy(), Classifier())
 
 
+_opened: dict[tuple[int, int], Talk] = {}
+
+
+def _talk(stage: PolicyStage, s: SessionInfo) -> Talk:
+    """The session's PolicySession, opened on first use (one per stage and session)."""
+    key = (id(stage), id(s))
+    if key not in _opened:
+        _opened[key] = Talk(stage, s)
+    return _opened[key]
+
+
+def _state(stage: PolicyStage, s: SessionInfo) -> PolicySession:
+    return _talk(stage, s).stage
+
+
 def _run(stage: PolicyStage, s: SessionInfo, mtype: bytes, body: bytes) -> Deny | None:
-    v = stage.client_message(s, mtype, body)
+    v = _talk(stage, s).c(mtype, body)
     assert v is None or isinstance(v, Deny)
     return v
 
 
+@pytest.fixture(autouse=True)
+def _forget_sessions() -> Any:
+    yield
+    _opened.clear()
+
+
 def test_interface(stage: PolicyStage) -> None:
     assert stage.name == "policy"
-    assert stage.client_types == {b"Q", b"P", b"F", b"C"} and stage.server_types == frozenset()
+    assert stage.client_types == set(b"QPFC") and stage.server_types == frozenset() == stage.rewrites
     s = _session()
-    stage.session_started(s)
-    assert "policy" in s.extra
-    assert stage.server_message(s, b"D", b"") is None
+    assert isinstance(_state(stage, s), PolicySession)
+    assert _talk(stage, s).s((b"D", b"")) == [None]
 
 
 @pytest.mark.parametrize("sql", READ_ONLY_BYPASS)
@@ -78,7 +100,7 @@ def test_whole_query_refused_and_every_statement_decided(stage: PolicyStage) -> 
     s = _session()
     d = _run(stage, s, b"Q", Q("SELECT 1; DELETE FROM orders; SELECT 2"))
     assert d is not None and d.message.endswith("does not allow delete")
-    decisions = s.extra["policy"].decisions
+    decisions = _state(stage, s).decisions
     assert [x.allowed for x in decisions] == [True, False, True]
 
 
@@ -97,14 +119,14 @@ def test_sql_prepare_then_execute_in_later_queries(stage: PolicyStage) -> None:
     admin, ro = _session("admin"), _session("read_only")
     # a read_only session cannot prepare a write...
     assert _run(stage, ro, b"Q", Q("PREPARE w AS DELETE FROM orders")) is not None
-    assert "w" not in ro.extra["policy"].prepared
+    assert "w" not in _state(stage, ro).prepared
     # ...and what it prepares, it may execute
     assert _run(stage, ro, b"Q", Q("PREPARE r(int) AS SELECT * FROM orders WHERE id = $1")) is None
     assert _run(stage, ro, b"Q", Q("EXECUTE r(1)")) is None
     assert _run(stage, ro, b"Q", Q("EXECUTE unknown")) is not None
     # memory is per session
     assert _run(stage, admin, b"Q", Q("EXECUTE r(1)")) is None  # admin may run opaque statements
-    assert "r" not in admin.extra["policy"].prepared
+    assert "r" not in _state(stage, admin).prepared
 
 
 def test_execute_of_a_named_parse_has_its_effects() -> None:
@@ -115,12 +137,12 @@ def test_execute_of_a_named_parse_has_its_effects() -> None:
     assert _run(stage, s, b"Q", Q("EXECUTE S_1")) is not None  # that is s_1: unknown, opaque
     # pipelined: the protocol-level statement is named and then run through SQL
     assert _run(stage, s, b"P", P("DELETE FROM orders", "S_2")) is not None  # refused at Parse already
-    assert "S_2" not in s.extra["policy"].prepared
+    assert "S_2" not in _state(stage, s).prepared
     assert _run(stage, s, b"P", P("DELETE FROM orders WHERE id = $1", "S_3")) is None
-    assert s.extra["policy"].prepared.get("S_3").kinds == {"delete"}
+    assert _state(stage, s).prepared.get("S_3").kinds == {"delete"}
     # Close forgets it; EXECUTE is then opaque (refused below admin without a rule)
     assert _run(stage, s, b"C", Close("S_3")) is None
-    assert "S_3" not in s.extra["policy"].prepared
+    assert "S_3" not in _state(stage, s).prepared
     assert _run(stage, s, b"Q", Q('EXECUTE "S_3"(1)')) is not None
     assert _run(stage, s, b"C", Close("portal", b"P")) is None
 
@@ -128,26 +150,25 @@ def test_execute_of_a_named_parse_has_its_effects() -> None:
 def test_prepare_and_execute_in_one_query(stage: PolicyStage) -> None:
     s = _session()
     assert _run(stage, s, b"Q", Q("PREPARE a AS SELECT 1; EXECUTE a; DEALLOCATE a; PREPARE b AS SELECT 2")) is None
-    reg = s.extra["policy"].prepared
+    reg = _state(stage, s).prepared
     assert "a" not in reg and "b" in reg
     assert _run(stage, s, b"Q", Q("DISCARD ALL")) is None and len(reg) == 0
 
 
 def test_another_stage_denial_undoes_the_registration(stage: PolicyStage) -> None:
     s = _session()
-    body = Q("PREPARE a AS SELECT 1")
-    assert _run(stage, s, b"Q", body) is None and "a" in s.extra["policy"].prepared
-    stage.message_denied(s, b"Q", body, Deny("journal unavailable"))
-    assert "a" not in s.extra["policy"].prepared
-    body = P("SELECT 1", "S_9")
-    assert _run(stage, s, b"P", body) is None
-    stage.message_denied(s, b"P", body, Deny("x"))
-    assert "S_9" not in s.extra["policy"].prepared
+    t = _talk(stage, s)
+    assert t.c(b"Q", Q("PREPARE a AS SELECT 1"), denied_after=Deny("journal unavailable")) is None
+    assert "a" not in _state(stage, s).prepared
+    assert t.c(b"P", P("SELECT 1", "S_9"), denied_after=Deny("x")) is None
+    assert "S_9" not in _state(stage, s).prepared
     assert _run(stage, s, b"P", P("SELECT 1", "S_8")) is None
-    close = Close("S_8")
-    _run(stage, s, b"C", close)
-    stage.message_denied(s, b"C", close, Deny("x"))
-    assert "S_8" in s.extra["policy"].prepared
+    t.c(b"C", Close("S_8"), denied_after=Deny("x"))
+    assert "S_8" in _state(stage, s).prepared
+    # a denial of another message (the same bytes, sent again) undoes nothing
+    assert _run(stage, s, b"Q", Q("PREPARE c AS SELECT 1")) is None
+    t.denied(b"Q", Q("PREPARE c AS SELECT 1"), Deny("x"))
+    assert "c" in _state(stage, s).prepared
 
 
 def test_rules_see_identity_and_application() -> None:

@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
 from hoopd.config import parse
+from hoopd.proxy.pipeline import Pipeline
 from hoopd.session import Deny, SessionInfo
 from hoopd.tap import GatewayService
 from tests.gateway import USERS, free_port, _VERIFIERS
@@ -22,8 +23,9 @@ class Recorder:
     """Denies any Query/Parse whose text mentions 'forbidden'; can hold statements mentioning 'hold'."""
 
     name = "recorder"
-    client_types = frozenset({b"Q", b"P"})
-    server_types = frozenset({b"C"})
+    client_types = frozenset(b"QP")
+    server_types = frozenset(b"C")
+    rewrites: frozenset[int] = frozenset()
 
     def __init__(self) -> None:
         self.started: list[str] = []
@@ -32,10 +34,11 @@ class Recorder:
         self.tags: list[bytes] = []
         self.holds: list[defer.Deferred] = []
 
-    def session_started(self, s: SessionInfo) -> None:
+    def open(self, s: SessionInfo, conversation) -> "RecorderSession":
         self.started.append(s.id)
+        return RecorderSession(self, s)
 
-    def client_message(self, s, mtype, body):
+    def decide(self, body: bytes):
         if b"hold" in body:
             d = defer.Deferred()
             self.holds.append(d)
@@ -44,18 +47,31 @@ class Recorder:
             return Deny("hoopd: statement denied by rule \"no-forbidden\"", hint="ask a DBA")
         return None
 
-    def message_denied(self, s, mtype, body, deny) -> None:
-        self.denied.append(body)
 
-    def server_message(self, s, mtype, body):
-        self.tags.append(body)
+class RecorderSession:
+    def __init__(self, stage: Recorder, info: SessionInfo) -> None:
+        self.stage, self.info = stage, info
+
+    def client(self, msg):
+        return self.stage.decide(msg.body)
+
+    def denied(self, msg, deny) -> None:
+        self.stage.denied.append(msg.body)
+
+    def server(self, msg):
+        self.stage.tags.append(msg.body)
         return None
 
-    def oversize_message(self, *a) -> None:
+    def oversize(self, *a) -> None:
         pass
 
-    def session_ended(self, s, reason) -> None:
-        self.ended.append((s.id, reason))
+    def close(self, reason) -> None:
+        self.stage.ended.append((self.info.id, reason))
+
+
+def pipeline(*stages) -> Pipeline:
+    names = [s.name for s in stages]
+    return Pipeline(stages, client_order=names, server_order=names)
 
 
 class Observer(Recorder):
@@ -63,7 +79,7 @@ class Observer(Recorder):
 
     name = "observer"
 
-    def client_message(self, s, mtype, body):
+    def decide(self, body: bytes):
         return None
 
 
@@ -79,7 +95,7 @@ def gateway(pg):
     })
     svc = GatewayService(cfg, reactor)
     rec, obs = Recorder(), Observer()
-    svc.factory.stages = [rec, obs]
+    svc.factory.pipeline = pipeline(rec, obs)
     svc.startService()
     dsn = f"host=127.0.0.1 port={port} dbname=shop user=dev password={USERS['dev'][0]} sslmode=disable"
     yield svc, rec, obs, dsn
@@ -185,7 +201,7 @@ class Broken(Recorder):
 
     name = "broken"
 
-    def client_message(self, s, mtype, body):
+    def decide(self, body: bytes):
         if b"boom" in body:
             raise RuntimeError("stage bug")
         return None
@@ -194,7 +210,7 @@ class Broken(Recorder):
 @pytest_twisted.inlineCallbacks
 def test_a_stage_bug_ends_only_that_session(gateway):
     svc, rec, obs, dsn = gateway
-    svc.factory.stages = [Broken()]
+    svc.factory.pipeline = pipeline(Broken())
 
     def scenario():
         with psycopg.connect(dsn, autocommit=True) as other:

@@ -8,6 +8,7 @@ from twisted.internet.testing import StringTransport
 
 from hoopd.log import get_logger
 from hoopd.pgwire import messages as m
+from hoopd.proxy.pipeline import Pipeline, SessionStages
 from hoopd.proxy.relay import Relay
 from hoopd.session import Deny, SessionInfo
 
@@ -15,16 +16,20 @@ from hoopd.session import Deny, SessionInfo
 class Holder:
     """Holds every Query; records what it was asked and whether its hold was cancelled."""
 
-    client_types = frozenset({b"Q"})
-    server_types: frozenset[bytes] = frozenset()
+    client_types = frozenset(b"Q")
+    server_types: frozenset[int] = frozenset()
+    rewrites: frozenset[int] = frozenset()
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.holds: list[defer.Deferred] = []
         self.cancelled = 0
-        self.denied: list[bytes] = []
+        self.refused: list[bytes] = []  # bodies of the messages another stage denied
 
-    def client_message(self, s, mtype, body):
+    def open(self, info, conversation):
+        return self
+
+    def client(self, msg):
         def cancelled(f):  # the request is withdrawn; the relay ignores what this returns
             f.trap(defer.CancelledError)
             self.cancelled += 1
@@ -34,11 +39,11 @@ class Holder:
         self.holds.append(d)
         return d
 
-    def message_denied(self, s, mtype, body, deny) -> None:
-        self.denied.append(body)
+    def denied(self, msg, deny) -> None:
+        self.refused.append(msg.body)
 
-    def server_message(self, s, mtype, body):
-        return None
+    def close(self, reason: str) -> None:
+        pass
 
 
 class Transport(StringTransport):
@@ -55,9 +60,14 @@ class Transport(StringTransport):
         super().resumeProducing()
 
 
+def opened(stages) -> SessionStages:
+    """The stages in the order given (they are not hoopd's named stages)."""
+    return Pipeline(stages, client_order=[s.name for s in stages]).open(SessionInfo("s1", "peer", 0.0))
+
+
 def relay(*stages) -> tuple[Relay, Transport, Transport]:
     client, upstream = Transport(), Transport()
-    r = Relay(SessionInfo("s1", "peer", 0.0), client, upstream, stages, get_logger("test"), lambda: None)
+    r = Relay(SessionInfo("s1", "peer", 0.0), client, upstream, opened(stages), get_logger("test"), lambda: None)
     r.start()
     return r, client, upstream
 
@@ -83,7 +93,7 @@ def test_each_stage_may_hold_in_turn() -> None:
     assert upstream.value() == m.query("select 1")  # only now; the next Query is held by the first stage
     assert len(first.holds) == 2
     first.holds[1].callback(Deny("hoopd: no"))
-    assert second.denied == [m.query("select 2")[5:]] and len(second.holds) == 1  # told, not asked
+    assert second.refused == [m.query("select 2")[5:]] and len(second.holds) == 1  # told, not asked
     assert upstream.value().startswith(m.query("select 1") + b"Q")  # the marker that fails in its place
 
 
@@ -103,7 +113,7 @@ def clocked(*stages, timeout: float = 30.0):
     from twisted.internet.task import Clock
     clock = Clock()
     client, upstream = Transport(), Transport()
-    r = Relay(SessionInfo("s1", "peer", 0.0), client, upstream, stages, get_logger("test"), lambda: None,
+    r = Relay(SessionInfo("s1", "peer", 0.0), client, upstream, opened(stages), get_logger("test"), lambda: None,
               clock=clock, hold_timeout=timeout)
     r.start()
     return r, client, upstream, clock

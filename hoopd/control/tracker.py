@@ -1,23 +1,17 @@
-"""A no-op stage that remembers what the registry forgets: ended sessions and their totals.
-
-It asks for no message types, so the relay's fast path is unchanged; it only hears
-``session_started`` / ``session_ended`` / ``message_denied``.
-"""
+"""An observer (hoopd.session.Observer) that remembers what the registry forgets: ended
+sessions and their totals. It sees no messages, so the relay's fast path is unchanged."""
 from __future__ import annotations
 
 from collections import Counter, deque
 from typing import Any
 
+from hoopd.pgwire.conversation import ClientMessage
 from hoopd.session import Deny, SessionInfo
 
 RECENT = 200  # ended sessions kept for `sessions --all` and the API
 
 
 class SessionTracker:
-    name = "control"
-    client_types: frozenset[bytes] = frozenset()
-    server_types: frozenset[bytes] = frozenset()
-
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.started: Counter[tuple[str, str]] = Counter()  # (connection, level) -> sessions begun
@@ -38,17 +32,8 @@ class SessionTracker:
         self.recent.append({**session.summary(), "active": False, "ended": self.clock.seconds(),
                             "end_reason": reason})
 
-    def message_denied(self, session: SessionInfo, mtype: bytes, body: bytes, deny: Deny) -> None:
+    def message_denied(self, session: SessionInfo, msg: ClientMessage, deny: Deny) -> None:
         self.denied[session.connection or ""] += 1
-
-    def client_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> None:
-        return None
-
-    def server_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> None:
-        return None
-
-    def oversize_message(self, session: SessionInfo, from_client: bool, mtype: bytes, length: int) -> None:
-        return None
 
     def ended(self, session_id: str) -> dict[str, Any] | None:
         for s in reversed(self.recent):

@@ -4,8 +4,9 @@
 ``Framer`` handles typed messages with a fast path: only the message types a caller
 wants are returned as (type, body); runs of everything else come back as raw bytes,
 coalesced, so the relay can forward them in bulk without building per-message objects.
-Wanted messages larger than ``whole_limit`` are not buffered: they come back as a
-``Big`` marker followed by their raw bytes, so a 200 MB value never sits in memory whole.
+Wanted messages larger than ``whole_limit`` (or their type's ``whole_limits``) are not
+buffered: they come back as a ``Big`` marker followed by their raw bytes, so a 200 MB
+value never sits in memory whole.
 """
 from __future__ import annotations
 
@@ -56,12 +57,15 @@ def read_packet(buf: bytes | bytearray, limit: int = MAX_STARTUP) -> tuple[int, 
 class Framer:
     """Incremental typed-message splitter (one per direction)."""
 
-    __slots__ = ("wanted", "whole_limit", "limits", "default_limit", "_carry", "_skip", "_body", "_need", "_type")
+    __slots__ = ("wanted", "whole_limit", "whole_limits", "limits", "default_limit", "_carry", "_skip", "_body",
+                 "_need", "_type")
 
     def __init__(self, wanted: frozenset[int] | set[int], whole_limit: int = 1 << 20,
-                 limits: dict[int, int] | None = None, default_limit: int = MAX_MESSAGE) -> None:
+                 limits: dict[int, int] | None = None, default_limit: int = MAX_MESSAGE,
+                 whole_limits: dict[int, int] | None = None) -> None:
         self.wanted = frozenset(wanted)
         self.whole_limit = whole_limit
+        self.whole_limits = whole_limits or {}  # per type, instead of whole_limit
         self.limits = limits or {}
         self.default_limit = default_limit
         self._carry = b""
@@ -113,7 +117,7 @@ class Framer:
             if t in wanted:
                 if run < pos:
                     out.append(Raw(data[run:pos]))
-                if ln - 4 > self.whole_limit:
+                if ln - 4 > (self.whole_limits.get(t, self.whole_limit) if self.whole_limits else self.whole_limit):
                     out.append(Big(t, ln - 4))
                     run = pos
                     if end > n:

@@ -8,8 +8,8 @@
 * ``C`` (Close of a statement) only forgets the name; it is never refused.
 
 Bind/Execute need no check: they run what an allowed Parse prepared.
-Per session state lives in ``session.extra["policy"]`` (a SessionPolicy). Anything that
-goes wrong while deciding refuses the message (fail closed).
+Per session state lives on the session's PolicySession. Anything that goes wrong while
+deciding refuses the message (fail closed).
 
 A read_only statement that calls functions is decided against the session database's
 own functions (FunctionCatalogs): when the catalog must be read first (never read, older
@@ -22,7 +22,6 @@ that write fails, the message is refused.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError
@@ -30,7 +29,8 @@ from twisted.internet.defer import CancelledError
 from hoopd.log import get_logger
 from hoopd.pgwire.encodings import TextError, canonical
 from hoopd.pgwire.errors import ProtocolError
-from hoopd.pgwire.messages import decode_close_or_describe, decode_function_call, decode_parse, decode_query
+from hoopd.pgwire.conversation import ClientMessage, Conversation, ServerMessage
+from hoopd.pgwire.types import FE
 from hoopd.policy.catalog import is_true
 from hoopd.policy.classify import Classifier, default_classifier
 from hoopd.policy.statement import StatementInfo, unparseable
@@ -46,20 +46,9 @@ _REGISTRY_KINDS = frozenset({"prepare", "deallocate", "discard"})
 _CATALOG_KINDS = frozenset({"ddl", "utility", "do", "call", "unparseable"})  # may change the function catalog
 
 
-@dataclass
-class SessionPolicy:
-    """The policy's state for one session."""
-
-    prepared: PreparedRegistry = field(default_factory=PreparedRegistry)
-    decisions: list[Decision] = field(default_factory=list)  # of the last message decided
-    undo: tuple[bytes, PreparedRegistry] | None = None  # registry before the last message changed it
-    context: Context | None = None  # rebuilt when what it is made of changes (see _context)
-    context_of: tuple = ()
-
-
-def _text_bytes(mtype: bytes, body: bytes) -> int:
+def _text_bytes(mtype: int, body: bytes) -> int:
     """Length of the statement text in a Query or Parse body (malformed: the whole body)."""
-    if mtype == b"Q":
+    if mtype == FE.QUERY:
         return len(body) - 1
     start = body.find(b"\0") + 1
     end = body.find(b"\0", start)
@@ -74,8 +63,9 @@ def function_call_info(oid: int) -> StatementInfo:
 
 class PolicyStage:
     name = "policy"
-    client_types = frozenset({b"Q", b"P", b"F", b"C"})
-    server_types: frozenset[bytes] = frozenset()
+    client_types = frozenset({FE.QUERY, FE.PARSE, FE.FUNCTION_CALL, FE.CLOSE})
+    server_types: frozenset[int] = frozenset()
+    rewrites: frozenset[int] = frozenset()
 
     def __init__(self, policy: Policy, classifier: Classifier | None = None,
                  record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None,
@@ -89,48 +79,54 @@ class PolicyStage:
         self.count = count  # (kind, action) per decided statement, for metrics
         self.functions = functions  # None: read_only may call built-ins only
 
-    @staticmethod
-    def state(session: SessionInfo) -> SessionPolicy:
-        st = session.extra.get("policy")
-        if st is None:
-            st = session.extra["policy"] = SessionPolicy()
-        return st
+    def open(self, session: SessionInfo, conversation: Conversation | None = None) -> "PolicySession":
+        return PolicySession(self, session)
 
-    def session_started(self, session: SessionInfo) -> None:
-        self.state(session)
 
-    def session_ended(self, session: SessionInfo, reason: str) -> None:
-        pass
+class PolicySession:
+    """The policy's state for one session."""
 
-    def server_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> bytes | None:
+    def __init__(self, stage: PolicyStage, info: SessionInfo) -> None:
+        self.stage = stage
+        self.info = info
+        self.prepared = PreparedRegistry()
+        self.decisions: list[Decision] = []  # of the last message decided
+        self.undo: tuple[ClientMessage, PreparedRegistry] | None = None  # registry before the last message changed it
+        self.context: Context | None = None  # rebuilt when what it is made of changes (see _context)
+        self.context_of: tuple = ()
+
+    def server(self, msg: ServerMessage) -> None:
         return None
 
-    def oversize_message(self, session: SessionInfo, from_client: bool, mtype: bytes, length: int) -> None:
+    def oversize(self, from_client: bool, mtype: int, length: int) -> None:
         pass
 
-    def message_denied(self, session: SessionInfo, mtype: bytes, body: bytes, deny: Deny) -> None:
-        """Another stage refused a message we allowed: forget what it would have prepared."""
-        st = self.state(session)
-        if st.undo is not None and st.undo[0] == body:
-            st.prepared = st.undo[1]
-        st.undo = None
+    def close(self, reason: str) -> None:
+        pass
 
-    def client_message(self, session: SessionInfo, mtype: bytes, body: bytes) -> Verdict:
-        st = self.state(session)
-        st.undo = None
+    def denied(self, msg: ClientMessage, deny: Deny) -> None:
+        """Another stage refused a message we allowed: forget what it would have prepared."""
+        if self.undo is not None and self.undo[0] is msg:
+            self.prepared = self.undo[1]
+        self.undo = None
+
+    def client(self, msg: ClientMessage) -> Verdict:
+        session = self.info
+        self.undo = None
+        t = msg.type
         try:
-            if mtype in (b"Q", b"P"):
-                unreadable = self._unreadable(session, mtype, body)
+            if t == FE.QUERY or t == FE.PARSE:
+                unreadable = self._unreadable(t, msg.body)
                 if unreadable is not None:
-                    return self._refuse(session, st, mtype, *unreadable)
-                if mtype == b"Q":
-                    return self._statements(session, st, mtype, body, decode_query(body, session.sql_text), None)
-                p = decode_parse(body, session.sql_text)
-                return self._statements(session, st, mtype, body, p.query, p.name or None)
-            if mtype == b"F":
-                return self._decide(session, st, mtype, [function_call_info(decode_function_call(body).oid)])
-            if mtype == b"C":
-                self._close(st, body)
+                    return self._refuse(t, *unreadable)
+                if t == FE.QUERY:
+                    return self._statements(msg, msg.sql(session.sql_text), None)
+                p = msg.sql(session.sql_text)
+                return self._statements(msg, p.query, p.name or None)
+            if t == FE.FUNCTION_CALL:
+                return self._decide(t, [function_call_info(msg.decoded().oid)])
+            if t == FE.CLOSE:
+                self._close(msg)
             return None
         except ProtocolError as e:
             return Deny(str(e), e.sqlstate)
@@ -140,14 +136,16 @@ class PolicyStage:
             log.failure("policy could not decide; message refused (session {sid})", sid=session.id)
             return Deny("hoopd: statement could not be classified; refused")
 
-    def _unreadable(self, session: SessionInfo, mtype: bytes, body: bytes) -> tuple[str, str] | None:
+    def _unreadable(self, mtype: int, body: bytes) -> tuple[str, str] | None:
         """(message, SQLSTATE) when a statement cannot be checked in this session below
         admin: the parser must read the text exactly as the server will (docs/decisions.md)."""
+        session = self.info
         if session.level == "admin":
             return None
         size = _text_bytes(mtype, body)
-        if size > self.max_statement_bytes:
-            return (f"hoopd: statement of {size} bytes is longer than the {self.max_statement_bytes}"
+        limit = self.stage.max_statement_bytes
+        if size > limit:
+            return (f"hoopd: statement of {size} bytes is longer than the {limit}"
                     " bytes the gateway checks ([policy] max_statement_bytes)", "54000")
         if session.settings.get("standard_conforming_strings", "on") != "on":
             return ("hoopd: standard_conforming_strings is off in this session, so the gateway cannot read"
@@ -158,24 +156,24 @@ class PolicyStage:
                     "42501")
         return None
 
-    def _refuse(self, session: SessionInfo, st: SessionPolicy, mtype: bytes, why: str, sqlstate: str,
-                infos: list[StatementInfo] | None = None) -> Verdict:
+    def _refuse(self, mtype: int, why: str, sqlstate: str, infos: list[StatementInfo] | None = None) -> Verdict:
         """Refuse a message for a reason of the session, not of a rule or level; recorded like them."""
         info = infos[0] if infos else unparseable("", why)
-        st.decisions = [Decision(False, "deny", None, why, why, info)]
-        if self.count is not None:
-            self.count(info.kind, "deny")
-        if self.record is not None:
+        self.decisions = [Decision(False, "deny", None, why, why, info)]
+        stage = self.stage
+        if stage.count is not None:
+            stage.count(info.kind, "deny")
+        if stage.record is not None:
             try:
-                self.record(session, "policy", {"via": mtype.decode(), "index": 0, **st.decisions[0].record()})
+                stage.record(self.info, "policy", {"via": chr(mtype), "index": 0, **self.decisions[0].record()})
             except Exception:
-                log.failure("policy decision not recorded (session {sid})", sid=session.id)
+                log.failure("policy decision not recorded (session {sid})", sid=self.info.id)
         return Deny(why, sqlstate)
 
-    @staticmethod
-    def _lexing_denial(session: SessionInfo, infos: list[StatementInfo]) -> str | None:
+    def _lexing_denial(self, infos: list[StatementInfo]) -> str | None:
         """Below admin, a statement may not change how the server reads later statements:
         standard_conforming_strings stays on, client_encoding stays what it is."""
+        session = self.info
         if session.level == "admin":
             return None
         for info in infos:
@@ -191,78 +189,81 @@ class PolicyStage:
                             " set it when connecting (client_encoding / PGCLIENTENCODING)")
         return None
 
-    def _statements(self, session: SessionInfo, st: SessionPolicy, mtype: bytes, body: bytes, sql: str,
-                    prepare_as: str | None) -> Verdict:
-        infos = self.classifier.classify(sql, st.prepared)
-        lexing = self._lexing_denial(session, infos) if any(i.lexing for i in infos) else None
+    def _statements(self, msg: ClientMessage, sql: str, prepare_as: str | None) -> Verdict:
+        session = self.info
+        stage = self.stage
+        infos = stage.classifier.classify(sql, self.prepared)
+        if msg.type == FE.QUERY and len(infos) > 1:
+            msg.statements = tuple(i.text for i in infos)
+        lexing = self._lexing_denial(infos) if any(i.lexing for i in infos) else None
         if lexing is not None:
-            return self._refuse(session, st, mtype, lexing, "42501", infos)
-        if session.level == "read_only" and self.functions is not None and any(i.calls or i.operators for i in infos):
+            return self._refuse(msg.type, lexing, "42501", infos)
+        functions = stage.functions
+        if session.level == "read_only" and functions is not None and any(i.calls or i.operators for i in infos):
             key = (session.connection or "", session.database or "")
-            missing = unresolved((c for i in infos for c in i.calls), self.functions.snapshot(*key))
-            if self.functions.needs_load(*key, missing=missing):
-                d = self.functions.refresh(*key)
-                d.addCallback(self._conclude, session, st, mtype, body, infos, prepare_as)
-                d.addErrback(self._failed, session)
+            missing = unresolved((c for i in infos for c in i.calls), functions.snapshot(*key))
+            if functions.needs_load(*key, missing=missing):
+                d = functions.refresh(*key)
+                d.addCallback(self._conclude, msg, infos, prepare_as)
+                d.addErrback(self._failed)
                 return d
-            return self._conclude(self.functions.snapshot(*key), session, st, mtype, body, infos, prepare_as)
-        return self._conclude(EMPTY, session, st, mtype, body, infos, prepare_as)
+            return self._conclude(functions.snapshot(*key), msg, infos, prepare_as)
+        return self._conclude(EMPTY, msg, infos, prepare_as)
 
-    def _conclude(self, functions: UserFunctions | None, session: SessionInfo, st: SessionPolicy, mtype: bytes,
-                  body: bytes, infos: list[StatementInfo], prepare_as: str | None) -> Verdict:
-        verdict = self._decide(session, st, mtype, infos, functions)
-        if verdict is None and self.functions is not None and any(
+    def _conclude(self, functions: UserFunctions | None, msg: ClientMessage, infos: list[StatementInfo],
+                  prepare_as: str | None) -> Verdict:
+        verdict = self._decide(msg.type, infos, functions)
+        catalogs = self.stage.functions
+        if verdict is None and catalogs is not None and any(
                 i.opaque or not i.kinds.isdisjoint(_CATALOG_KINDS) for i in infos):
-            self.functions.changed(session.connection or "")
+            catalogs.changed(self.info.connection or "")
         if verdict is None and (prepare_as or any(i.kind in _REGISTRY_KINDS for i in infos)):
-            st.undo = (body, st.prepared.copy())
-            st.prepared.apply_all(infos)
+            self.undo = (msg, self.prepared.copy())
+            self.prepared.apply_all(infos)
             if prepare_as and infos:
                 merged = infos[0]
                 for i in infos[1:]:
                     merged = merged.with_effects_of(i)
-                st.prepared.add(prepare_as, merged)
+                self.prepared.add(prepare_as, merged)
         return verdict
 
-    @staticmethod
-    def _context(session: SessionInfo, st: SessionPolicy) -> Context:
+    def _context(self) -> Context:
+        session = self.info
         of = (session.connection, session.level, session.identity, session.application_name)
-        if st.context is None or of != st.context_of:
+        if self.context is None or of != self.context_of:
             ident = session.identity
-            st.context = Context(session.connection or "", session.level, ident.name if ident else None,
-                                 ident.groups if ident else frozenset(), session.application_name)
-            st.context_of = of
-        return st.context
+            self.context = Context(session.connection or "", session.level, ident.name if ident else None,
+                                   ident.groups if ident else frozenset(), session.application_name)
+            self.context_of = of
+        return self.context
 
-    @staticmethod
-    def _failed(f: Any, session: SessionInfo) -> Verdict:
+    def _failed(self, f: Any) -> Verdict:
         if not f.check(CancelledError):  # cancelled: the session ended while the catalog was read
-            log.failure("policy could not decide; message refused (session {sid})", f, sid=session.id)
+            log.failure("policy could not decide; message refused (session {sid})", f, sid=self.info.id)
         return Deny("hoopd: statement could not be classified; refused")
 
-    def _decide(self, session: SessionInfo, st: SessionPolicy, mtype: bytes,
-                infos: list[StatementInfo], functions: UserFunctions | None = EMPTY) -> Verdict:
-        st.decisions = decisions = self.policy.decide_all(infos, self._context(session, st), functions)
+    def _decide(self, mtype: int, infos: list[StatementInfo], functions: UserFunctions | None = EMPTY) -> Verdict:
+        stage = self.stage
+        self.decisions = decisions = stage.policy.decide_all(infos, self._context(), functions)
         denied = next((d for d in decisions if not d.allowed), None)
-        if self.count is not None:
+        if stage.count is not None:
             for d in decisions:
-                self.count(d.statement.kind, d.action)
-        if self.record is not None:
+                stage.count(d.statement.kind, d.action)
+        if stage.record is not None:
             try:
                 for i, d in enumerate(decisions):
                     if d.rule is not None or not d.allowed:
-                        self.record(session, "policy", {"via": mtype.decode(), "index": i, **d.record()})
+                        stage.record(self.info, "policy", {"via": chr(mtype), "index": i, **d.record()})
             except Exception:
-                log.failure("policy decision not recorded; message refused (session {sid})", sid=session.id)
+                log.failure("policy decision not recorded; message refused (session {sid})", sid=self.info.id)
                 return Deny("hoopd: the policy decision could not be recorded; statement refused")
         return Deny(denied.message) if denied is not None else None
 
-    @staticmethod
-    def _close(st: SessionPolicy, body: bytes) -> None:
+    def _close(self, msg: ClientMessage) -> None:
         try:
-            kind, name = decode_close_or_describe(body)
+            kind, name = msg.decoded()
         except ProtocolError:
             return  # the server answers malformed messages itself
-        if kind == "S" and name in st.prepared:
-            st.undo = (body, st.prepared.copy())
-            st.prepared.remove(name)
+        if kind == "S" and name in self.prepared:
+            self.undo = (msg, self.prepared.copy())
+            self.prepared.remove(name)

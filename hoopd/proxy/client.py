@@ -29,12 +29,13 @@ from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.framing import read_packet
 from hoopd.pgwire.scram import ScramFailure, ScramServerExchange, mock_verifier, parse_verifier
 from hoopd.proxy.params import upstream_params
+from hoopd.proxy.pipeline import Pipeline, SessionStages
 from hoopd.proxy.registry import SessionRegistry
 from hoopd.proxy.relay import BufferBudget, Relay
 from hoopd.proxy.reported import login_problems, problem
 from hoopd.proxy.tls import ALPN, negotiated_alpn, server_options, tls_version
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream, send_cancel
-from hoopd.session import EndSession, SessionInfo, Stage
+from hoopd.session import EndSession, SessionInfo
 
 log = get_logger("hoopd.proxy")
 _I32 = struct.Struct("!i")
@@ -56,12 +57,12 @@ class GatewayFactory(Factory):
     """Shared state for all client connections: config, registry, stages, authenticators."""
 
     def __init__(self, config: Config, registry: SessionRegistry, reactor: Any,
-                 stages: list[Stage] | None = None, identity: IdentityChain | None = None,
+                 pipeline: Pipeline | None = None, identity: IdentityChain | None = None,
                  metrics: LoginMetrics | None = None,
                  record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None) -> None:
         self.registry = registry
         self.reactor = reactor
-        self.stages = stages or []
+        self.pipeline = pipeline or Pipeline()
         self.identity = identity or IdentityChain(config.identity, reactor)
         self.metrics = metrics
         self.record = record  # journals tripwire ends
@@ -96,6 +97,7 @@ class ClientProtocol(TwistedProtocol):
         self.tls = False
         self.direct_tls = False
         self.relay: Relay | None = None
+        self.stages: SessionStages | None = None  # opened with the session
         self.upstream: UpstreamProtocol | None = None
         self.info: SessionInfo | None = None
         self.startup: m.Startup | None = None
@@ -153,8 +155,8 @@ class ClientProtocol(TwistedProtocol):
         if self._registered:
             self._registered = False
             self.gw.registry.remove(self)
-            for s in self.gw.stages:
-                s.session_ended(self.info, reason)
+            if self.stages is not None:
+                self.stages.close(reason)
             log.info("session {sid} ended: {reason}", sid=self.info.id, reason=reason)
         elif self.state == "preamble" and not self._had_data:
             log.debug("connection from {peer} closed before a startup packet", peer=self.info.peer)
@@ -459,14 +461,14 @@ class ClientProtocol(TwistedProtocol):
         secret = reg.mint_key(self, pid, key_len)
         reg.add(self)
         self._registered = True
-        for s in self.gw.stages:
-            s.session_started(self.info)
+        self.stages = self.gw.pipeline.open(self.info)
         self.transport.write(b"".join(up.parameter_frames) + m.backend_key_data(pid, secret)
                              + m.ready_for_query(b"I"))
-        self.relay = Relay(self.info, self.transport, up.transport, self.gw.stages, log, self._client_terminated,
+        self.relay = Relay(self.info, self.transport, up.transport, self.stages, log, self._client_terminated,
                            on_report=self._reported, budget=self.gw.budget,
                            max_message=self.config.gateway.max_message_bytes, clock=self.gw.reactor,
-                           hold_timeout=self.config.gateway.hold_timeout)
+                           hold_timeout=self.config.gateway.hold_timeout,
+                           rewrite_limit=self.config.gateway.max_rewrite_bytes)
         self.state = "relay"
         up.on_data = self._server_data
         up.on_lost = self._upstream_lost

@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 
 from hoopd.pgwire import messages as m
+from hoopd.pgwire.conversation import TRACKED_CLIENT, TRACKED_SERVER, ClientMessage, ServerMessage
 from hoopd.pgwire.framing import MAX_MESSAGE, Big, Event, Framer, Msg, Raw
-from hoopd.session import STAGE_BODY_LIMIT, Deny, EndSession, SessionInfo, Stage
+from hoopd.pgwire.types import BE, FE
+from hoopd.proxy.pipeline import SessionStages
+from hoopd.session import STAGE_BODY_LIMIT, Deny, EndSession, SessionInfo
 
-Q, P, B, E, F, S, X, Z, ERR = (ord(c) for c in "QPBEFSXZE")
-PARAMETER_STATUS = ord("S")  # from the server ('S' from the client is Sync)
-_SYNC_POINTS = {Q, F, S}
+_SYNC_POINTS = frozenset({FE.QUERY, FE.FUNCTION_CALL, FE.SYNC})
+_STATEMENTS = frozenset({FE.QUERY, FE.EXECUTE})  # counted in SessionInfo.statements
 # Client messages PostgreSQL caps at 1 GiB; every other client message at 10 000 bytes...
-_BIG_CLIENT = {ord(c) for c in "QPBFdfc"}
+_BIG_CLIENT = frozenset({FE.QUERY, FE.PARSE, FE.BIND, FE.FUNCTION_CALL, FE.COPY_DATA, FE.COPY_FAIL, FE.COPY_DONE})
 CLIENT_LIMITS = {t: 10_000 for t in range(256) if t not in _BIG_CLIENT}
+DEFAULT_REWRITE_LIMIT = 16 << 20
 
 
 class BufferBudget:
@@ -96,29 +99,34 @@ class _Gate:
 class Relay:
     """Moves bytes between a client transport and an upstream transport for one session."""
 
-    def __init__(self, info: SessionInfo, client: Any, upstream: Any, stages: Sequence[Stage],
+    def __init__(self, info: SessionInfo, client: Any, upstream: Any, stages: SessionStages,
                  log: Any, on_terminate: Callable[[], None],
                  on_report: Callable[[str, str], None] | None = None,
                  budget: BufferBudget | None = None, max_message: int = MAX_MESSAGE,
-                 clock: Any = None, hold_timeout: float = 600.0) -> None:
+                 clock: Any = None, hold_timeout: float = 600.0, rewrite_limit: int = DEFAULT_REWRITE_LIMIT) -> None:
         self.info = info
         self.client = client  # ITransport towards the client
         self.upstream = upstream  # ITransport towards PostgreSQL
-        self.stages = list(stages)
+        self.stages = stages
+        self.conversation = stages.conversation
+        self.tracking = stages.tracking
         self.log = log
         self.on_terminate = on_terminate
         self.on_report = on_report  # a setting the server reported; may raise EndSession
         self.budget = budget
         self.clock = clock  # IReactorTime for hold timeouts (None: holds never time out)
         self.hold_timeout = hold_timeout
+        self.rewrite_limit = rewrite_limit
         self._charged = 0  # bytes of this session counted in the budget
-        self._client_stages = {t: [s for s in stages if bytes([t]) in s.client_types] for t in range(256)}
-        self._server_stages = {t: [s for s in stages if bytes([t]) in s.server_types] for t in range(256)}
-        cwanted = {Q, E, X} | {t for t, ss in self._client_stages.items() if ss}
-        swanted = {Z, ERR, PARAMETER_STATUS} | {t for t, ss in self._server_stages.items() if ss}
+        cwanted = {FE.QUERY, FE.EXECUTE, FE.TERMINATE} | {t for t in range(256) if stages.client_for[t]}
+        swanted = {BE.READY, BE.ERROR, BE.PARAMETER_STATUS} | {t for t in range(256) if stages.server_for[t]}
+        if self.tracking:
+            cwanted |= TRACKED_CLIENT
+            swanted |= TRACKED_SERVER
         self.c2s = Framer(cwanted, whole_limit=1 << 30, limits=CLIENT_LIMITS,
-                           default_limit=min(max_message + 4, MAX_MESSAGE))
-        self.s2c = Framer(swanted, whole_limit=STAGE_BODY_LIMIT)
+                          default_limit=min(max_message + 4, MAX_MESSAGE))
+        self.s2c = Framer(swanted, whole_limit=STAGE_BODY_LIMIT,
+                          whole_limits={t: max(rewrite_limit, STAGE_BODY_LIMIT) for t in stages.rewrites})
         self._pending: deque[Event] = deque()
         self._held: Deferred | None = None
         self._client_gate = _Gate(client)
@@ -186,52 +194,48 @@ class Relay:
             send_now(self.upstream, b"".join(out))
 
     def _client_message(self, t: int, body: bytes, out: list[bytes]) -> None:
-        if t == X:
+        if t == FE.TERMINATE:
             self.terminated = True
             out.append(m.TERMINATE)
             self.on_terminate()
             return
-        if t in (Q, E):
+        if t in _STATEMENTS:
             self.info.statements += 1
         self.log.trace("session {sid} client {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
-        self._decide(t, body, 0, out)
+        self._decide(self.conversation.client(t, body), 0, out)
 
-    def _decide(self, t: int, body: bytes, start: int, out: list[bytes]) -> None:
+    def _decide(self, msg: ClientMessage, start: int, out: list[bytes]) -> None:
         """Ask the stages from ``start`` on; a Deferred verdict holds the message (and every
         later client message) until it fires, then the remaining stages still get their say."""
-        tb = bytes([t])
         deny: Deny | None = None
-        stages = self._client_stages[t]
+        stages = self.stages.client_for[msg.type]
         for i in range(start, len(stages)):
-            verdict = stages[i].client_message(self.info, tb, body)
+            verdict = stages[i].client(msg)
             if isinstance(verdict, Deferred):
-                self._hold(verdict, t, body, i)
+                self._hold(verdict, msg, i)
                 return
             if verdict is not None:
                 deny = verdict
-                self._denied(t, body, verdict, stages[i])
+                self.stages.denied(msg, verdict, stages[i])
                 break
-        self._emit(t, body, deny, out)
+        self._emit(msg, deny, out)
 
-    def _emit(self, t: int, body: bytes, deny: Deny | None, out: list[bytes]) -> None:
+    def _emit(self, msg: ClientMessage, deny: Deny | None, out: list[bytes]) -> None:
+        t = msg.type
         if deny is None:
-            out.append(m.frame(bytes([t]), body))
+            out.append(m.frame(bytes([t]), msg.body))
         else:
             # unguessable (another session can read this one's marker in pg_stat_activity,
             # but not the next one) and answered in order, so no error can pass for another
             marker = "hoopd_deny_" + os.urandom(12).hex()
             self._markers.append((self._sent_syncs + 1, marker, deny))
-            out.append(m.query(marker) if t in (Q, F) else m.parse_message("", marker))
+            out.append(m.query(marker) if t in (FE.QUERY, FE.FUNCTION_CALL) else m.parse_message("", marker))
+        if self.tracking:
+            self.conversation.sent(msg, denied=deny is not None)
         if t in _SYNC_POINTS:
             self._sent_syncs += 1
 
-    def _denied(self, t: int, body: bytes, deny: Deny, by: Stage) -> None:
-        tb = bytes([t])
-        for s in self.stages:
-            if s is not by:
-                s.message_denied(self.info, tb, body, deny)
-
-    def _hold(self, d: Deferred, t: int, body: bytes, index: int) -> None:
+    def _hold(self, d: Deferred, msg: ClientMessage, index: int) -> None:
         """Stage ``index`` needs time (approval): keep the client's later messages queued.
         Safe against the session ending first: stop() cancels the hold, and a verdict that
         arrives after that forwards nothing. After ``hold_timeout`` the hold is cancelled
@@ -268,12 +272,11 @@ class Relay:
         def finish(verdict: Deny | None) -> None:
             self._client_gate.hold(False)
             out: list[bytes] = []
-            stages = self._client_stages[t]
             if verdict is not None:
-                self._denied(t, body, verdict, stages[index])
-                self._emit(t, body, verdict, out)
+                self.stages.denied(msg, verdict, self.stages.client_for[msg.type][index])
+                self._emit(msg, verdict, out)
             else:
-                self._decide(t, body, index + 1, out)
+                self._decide(msg, index + 1, out)
             if out:
                 self.quiet = False
                 send_now(self.upstream, b"".join(out))
@@ -293,9 +296,14 @@ class Relay:
         d.addCallbacks(release, failed)
 
     def _oversize(self, from_client: bool, ev: Big) -> None:
-        table = self._client_stages if from_client else self._server_stages
+        if not from_client and ev.type in self.stages.rewrites:
+            raise EndSession(f"hoopd: a server message of {ev.length} bytes is larger than the {self.rewrite_limit}"
+                             " bytes the gateway rewrites ([gateway] max_rewrite_bytes); the session was ended so"
+                             " that no value reaches the client unchecked", "54000",
+                             reason="server message over max_rewrite_bytes")
+        table = self.stages.client_for if from_client else self.stages.server_for
         for s in table[ev.type]:
-            s.oversize_message(self.info, from_client, bytes([ev.type]), ev.length)
+            s.oversize(from_client, ev.type, ev.length)
 
     def _marker_error(self, body: bytes) -> Deny | None:
         """The Deny whose marker this ErrorResponse answers (a syntax error naming it in
@@ -331,25 +339,27 @@ class Relay:
 
     def _server_message(self, t: int, body: bytes) -> bytes:
         self.log.trace("session {sid} server {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
-        if t == Z:
+        msg = self.conversation.server(t, body) if self.tracking else ServerMessage(t, body, None, 0, None)
+        if t == BE.READY:
             self.info.transaction_status = body[:1].decode("latin-1")
             self._seen_syncs += 1
             self.quiet = self._seen_syncs >= self._sent_syncs and self.c2s.idle and not self._pending
             markers = self._markers
             while markers and markers[0][0] <= self._seen_syncs:  # skipped by the server after an earlier error
                 markers.popleft()
-        elif t == ERR and self._markers:
+        elif t == BE.ERROR and self._markers:
             deny = self._marker_error(body)
             if deny is not None:
                 return m.error_response(deny.sqlstate, deny.message, detail=deny.detail, hint=deny.hint)
-        elif t == PARAMETER_STATUS:
+        elif t == BE.PARAMETER_STATUS:
             name, value = m.decode_parameter_status(body)
             self.info.report(name, value)
+            self.conversation.text = self.info.sql_text
             if self.on_report is not None:
                 self.on_report(name, value)
-        tb = bytes([t])
-        for stage in self._server_stages[t]:
-            new = stage.server_message(self.info, tb, body)
-            if new is not None:
-                body = new
-        return m.frame(tb, body)
+        changed = False
+        for stage in self.stages.server_for[t]:
+            new = stage.server(msg)
+            if new is not None and t in self.stages.rewrites:
+                msg.body, changed = new, True
+        return m.frame(bytes([t]), msg.body if changed else body)
