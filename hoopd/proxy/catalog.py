@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from hoopd.config import Config
 from hoopd.pgwire import messages as m
+from hoopd.pgwire.types import BE
 from hoopd.policy.functions import CATALOG_QUERY
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream
 
@@ -58,13 +59,13 @@ def query_rows(up: UpstreamProtocol, sql: str) -> Deferred[Rows]:
                 return
             mtype, body = buf[0], bytes(buf[5:n + 1])
             del buf[:n + 1]
-            if mtype == ord("D"):
+            if mtype == BE.DATA_ROW:
                 rows.append(tuple(None if v is None else v.decode("utf-8", "replace")
                                   for v in m.decode_data_row(body)))
-            elif mtype == ord("E"):
+            elif mtype == BE.ERROR:
                 f = m.decode_fields(body)
                 error.append(f"{f.get('C', '?')} {f.get('M', '')}")
-            elif mtype == ord("Z"):
+            elif mtype == BE.READY:
                 finish(error[0] if error else None)
 
     def finish(err: str | None) -> None:

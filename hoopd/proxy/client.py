@@ -28,6 +28,7 @@ from hoopd.pgwire import messages as m
 from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.framing import read_packet
 from hoopd.pgwire.scram import ScramFailure, ScramServerExchange, mock_verifier, parse_verifier
+from hoopd.pgwire.types import FE
 from hoopd.proxy.params import upstream_params
 from hoopd.proxy.pipeline import Pipeline, SessionStages
 from hoopd.proxy.registry import SessionRegistry
@@ -340,7 +341,7 @@ class ClientProtocol(TwistedProtocol):
     def _auth_messages(self) -> None:
         while self.state == "auth" and len(self.buf) >= 5:
             (n,) = _I32.unpack_from(self.buf, 1)
-            if self.buf[0] != ord("p"):
+            if self.buf[0] != FE.PASSWORD:
                 raise ProtocolError(f"expected password response, got message type {chr(self.buf[0])!r}")
             if n < 4 or n > MAX_AUTH_MESSAGE:
                 raise ProtocolError(f"invalid password packet length {n}")

@@ -30,6 +30,7 @@ from hoopd.log import get_logger
 from hoopd.pgwire import messages as m
 from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.scram import ScramClientExchange, ScramFailure
+from hoopd.pgwire.types import BE
 from hoopd.proxy.tls import peer_end_point, upstream_options
 
 log = get_logger("hoopd.proxy.upstream")
@@ -117,7 +118,7 @@ class UpstreamProtocol(Protocol):
             self._send_startup()
             return
         while len(self._buf) >= 5 and self.on_data is None:
-            mtype = bytes(self._buf[:1])
+            mtype = self._buf[0]
             (n,) = _I32.unpack_from(self._buf, 1)
             if n < 4 or n > 1 << 20:
                 raise UpstreamError(f"invalid message length {n} from server during login")
@@ -127,20 +128,20 @@ class UpstreamProtocol(Protocol):
             del self._buf[:n + 1]
             self._message(mtype, body)
 
-    def _message(self, mtype: bytes, body: bytes) -> None:
-        if mtype == b"R":
+    def _message(self, mtype: int, body: bytes) -> None:
+        if mtype == BE.AUTHENTICATION:
             self._auth(body)
-        elif mtype == b"E":
+        elif mtype == BE.ERROR:
             f = m.decode_fields(body)
             raise UpstreamError(f"server refused login: {f.get('C', '?')} {f.get('M', '')}", f.get("C"))
-        elif mtype in (b"S", b"N"):
-            self.parameter_frames.append(m.frame(mtype, body))
-        elif mtype == b"K":
+        elif mtype == BE.PARAMETER_STATUS or mtype == BE.NOTICE:
+            self.parameter_frames.append(m.frame(bytes([mtype]), body))
+        elif mtype == BE.BACKEND_KEY:
             (pid,) = _I32.unpack_from(body, 0)
             self.key = (pid, body[4:])
-        elif mtype == b"v":
+        elif mtype == BE.NEGOTIATE_VERSION:
             pass  # NegotiateProtocolVersion: we ask for 3.0 with no options; nothing to adapt
-        elif mtype == b"Z":
+        elif mtype == BE.READY:
             self._state = "ready"
             self.on_data = self._early_data
             rest, self._buf = bytes(self._buf), bytearray()
@@ -148,7 +149,7 @@ class UpstreamProtocol(Protocol):
             if rest:
                 self.on_data(rest)
         else:
-            raise UpstreamError(f"unexpected message {mtype!r} from server during login")
+            raise UpstreamError(f"unexpected message {chr(mtype)!r} from server during login")
 
     def _early_data(self, data: bytes) -> None:
         self._buf += data  # held until the relay takes over (see take_early_data)
