@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py [--quick] [--rounds N] [--duration S]
     .venv/bin/python bench/run.py --profile DIR [--duration S]   # hoopd hot spots (py-spy)
+    .venv/bin/python bench/run.py --seam REV [--rounds N]        # CPU/txn of this checkout vs REV
 
 Makes a throwaway PostgreSQL 15 cluster (``pgbench -i -s 10``), starts hoopd in the
 configurations of VARIANTS (no TLS, a local SCRAM user: as configured by default, without
@@ -35,7 +36,7 @@ from typing import Any, Callable, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import measure, report  # noqa: E402
+from bench import measure, report, seam  # noqa: E402
 from bench.report import CONFIGS, STREAMS, config_key  # noqa: E402
 from bench.services import (Hoopd, HoopdVariant, PgBouncer, Target, ensure_pgbouncer, new_password,  # noqa: E402
                             start_postgres, version_of)
@@ -78,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slow-rate", type=float, help="slow client's read rate in MiB/s (default 20; quick 64)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="instead of measuring: profile hoopd with py-spy under each workload, into DIR")
+    p.add_argument("--seam", metavar="REV",
+                   help="only pgbench -S c=8 through policy + journal and policy off, this checkout vs git REV"
+                        " (bench/seam.py)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json",
                    help="where to write the results (default bench/results/latest.json)")
@@ -258,6 +262,30 @@ def setup(args: argparse.Namespace, stack: ExitStack) -> Setup:
     return Setup(cluster, targets, hoopds, pgbouncer_bin)
 
 
+def run_seam(args: argparse.Namespace, stack: ExitStack) -> int:
+    base = Path(tempfile.mkdtemp(prefix="hoopd-bench-"))
+    stack.callback(_quietly("removing " + str(base), lambda: shutil.rmtree(base)))
+    os.chmod(base, 0o711)
+    rev = args.seam
+    root = seam.worktree(ROOT, rev, base / "baseline", stack)
+    password = new_password()
+    say(f"initdb + pgbench -i -s {args.scale} in {base}")
+    cluster = Cluster(base / "pg")
+    stack.callback(_quietly("stopping PostgreSQL", lambda: cluster.stop("fast")))
+    start_postgres(cluster, password, args.scale)
+    targets = seam.start(base, cluster.port, password, seam.variants(rev, root), stack, say)
+    res = seam.run(targets, args.rounds, args.duration, say)
+    table, ok = seam.report(res, rev)
+    print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    out = args.json.with_name("seam.json") if args.json.name == "latest.json" else args.json
+    out.write_text(json.dumps({"command": " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
+                               "rev": rev, "rounds": args.rounds, "duration": args.duration, "results": res,
+                               "passed": ok}, indent=2) + "\n")
+    say(f"results written to {out}")
+    return 1 if args.strict and not ok else 0
+
+
 def bench(args: argparse.Namespace, s: Setup) -> dict[str, Any]:
     load_before = [round(x, 2) for x in os.getloadavg()]
     pgb = run_pgbench(s.targets, s.hoopds, args.rounds, args.duration)
@@ -289,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     try:
         with ExitStack() as stack:
+            if args.seam:
+                return run_seam(args, stack)
             s = setup(args, stack)
             if args.profile:
                 profile_hoopd(s.target("hoopd"), args.profile, args.duration)

@@ -72,13 +72,15 @@ class HoopdVariant:
 
     ``journal``: the ``[journal]`` keys besides ``dir`` (None: no journal); ``configs``:
     the pgbench configs it joins (None: all); ``streams``: whether it joins the 1M-row
-    streams. Every variant gets the same user and connection, so they differ only in this."""
+    streams; ``root``: another checkout to run hoopd from (a baseline; None: this one).
+    Every variant gets the same user and connection, so they differ only in this."""
 
     name: str
     policy: bool = True
     journal: dict[str, str | int] | None = None
     configs: tuple[str, ...] | None = None
     streams: bool = True
+    root: Path | None = None
 
 
 class Hoopd:
@@ -106,7 +108,8 @@ class Hoopd:
         return self.variant.name
 
     def start(self) -> Target:
-        self.gateway.start()
+        root = self.variant.root
+        self.gateway.start(None if root is None else {**os.environ, "PYTHONPATH": str(root)})
         assert self.gateway.proc is not None
         return Target(self.name, self.gateway.port, self.password, self.gateway.proc.pid)
 

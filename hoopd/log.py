@@ -40,3 +40,11 @@ def configure(default: str, levels: Mapping[str, str]) -> None:
     _levels.update(levels)
     for ns, log in _loggers:
         log.set_log_level(_level_for(ns))
+
+
+def tracing(log: Any) -> bool:
+    """Whether a logger's trace level is on (to skip building trace arguments in hot paths);
+    True for a logger that is not one of ours."""
+    levels = txaio.tx.log_levels
+    level = getattr(log, "_log_level", None)
+    return level not in levels or levels.index(level) >= levels.index("trace")

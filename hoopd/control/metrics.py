@@ -2,7 +2,10 @@
 
 Session gauges and byte/statement totals are computed at scrape time from the session
 registry (live sessions) plus the SessionTracker (ended ones), so the relay does no extra
-work per message. Counters other parts already keep are read at scrape time too:
+work per message. What is counted per statement or per journal record is kept in plain
+ints (the reactor's thread is the only writer; prometheus_client's locked values cost
+microseconds each) and exported at scrape time. Counters other parts already keep are
+read at scrape time too:
 
 - ``identity_failures``: a callable returning reason -> count (the identity chain's
   ``failures``), added into hoopd_login_failures_total{reason}
@@ -21,18 +24,42 @@ work per message. Counters other parts already keep are read at scrape time too:
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import Counter as PCounter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from hoopd.control.tracker import SessionTracker
 from hoopd.journal.anchor import Anchor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+_WRITE_BUCKETS = (.0001, .0005, .001, .005, .01, .05, .1, .5, 1.0)
+
+
+class _Histogram:
+    """A histogram without a lock, exported by the collector."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one: +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        cumulative, total = [], 0
+        for le, n in zip((*map(str, self.buckets), "+Inf"), self.counts):
+            total += n
+            cumulative.append((le, total))
+        return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.sum)
 
 
 class _Collector:
@@ -54,6 +81,15 @@ class _Collector:
             for result, key in (("exact_hit", "exact_hits"), ("shape_hit", "shape_hits"), ("miss", "parses")):
                 cache.add_metric([result], st.get(key, 0))
             yield cache
+        m = self.metrics
+        stmts = CounterMetricFamily("hoopd_statements", "Statements decided by policy", labels=["kind", "decision"])
+        for (kind, decision), n in sorted(m.statements.items()):
+            stmts.add_metric([kind, decision], n)
+        yield stmts
+        yield m.journal_write.family("hoopd_journal_write_seconds", "Journal write time")
+        written = CounterMetricFamily("hoopd_journal_bytes", "Bytes written to the journal")
+        written.add_metric([], m.journal_bytes)
+        yield written
 
     def _sessions(self) -> Iterator[Metric]:
         t = self.tracker
@@ -94,14 +130,11 @@ class Metrics:
         self.identity_failures = identity_failures
         self.policy_cache_stats = policy_cache_stats
         self._login_failures: Counter[str] = Counter()
-        self._statements = PCounter("hoopd_statements", "Statements decided by policy", ["kind", "decision"],
-                                    registry=r)
-        self._statement_children: dict[tuple[str, str], Any] = {}
+        self.statements: Counter[tuple[str, str]] = Counter()  # (kind, decision) -> statements
         self._upstream = Histogram("hoopd_upstream_connect_seconds", "Upstream connect and login time",
                                    ["connection"], registry=r)
-        self._journal_write = Histogram("hoopd_journal_write_seconds", "Journal write time", registry=r,
-                                        buckets=(.0001, .0005, .001, .005, .01, .05, .1, .5, 1, float("inf")))
-        self._journal_bytes = PCounter("hoopd_journal_bytes", "Bytes written to the journal", registry=r)
+        self.journal_write = _Histogram(_WRITE_BUCKETS)
+        self.journal_bytes = 0
         self._journal_errors = PCounter("hoopd_journal_errors", "Failed journal writes", registry=r)
         self._anchor = Gauge("hoopd_journal_anchor_records", "The journal chain's last anchor: records of its"
                              " segment up to the anchored one (labels: segment and hash)", ["node", "segment", "hash"],
@@ -120,17 +153,14 @@ class Metrics:
         self._login_failures[reason] += 1
 
     def statement(self, kind: str, decision: str) -> None:
-        child = self._statement_children.get((kind, decision))
-        if child is None:  # labels() costs a few microseconds: keep each child (a few dozen at most)
-            child = self._statement_children[(kind, decision)] = self._statements.labels(kind, decision)
-        child.inc()
+        self.statements[(kind, decision)] += 1
 
     def upstream_connected(self, connection: str, seconds: float) -> None:
         self._upstream.labels(connection).observe(seconds)
 
     def journal_written(self, seconds: float, nbytes: int) -> None:
-        self._journal_write.observe(seconds)
-        self._journal_bytes.inc(nbytes)
+        self.journal_write.observe(seconds)
+        self.journal_bytes += nbytes
 
     def journal_failed(self) -> None:
         self._journal_errors.inc()

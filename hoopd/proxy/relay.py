@@ -20,6 +20,7 @@ from typing import Any, Callable
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 
+from hoopd.log import tracing
 from hoopd.pgwire import messages as m
 from hoopd.pgwire.conversation import TRACKED_CLIENT, TRACKED_SERVER, ClientMessage, ServerMessage
 from hoopd.pgwire.framing import MAX_MESSAGE, Big, Event, Framer, Msg, Raw
@@ -33,6 +34,8 @@ _STATEMENTS = frozenset({FE.QUERY, FE.EXECUTE})  # counted in SessionInfo.statem
 _BIG_CLIENT = frozenset({FE.QUERY, FE.PARSE, FE.BIND, FE.FUNCTION_CALL, FE.COPY_DATA, FE.COPY_FAIL, FE.COPY_DONE})
 CLIENT_LIMITS = {t: 10_000 for t in range(256) if t not in _BIG_CLIENT}
 DEFAULT_REWRITE_LIMIT = 16 << 20
+_READY, _ERROR, _PARAMETER_STATUS = BE.READY, BE.ERROR, BE.PARAMETER_STATUS  # (locals are read faster)
+_BYTE = [bytes([t]) for t in range(256)]
 
 
 class BufferBudget:
@@ -111,6 +114,9 @@ class Relay:
         self.conversation = stages.conversation
         self.tracking = stages.tracking
         self.log = log
+        self.tracing = tracing(log)  # trace lines cost their arguments even when off
+        self._server_for = stages.server_for
+        self._client_for = stages.client_for
         self.on_terminate = on_terminate
         self.on_report = on_report  # a setting the server reported; may raise EndSession
         self.budget = budget
@@ -183,9 +189,10 @@ class Relay:
         out: list[bytes] = []
         while self._pending and self._held is None:
             ev = self._pending.popleft()
-            if isinstance(ev, Raw):
+            kind = type(ev)
+            if kind is Raw:
                 out.append(ev.data)
-            elif isinstance(ev, Msg):
+            elif kind is Msg:
                 self._client_message(ev.type, ev.body, out)
             else:
                 self._oversize(True, ev)
@@ -201,7 +208,13 @@ class Relay:
             return
         if t in _STATEMENTS:
             self.info.statements += 1
-        self.log.trace("session {sid} client {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
+        if self.tracing:
+            self.log.trace("session {sid} client {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
+        if not self._client_for[t] and not self.tracking:  # nobody looks at it
+            out.append(m.frame(_BYTE[t], body))
+            if t in _SYNC_POINTS:
+                self._sent_syncs += 1
+            return
         self._decide(self.conversation.client(t, body), 0, out)
 
     def _decide(self, msg: ClientMessage, start: int, out: list[bytes]) -> None:
@@ -223,7 +236,7 @@ class Relay:
     def _emit(self, msg: ClientMessage, deny: Deny | None, out: list[bytes]) -> None:
         t = msg.type
         if deny is None:
-            out.append(m.frame(bytes([t]), msg.body))
+            out.append(m.frame(_BYTE[t], msg.body))
         else:
             # unguessable (another session can read this one's marker in pg_stat_activity,
             # but not the next one) and answered in order, so no error can pass for another
@@ -326,9 +339,10 @@ class Relay:
     def server_data(self, data: bytes) -> None:
         out: list[bytes] = []
         for ev in self.s2c.feed(data):
-            if isinstance(ev, Raw):
+            kind = type(ev)
+            if kind is Raw:
                 out.append(ev.data)
-            elif isinstance(ev, Msg):
+            elif kind is Msg:
                 out.append(self._server_message(ev.type, ev.body))
             else:
                 self._oversize(False, ev)
@@ -338,28 +352,35 @@ class Relay:
             send_now(self.client, blob)
 
     def _server_message(self, t: int, body: bytes) -> bytes:
-        self.log.trace("session {sid} server {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
-        msg = self.conversation.server(t, body) if self.tracking else ServerMessage(t, body, None, 0, None)
-        if t == BE.READY:
+        if self.tracing:
+            self.log.trace("session {sid} server {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
+        stages = self._server_for[t]
+        if self.tracking:
+            msg = self.conversation.server(t, body)
+        elif stages:
+            msg = ServerMessage(t, body, None, 0, None)
+        if t == _READY:
             self.info.transaction_status = body[:1].decode("latin-1")
             self._seen_syncs += 1
             self.quiet = self._seen_syncs >= self._sent_syncs and self.c2s.idle and not self._pending
             markers = self._markers
             while markers and markers[0][0] <= self._seen_syncs:  # skipped by the server after an earlier error
                 markers.popleft()
-        elif t == BE.ERROR and self._markers:
+        elif t == _ERROR and self._markers:
             deny = self._marker_error(body)
             if deny is not None:
                 return m.error_response(deny.sqlstate, deny.message, detail=deny.detail, hint=deny.hint)
-        elif t == BE.PARAMETER_STATUS:
+        elif t == _PARAMETER_STATUS:
             name, value = m.decode_parameter_status(body)
             self.info.report(name, value)
             self.conversation.text = self.info.sql_text
             if self.on_report is not None:
                 self.on_report(name, value)
+        if not stages:
+            return m.frame(_BYTE[t], body)
         changed = False
-        for stage in self.stages.server_for[t]:
+        for stage in stages:
             new = stage.server(msg)
             if new is not None and t in self.stages.rewrites:
                 msg.body, changed = new, True
-        return m.frame(bytes([t]), msg.body if changed else body)
+        return m.frame(_BYTE[t], msg.body if changed else body)
