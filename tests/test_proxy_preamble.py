@@ -178,3 +178,51 @@ def test_fuzz_preamble_never_raises(chunks: list[bytes]) -> None:
         proto.dataReceived(c)
     reactor.advance(60)  # and never hangs past the login timeout
     assert tr.disconnecting or proto.state in ("closing",)
+
+
+class _Target:
+    """A registered session whose upstream cancel is still on its way."""
+
+    def __init__(self) -> None:
+        from twisted.internet.defer import Deferred
+        self.cancel = Deferred()
+        self.asked = 0
+
+    def cancel_upstream(self):
+        self.asked += 1
+        return self.cancel
+
+
+def test_a_cancel_connection_closes_only_once_the_server_processed_the_cancel() -> None:
+    """libpq and asyncpg wait for the close: closing earlier let a late cancel hit the
+    client's next statement (asyncpg's test_copy_records_to_table_unprintable_error)."""
+    proto, tr, _ = connect()
+    target = _Target()
+    target.info = type("Info", (), {"id": "s1"})()
+    secret = proto.gw.registry.mint_key(target, 4242)
+    proto.dataReceived(m.cancel_request(4242, secret))
+    assert target.asked == 1 and not tr.disconnecting
+    target.cancel.callback(None)
+    assert tr.disconnecting and tr.value() == b""
+
+
+def test_a_cancel_with_an_unknown_key_closes_at_once() -> None:
+    proto, tr, _ = connect()
+    proto.dataReceived(m.cancel_request(1, b"\0\0\0\0"))
+    assert tr.disconnecting and tr.value() == b""
+
+
+def test_the_upstream_cancel_waits_for_the_server_to_close() -> None:
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from hoopd.proxy.upstream import _Cancel
+    conn = make_config().connections["shop"]
+    c = _Cancel(conn, 4242, b"abcd")
+    fired: list = []
+    c.done.addCallback(fired.append)
+    tr = StringTransport()
+    c.makeConnection(tr)
+    assert tr.value() == m.cancel_request(4242, b"abcd") and not tr.disconnecting and not fired
+    c.connectionLost(Failure(ConnectionDone()))
+    assert fired == [None]

@@ -13,7 +13,7 @@ import struct
 import uuid
 from typing import Any, Callable, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
@@ -183,12 +183,16 @@ class ClientProtocol(TwistedProtocol):
         self._fatal(pe.ADMIN_SHUTDOWN, "terminating connection due to administrator command",
                     reason=f"killed by {by}: {reason}", detail=reason or None)
 
-    def cancel_upstream(self) -> None:
-        if self.upstream is not None and self.upstream.key is not None:
-            pid, secret = self.upstream.key
-            d = send_cancel(self.gw.reactor, self.connection_config, pid, secret)
-            d.addErrback(lambda f: log.warn("session {sid}: cancel upstream failed: {err}",
-                                            sid=self.info.id, err=f.getErrorMessage()))
+    def cancel_upstream(self) -> Deferred[None]:
+        """Cancel what the upstream backend runs; fires (never fails) once the server has
+        processed the request, or at once when there is no upstream to cancel."""
+        if self.upstream is None or self.upstream.key is None:
+            return succeed(None)
+        pid, secret = self.upstream.key
+        d = send_cancel(self.gw.reactor, self.connection_config, pid, secret)
+        d.addErrback(lambda f: log.warn("session {sid}: cancel upstream failed: {err}",
+                                        sid=self.info.id, err=f.getErrorMessage()))
+        return d
 
     # --- bytes in ---------------------------------------------------------------------
 
@@ -288,17 +292,21 @@ class ClientProtocol(TwistedProtocol):
         self.transport.protocol.dataReceived(hello)  # the ClientHello we already read
 
     def _cancel_request(self, body: bytes) -> None:
-        self.transport.loseConnection()
+        """Forward a CancelRequest; this connection closes once PostgreSQL has processed it
+        (a client that waits for the close, as libpq and asyncpg do, may then rely on its
+        next statement not being the one cancelled)."""
         self.state = "closing"
-        if not 8 <= len(body) <= 260:
-            return
-        (pid,) = _I32.unpack_from(body, 0)
-        target = self.gw.registry.by_cancel_key(pid, body[4:])
-        if target is not None:
-            log.info("session {sid}: cancel request from {peer}", sid=target.info.id, peer=self.info.peer)
-            target.cancel_upstream()
-        else:
+        self._cancel_timeout()
+        target = None
+        if 8 <= len(body) <= 260:
+            (pid,) = _I32.unpack_from(body, 0)
+            target = self.gw.registry.by_cancel_key(pid, body[4:])
+        if target is None:
             log.debug("cancel request with an unknown key from {peer}", peer=self.info.peer)
+            self.transport.loseConnection()
+            return
+        log.info("session {sid}: cancel request from {peer}", sid=target.info.id, peer=self.info.peer)
+        target.cancel_upstream().addBoth(lambda _: self.transport.loseConnection())
 
     # --- startup and authentication -----------------------------------------------------
 

@@ -263,7 +263,9 @@ def connect_upstream(reactor: IReactorTCP | IReactorTime, conn: ConnectionConfig
 class _Cancel(Protocol):
     """Sends one CancelRequest: inside TLS (SSLRequest, handshake, then the request, as
     libpq 17 does) unless the connection's ``tls`` is "disable". ``done`` fires when the
-    request was sent and the connection closed, or fails with UpstreamError."""
+    server has closed the connection after the request, which it does once it has
+    signalled the backend (libpq's PQcancel waits for that too: a client that sends its
+    next statement sooner may have that one cancelled instead), or fails with UpstreamError."""
 
     def __init__(self, conn: ConnectionConfig, pid: int, secret: bytes) -> None:
         self.conn = conn
@@ -282,8 +284,7 @@ class _Cancel(Protocol):
 
     def _send(self) -> None:
         self._sent = True
-        self.transport.write(self.request)
-        self.transport.loseConnection()
+        self.transport.write(self.request)  # then wait for the server to close (send_cancel has a timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self._sent:
@@ -309,7 +310,8 @@ class _Cancel(Protocol):
 
 def send_cancel(reactor: IReactorTCP | IReactorTime, conn: ConnectionConfig, pid: int,
                 secret: bytes) -> defer.Deferred[None]:
-    """Send a CancelRequest for the upstream backend (pid, secret); fires when sent."""
+    """Send a CancelRequest for the upstream backend (pid, secret); fires when the server
+    has processed it (closed the connection)."""
     proto = _Cancel(conn, pid, secret)
     d = _connect(reactor, conn, proto)
     d.addCallback(lambda _: proto.done)
