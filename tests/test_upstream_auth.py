@@ -277,11 +277,12 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
     except (OSError, ssl.SSLError):
         pass
     finally:
-        for s in (src, dst):
-            try:
-                s.close()
-            except OSError:
-                pass
+        for s in (src, dst):  # shutdown first: it also wakes the other direction's recv and sends the FIN
+            for end in (lambda: s.shutdown(socket.SHUT_RDWR), s.close):
+                try:
+                    end()
+                except OSError:
+                    pass
 
 
 def scram_cred(pg) -> Credential:
@@ -388,7 +389,9 @@ def test_cancel_reaches_a_tls_only_upstream_inside_tls(tls_only_pg, tmp_path):
     gw = Gateway(tmp_path, body).start()
     try:
         with psycopg.connect(gw.dsn("dev", "sealed"), autocommit=True) as c:
-            timer = threading.Timer(1.0, c.cancel)
+            # cancel_safe: it waits for the gateway's close without holding the GIL, which the
+            # Front's threads in this process need to pass the cancel on
+            timer = threading.Timer(1.0, c.cancel_safe)
             timer.start()
             with pytest.raises(psycopg.errors.QueryCanceled):  # (not cancelled: it runs 30 s, then fails here)
                 c.execute("select pg_sleep(30)")
