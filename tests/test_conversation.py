@@ -53,6 +53,19 @@ def test_an_error_undoes_what_the_failed_and_skipped_messages_did() -> None:
     assert not c.queue
 
 
+def test_what_is_sent_after_an_error_and_before_the_sync_has_no_effect() -> None:
+    c = Conversation()
+    send(c, FE.PARSE, parse("bad", "selec 1"))
+    send(c, FE.FLUSH, b"")
+    c.server(BE.ERROR, error("42601", "syntax error"))
+    send(c, FE.PARSE, parse("late", "select 1"))  # the server discards it: still before the Sync
+    send(c, FE.SYNC, b"")
+    assert not c.prepared
+    c.server(BE.READY, b"I")
+    send(c, FE.PARSE, parse("after", "select 1"))
+    assert set(c.prepared) == {"after"}
+
+
 def test_a_denied_message_has_no_effect() -> None:
     c = Conversation()
     send(c, FE.PARSE, parse("s", "delete from t"), denied=True)

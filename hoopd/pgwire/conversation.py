@@ -204,6 +204,7 @@ class Conversation:
         self._described: Columns | None = None  # a RowDescription for the result that follows
         self._result: Columns | None = None  # columns of the result being sent (None: not known yet)
         self._in_result = False
+        self._skipping = False  # an extended-protocol error: the server discards until Sync
 
     # --- client -> server -------------------------------------------------------------
 
@@ -217,7 +218,7 @@ class Conversation:
         if op is None:
             return None
         p = Pending(msg, op, msg.type in _SYNCS, denied)
-        if not denied:
+        if not denied and not self._skipping:
             try:
                 self._apply(p)
             except ProtocolError:
@@ -292,11 +293,13 @@ class Conversation:
             self.status = body[:1].decode("latin-1")
             self._end_result()
             self.copy = None
+            self._skipping = False
             self._skip_to_sync(undo=False)
         elif mtype == BE.ERROR:
             self._end_result()
             self.copy = None
             if head is not None and not head.sync:
+                self._skipping = True  # what the client sends before its Sync is discarded too
                 self._skip_to_sync(undo=True)
         elif mtype in _COMPLETES:
             if head is not None and head.op == _COMPLETES[mtype]:

@@ -34,7 +34,7 @@ _STATEMENTS = frozenset({FE.QUERY, FE.EXECUTE})  # counted in SessionInfo.statem
 _BIG_CLIENT = frozenset({FE.QUERY, FE.PARSE, FE.BIND, FE.FUNCTION_CALL, FE.COPY_DATA, FE.COPY_FAIL, FE.COPY_DONE})
 CLIENT_LIMITS = {t: 10_000 for t in range(256) if t not in _BIG_CLIENT}
 DEFAULT_REWRITE_LIMIT = 16 << 20
-_READY, _ERROR, _PARAMETER_STATUS = BE.READY, BE.ERROR, BE.PARAMETER_STATUS  # (locals are read faster)
+_READY, _ERROR, _PARAMETER_STATUS = BE.READY, BE.ERROR, BE.PARAMETER_STATUS  # globals: read faster than BE.X
 _BYTE = [bytes([t]) for t in range(256)]
 
 
