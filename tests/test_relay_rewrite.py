@@ -97,3 +97,14 @@ def test_a_stage_that_does_not_rewrite_cannot_change_bodies_and_large_rows_strea
     client.clear()
     r.server_data(result(b"v" * (2 * MiB)))
     assert client.value().count(b"v") == 2 * MiB and counter.oversized == [len(row(b"v" * (2 * MiB)))]
+
+
+def test_an_error_over_the_stage_limit_still_reaches_the_conversation() -> None:
+    counter = Counter()
+    r, client = relay(counter, limit=4 * MiB)
+    r.client_data(m.parse_message("s", "select raise_a_big_error()") + m.frame(b"S", b""))
+    assert "s" in r.conversation.prepared  # in effect when sent
+    big = m.error_response("P0001", "x" * (2 * MiB))
+    r.server_data(big + m.ready_for_query(b"I"))
+    assert big in client.value()
+    assert "s" not in r.conversation.prepared and not r.conversation.queue  # the failed Parse was undone

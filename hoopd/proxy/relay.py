@@ -131,8 +131,11 @@ class Relay:
             swanted |= TRACKED_SERVER
         self.c2s = Framer(cwanted, whole_limit=1 << 30, limits=CLIENT_LIMITS,
                           default_limit=min(max_message + 4, MAX_MESSAGE))
+        # whole up to the rewrite cap: what a stage rewrites, and errors (a large one must still
+        # reach the conversation and the marker check, or both lose their place)
+        whole = max(rewrite_limit, STAGE_BODY_LIMIT)
         self.s2c = Framer(swanted, whole_limit=STAGE_BODY_LIMIT,
-                          whole_limits={t: max(rewrite_limit, STAGE_BODY_LIMIT) for t in stages.rewrites})
+                          whole_limits={t: whole for t in stages.rewrites | {BE.ERROR}})
         self._pending: deque[Event] = deque()
         self._held: Deferred | None = None
         self._client_gate = _Gate(client)
