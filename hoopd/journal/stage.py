@@ -181,7 +181,7 @@ class JournalSession:
         """Write one record of the session. Raises JournalUnavailable."""
         if self.start_pending and kind != r.SESSION_START:
             self._write_start()
-        self.stage.writer.write({"session": self.info.id, "seq": self.seq + 1, "kind": kind, **fields})
+        self.stage.writer.write(fields, session=self.info.id, seq=self.seq + 1, kind=kind)
         self.seq += 1
 
     def _write_start(self) -> None:
@@ -397,8 +397,14 @@ class JournalSession:
             return
         vals = m.decode_data_row(msg.body)
         fmts = res.columns.formats if res.columns else ()
-        res.rows.append([None if v is None else (v if i < len(fmts) and fmts[i] == 1 else _text(v))
-                         for i, v in enumerate(vals)])
+        if 1 not in fmts:  # all text (the common case): one decode per value, no call
+            try:
+                res.rows.append([None if v is None else v.decode() for v in vals])
+            except UnicodeDecodeError:
+                res.rows.append([None if v is None else _text(v) for v in vals])
+        else:
+            res.rows.append([None if v is None else (v if i < len(fmts) and fmts[i] == 1 else _text(v))
+                             for i, v in enumerate(vals)])
         res.kept += 1
         res.size += len(msg.body)
         if res.size >= ROWS_CHUNK:

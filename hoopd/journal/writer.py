@@ -153,13 +153,15 @@ class JournalWriter(Service):
     def healthy(self) -> bool:
         return self._failing == 0
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (ts and node are added). Raises JournalUnavailable."""
+    def write(self, record: dict[str, Any], **head: Any) -> None:
+        """Append one record (ts and node are added, then ``head``, e.g. session, seq and
+        kind, before the record's own fields: one dict built per record). Raises
+        JournalUnavailable."""
         if not self.running:
             raise JournalUnavailable("the journal is not running")
         now = self.clock.seconds()
         t0 = time.perf_counter()
-        full = {"ts": r.timestamp(now), "node": self.node, **record}
+        full = {"ts": r.timestamp(now), "node": self.node, **head, **record}
         try:
             if self._fd is None:
                 self._open_segment()

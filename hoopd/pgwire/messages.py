@@ -354,11 +354,26 @@ def decode_row_description(body: bytes) -> tuple[Column, ...]:
 
 
 def decode_data_row(body: bytes) -> tuple[bytes | None, ...]:
-    r = Reader(body, "DataRow")
+    """The values of a DataRow (None for NULL). Unrolled (no Reader): it runs per row."""
+    end = len(body)
+    if end < 2:
+        raise ProtocolError("malformed DataRow message: truncated")
+    (count,) = _I16.unpack_from(body, 0)
+    pos = 2
+    unpack = _I32.unpack_from
     vals: list[bytes | None] = []
-    for _ in range(max(0, r.int16())):
-        n = r.int32()
-        vals.append(None if n == -1 else r.bytes(n))
+    for _ in range(max(0, count)):
+        if pos + 4 > end:
+            raise ProtocolError("malformed DataRow message: truncated")
+        (n,) = unpack(body, pos)
+        pos += 4
+        if n == -1:
+            vals.append(None)
+            continue
+        if n < 0 or pos + n > end:
+            raise ProtocolError("malformed DataRow message: truncated")
+        vals.append(body[pos:pos + n])
+        pos += n
     return tuple(vals)
 
 
