@@ -156,6 +156,7 @@ class Observer(Protocol):
 
 STAGE_BODY_LIMIT = 1 << 20
 """Server messages larger than this stream through in chunks; stages hear of them by
-``oversize`` only, except the types a stage rewrites (see REWRITE_LIMIT). Client
+``oversize`` only, except ErrorResponses and the types a stage rewrites, which are
+buffered whole up to [gateway] max_rewrite_bytes (hoopd.proxy.relay). Client
 messages a stage asked for are buffered whole (up to PostgreSQL's own 1 GiB cap) so
 policy and journal see all of a statement."""

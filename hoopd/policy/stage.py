@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 
 from hoopd.log import get_logger
 from hoopd.pgwire.encodings import TextError, canonical
@@ -110,7 +110,7 @@ class PolicySession:
             self.prepared = self.undo[1]
         self.undo = None
 
-    def client(self, msg: ClientMessage) -> Verdict:
+    def client(self, msg: ClientMessage) -> Verdict | Deferred[Verdict]:
         session = self.info
         self.undo = None
         t = msg.type
@@ -189,7 +189,7 @@ class PolicySession:
                             " set it when connecting (client_encoding / PGCLIENTENCODING)")
         return None
 
-    def _statements(self, msg: ClientMessage, sql: str, prepare_as: str | None) -> Verdict:
+    def _statements(self, msg: ClientMessage, sql: str, prepare_as: str | None) -> Verdict | Deferred[Verdict]:
         session = self.info
         stage = self.stage
         infos = stage.classifier.classify(sql, self.prepared)
@@ -203,10 +203,8 @@ class PolicySession:
             key = (session.connection or "", session.database or "")
             missing = unresolved((c for i in infos for c in i.calls), functions.snapshot(*key))
             if functions.needs_load(*key, missing=missing):
-                d = functions.refresh(*key)
-                d.addCallback(self._conclude, msg, infos, prepare_as)
-                d.addErrback(self._failed)
-                return d
+                return functions.refresh(*key).addCallback(self._conclude, msg, infos, prepare_as).addErrback(
+                    self._failed)
             return self._conclude(functions.snapshot(*key), msg, infos, prepare_as)
         return self._conclude(EMPTY, msg, infos, prepare_as)
 

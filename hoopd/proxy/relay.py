@@ -192,10 +192,9 @@ class Relay:
         out: list[bytes] = []
         while self._pending and self._held is None:
             ev = self._pending.popleft()
-            kind = type(ev)
-            if kind is Raw:
+            if isinstance(ev, Raw):
                 out.append(ev.data)
-            elif kind is Msg:
+            elif isinstance(ev, Msg):
                 self._client_message(ev.type, ev.body, out)
             else:
                 self._oversize(True, ev)
@@ -342,10 +341,9 @@ class Relay:
     def server_data(self, data: bytes) -> None:
         out: list[bytes] = []
         for ev in self.s2c.feed(data):
-            kind = type(ev)
-            if kind is Raw:
+            if isinstance(ev, Raw):
                 out.append(ev.data)
-            elif kind is Msg:
+            elif isinstance(ev, Msg):
                 out.append(self._server_message(ev.type, ev.body))
             else:
                 self._oversize(False, ev)
