@@ -22,6 +22,7 @@ from hoopd.names import name_key
 from hoopd.levels import LEVEL_RANK, LEVELS
 
 if TYPE_CHECKING:
+    from hoopd.masking.rules import MaskingConfig
     from hoopd.policy.rules import Rule
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 
@@ -123,6 +124,7 @@ class Config:
     policy_enabled: bool = True  # [policy] enabled: false takes the SQL policy stage out (needs a restart)
     max_statement_bytes: int = 256 << 10  # [policy] max_statement_bytes: longer statements are refused below admin
     functions: FunctionSettings = field(default_factory=FunctionSettings)  # [policy] read_only function allowlist
+    masking: MaskingConfig | None = None  # [masking] (hoopd.masking.rules); None: no rules, no masking stage
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -283,11 +285,15 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     check_oidc_audience(control, identity.oidc)
     from hoopd.policy.config import parse_global
 
+    from hoopd.masking.rules import parse_masking
+
     rules, unparseable, policy_enabled, max_statement_bytes, vetted, max_age = parse_global(root)
+    masking = parse_masking(root, base)
     root.done()
     functions = FunctionSettings(vetted, max_age)
     return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
-                  rules, unparseable, policy_enabled, max_statement_bytes, functions)
+                  rules, unparseable, policy_enabled, max_statement_bytes, functions,
+                  masking if masking.rules else None)
 
 
 def read_toml(path: str | os.PathLike) -> dict:

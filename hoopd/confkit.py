@@ -5,8 +5,10 @@ Every section parser in hoopd uses a Table: it records which keys were read and
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -154,3 +156,25 @@ class Table:
         unknown = sorted(set(self.data) - self._seen)
         if unknown:
             raise ConfigError(self.key(unknown[0]), "unknown key")
+
+
+def read_key(path: Path) -> bytes:
+    """An HMAC key file's bytes (a trailing newline is not part of the key). Raises OSError, ValueError."""
+    key = path.read_bytes().rstrip(b"\r\n")
+    if len(key) < 16:
+        raise ValueError(f"{path} holds {len(key)} bytes; an HMAC key needs at least 16")
+    return key
+
+
+def key_file(t: Table, name: str, base: Path) -> tuple[str, bytes] | None:
+    """The HMAC key file named by ``t.name`` (relative to ``base``): (its path, the key), or None."""
+    given = t.str(name)
+    if given is None:
+        return None
+    path = Path(given) if os.path.isabs(given) else base / given
+    try:
+        return str(path), read_key(path)
+    except OSError as e:
+        raise ConfigError(t.key(name), f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(t.key(name), str(e)) from None

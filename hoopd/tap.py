@@ -27,6 +27,8 @@ from hoopd.log import configure, get_logger
 from hoopd.policy.classify import default_classifier
 from hoopd.policy.decide import Policy
 from hoopd.policy.functions import FunctionCatalogs
+from hoopd.masking.rules import MaskingConfig
+from hoopd.masking.stage import MaskingStage
 from hoopd.policy.stage import PolicyStage
 from hoopd.proxy.pipeline import Pipeline
 from hoopd.proxy.catalog import catalog_loader
@@ -91,7 +93,10 @@ class GatewayService(service.MultiService):
         if not config.policy_enabled:
             log.warn("[policy] enabled = false: statements are not checked against access levels or rules"
                      " (read_only sessions still run read-only upstream)")
-        stages: list[Stage] = ([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
+        # masking only when rules exist at start: its stage makes the relay read every row
+        self.masking = MaskingStage(config.masking) if config.masking else None
+        stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
+                               + ([self.masking] if self.masking else []))
         self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker]),
                                       identity=self.identity,
                                       metrics=metrics, record=record)
@@ -138,6 +143,8 @@ class GatewayService(service.MultiService):
                  if getattr(new.listen, k) != getattr(self.config.listen, k)]
         if new.policy_enabled != self.config.policy_enabled:
             moved.append("policy.enabled")
+        if new.masking is not None and self.masking is None:
+            moved.append("masking.rules (the first ones)")
         if moved:
             log.warn("reload: {keys} changed; that takes a restart", keys=", ".join(moved))
         try:
@@ -164,6 +171,8 @@ class GatewayService(service.MultiService):
             self.policy.functions.max_age = new.functions.catalog_max_age
         if self.journal is not None:
             self.journal.reconfigure(new.journal)
+        if self.masking is not None:
+            self.masking.config = new.masking or MaskingConfig()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from hoopd.config import GatewayConfig, read_toml
-from hoopd.confkit import ConfigError, Table
+from hoopd.confkit import ConfigError, Table, read_key
 from hoopd.names import name_key
 from hoopd.journal import records as r
 from hoopd.journal import render
 from hoopd.journal.anchor import Anchor, anchor_files, read_anchor
-from hoopd.journal.config import JournalConfig, parse_journal, read_key
+from hoopd.journal.config import JournalConfig, parse_journal
 from hoopd.journal.reader import Entry, Journal, Progress
 from hoopd.journal.verify import KeyNeeded, verify
 from hoopd.textsafe import escape

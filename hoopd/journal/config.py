@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hoopd.confkit import ConfigError, Table
+from hoopd.confkit import ConfigError, Table, key_file
 
 FSYNC_MODES = ("always", "interval", "never")
 
@@ -27,29 +27,11 @@ class JournalConfig:
     anchor_syslog: str = "/dev/log"  # the syslog socket anchors also go to; "" for none
 
 
-def read_key(path: Path) -> bytes:
-    """An HMAC key file's bytes (a trailing newline is not part of the key). Raises OSError, ValueError."""
-    key = path.read_bytes().rstrip(b"\r\n")
-    if len(key) < 16:
-        raise ValueError(f"{path} holds {len(key)} bytes; an HMAC key needs at least 16")
-    return key
-
-
 def parse_journal(t: Table, base: Path) -> JournalConfig:
     """Read ``[journal]``; relative paths are relative to ``base`` (the config file's folder)."""
     d = JournalConfig()
     jdir = t.str("dir")
-    key_file = t.str("hmac_key_file")
-    key = None
-    if key_file is not None:
-        kp = Path(key_file) if os.path.isabs(key_file) else base / key_file
-        try:
-            key = read_key(kp)
-        except OSError as e:
-            raise ConfigError(t.key("hmac_key_file"), f"cannot read {kp}: {e.strerror}") from None
-        except ValueError as e:
-            raise ConfigError(t.key("hmac_key_file"), str(e)) from None
-        key_file = str(kp)
+    key_path, key = key_file(t, "hmac_key_file", base) or (None, None)
     cfg = JournalConfig(
         dir=None if jdir is None else str(Path(jdir) if os.path.isabs(jdir) else base / jdir),
         fsync=t.str("fsync", d.fsync, choices=FSYNC_MODES),
@@ -57,7 +39,7 @@ def parse_journal(t: Table, base: Path) -> JournalConfig:
         rotate_bytes=t.size("rotate_bytes", d.rotate_bytes),
         rotate_interval=t.duration("rotate_interval", d.rotate_interval),
         retention=t.duration("retention"),
-        hmac_key_file=key_file,
+        hmac_key_file=key_path,
         hmac_key=key,
         max_result_rows=t.int("max_result_rows", d.max_result_rows, lo=-1),
         max_copy_bytes=t.size("max_copy_bytes", d.max_copy_bytes),

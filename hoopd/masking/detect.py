@@ -1,0 +1,159 @@
+"""Content detectors: where in a text a sensitive value is (pure functions, no I/O).
+
+Each detector returns the (start, end) spans it found. A candidate the regular
+expression finds is kept only when it validates (Luhn for cards, mod-97 for IBANs, the
+assigned ranges for US SSNs, ``ipaddress`` for IPs), so a 9-digit business id is not an
+SSN and a 16-digit order number that fails Luhn is not a card.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections import Counter
+from typing import Callable, Iterable
+
+Span = tuple[int, int]
+Detector = Callable[[str], list[Span]]
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+_CARD = re.compile(r"(?<![\d])\d(?:[ \-]?\d){12,18}(?![\d])")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_SSN = re.compile(r"(?<![\d\-])(\d{3})[- ](\d{2})[- ](\d{4})(?![\d\-])")
+_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\d{2,4}[ .\-])\d{3,4}[ .\-]?\d{3,4}(?![\w])"
+                    r"|(?<![\w+])\+\d{8,15}(?!\w)")
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{10,}")
+_KEYS = re.compile(
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"  # AWS access key ids
+    r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bgithub_pat_[A-Za-z0-9_]{40,}\b"  # GitHub tokens
+    r"|\bxox[abposr]-[A-Za-z0-9\-]{10,}\b"  # Slack tokens
+    r"|\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b"  # Stripe keys
+    r"|\bglpat-[A-Za-z0-9_\-]{20}\b"  # GitLab personal tokens
+    r"|\bAIza[0-9A-Za-z_\-]{35}\b"  # Google API keys
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----")
+_SECRETISH = re.compile(r"[A-Za-z0-9+/_\-]{32,}={0,2}")
+ENTROPY_BITS = 4.0  # per character: random base64 has ~6, English words and hex ids less
+
+
+def _spans(pattern: re.Pattern[str], text: str, valid: Callable[[str], bool] | None = None) -> list[Span]:
+    return [m.span() for m in pattern.finditer(text) if valid is None or valid(m.group())]
+
+
+def luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card(s: str) -> bool:
+    digits = s.replace(" ", "").replace("-", "")
+    return 13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn(digits)
+
+
+def _iban(s: str) -> bool:
+    compact = s.replace(" ", "")
+    if not 15 <= len(compact) <= 34:
+        return False
+    moved = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _ssn(s: str) -> bool:
+    area, group, serial = s[:3], s[4:6], s[7:]
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def _ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv6(s: str) -> bool:
+    return s.count(":") >= 2 and _ip(s)
+
+
+def _phone(s: str) -> bool:
+    digits = sum(c.isdigit() for c in s)
+    return 8 <= digits <= 15
+
+
+def entropy(s: str) -> float:
+    """Shannon entropy in bits per character."""
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+
+
+def _secretish(s: str) -> bool:
+    kinds = (any(c.islower() for c in s), any(c.isupper() for c in s), any(c.isdigit() for c in s))
+    return sum(kinds) >= 2 and entropy(s) >= ENTROPY_BITS
+
+
+def email(text: str) -> list[Span]:
+    return _spans(_EMAIL, text) if "@" in text else []
+
+
+def card(text: str) -> list[Span]:
+    return _spans(_CARD, text, _card)
+
+
+def iban(text: str) -> list[Span]:
+    return _spans(_IBAN, text, _iban)
+
+
+def ssn(text: str) -> list[Span]:
+    return _spans(_SSN, text, _ssn)
+
+
+def phone(text: str) -> list[Span]:
+    return _spans(_PHONE, text, _phone)
+
+
+def ipv4(text: str) -> list[Span]:
+    return _spans(_IPV4, text, _ip) if "." in text else []
+
+
+def ipv6(text: str) -> list[Span]:
+    return _spans(_IPV6, text, _ipv6) if ":" in text else []
+
+
+def jwt(text: str) -> list[Span]:
+    return _spans(_JWT, text) if "eyJ" in text else []
+
+
+def api_key(text: str) -> list[Span]:
+    return _spans(_KEYS, text)
+
+
+def secret(text: str) -> list[Span]:
+    """Long tokens of high entropy (random keys without a known prefix)."""
+    return _spans(_SECRETISH, text, _secretish)
+
+
+DETECTORS: dict[str, Detector] = {"email": email, "card": card, "iban": iban, "ssn": ssn, "phone": phone,
+                                  "ipv4": ipv4, "ipv6": ipv6, "jwt": jwt, "api_key": api_key, "secret": secret}
+
+
+def regex(pattern: re.Pattern[str]) -> Detector:
+    """A custom detector from a compiled regular expression."""
+    return lambda text: _spans(pattern, text)
+
+
+def merge(spans: Iterable[Span]) -> list[Span]:
+    """Overlapping or touching spans joined, in order."""
+    out: list[Span] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out

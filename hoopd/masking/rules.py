@@ -1,0 +1,168 @@
+"""Masking rules (``[[masking.rules]]``): who they apply to, what they find, how they replace it.
+
+A rule names content detectors (hoopd.masking.detect) and custom regular expressions,
+a strategy and a scope. ``Masker`` is the rules that apply to one session, applied to a
+text: every span a rule's detectors find is replaced by that rule's strategy, rules in
+order. Strategies:
+
+* ``redact``: the span becomes ``token`` (default ``****``);
+* ``partial``: keeps the first ``keep_first`` and last ``keep_last`` characters, the rest
+  becomes ``*`` (a short span is redacted whole);
+* ``hash``: ``#`` + 16 hex digits of HMAC-SHA256 under ``[masking] hash_key_file``: the
+  same value masks the same way in every session, so joins and GROUP BY still work on
+  the client, and it cannot be reversed without the key;
+* ``null``: the whole value becomes NULL (in places that have no NULL, such as an error
+  message or a COPY line, the span is redacted).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Iterable
+
+from hoopd.confkit import ConfigError, Table, key_file
+from hoopd.levels import LEVELS
+from hoopd.masking.detect import DETECTORS, Detector, merge, regex
+from hoopd.names import name_key
+
+STRATEGIES = ("redact", "partial", "hash", "null")
+BELOW_ADMIN = frozenset(lv for lv in LEVELS if lv != "admin")
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    name: str
+    detectors: tuple[str, ...] = ()  # names in DETECTORS
+    patterns: tuple[re.Pattern[str], ...] = ()  # custom detectors
+    strategy: str = "redact"
+    token: str = "****"
+    keep_first: int = 0
+    keep_last: int = 0
+    levels: frozenset[str] = BELOW_ADMIN  # admin sees clear values unless a rule names it
+    groups: tuple[str, ...] | None = None  # globs; None: any
+    users: tuple[str, ...] | None = None
+    applications: tuple[str, ...] | None = None
+    connections: tuple[str, ...] | None = None
+    _find: tuple[Detector, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_find", tuple(DETECTORS[d] for d in self.detectors)
+                           + tuple(regex(p) for p in self.patterns))
+
+    def applies(self, level: str | None, user: str | None, groups: Iterable[str], application: str,
+                connection: str | None) -> bool:
+        def any_glob(patterns: tuple[str, ...] | None, values: Iterable[str]) -> bool:
+            return patterns is None or any(fnmatchcase(v, p) for p in patterns for v in values)
+
+        return (level in self.levels and any_glob(self.groups, groups)
+                and (self.users is None or any_glob(tuple(name_key(u) for u in self.users),
+                                                    [name_key(user)] if user else []))
+                and any_glob(self.applications, [application]) and any_glob(self.connections, [connection or ""]))
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        return merge(s for find in self._find for s in find(text))
+
+
+class Masker:
+    """The rules that apply to one session."""
+
+    def __init__(self, rules: tuple[MaskRule, ...], hash_key: bytes | None) -> None:
+        self.rules = rules
+        self.hash_key = hash_key
+
+    def mask(self, text: str) -> tuple[str | None, bool]:
+        """(the masked text, or None when nothing matched; whether a ``null`` rule matched)."""
+        changed = null = False
+        for rule in self.rules:
+            spans = rule.spans(text)
+            if not spans:
+                continue
+            if rule.strategy == "null":
+                null = True
+            changed = True
+            parts, last = [], 0
+            for start, end in spans:
+                parts += [text[last:start], self._replace(rule, text[start:end])]
+                last = end
+            parts.append(text[last:])
+            text = "".join(parts)
+        return (text if changed else None), null
+
+    def _replace(self, rule: MaskRule, value: str) -> str:
+        if rule.strategy == "partial":
+            keep = rule.keep_first + rule.keep_last
+            if len(value) <= keep:
+                return rule.token
+            return value[:rule.keep_first] + "*" * (len(value) - keep) + (value[-rule.keep_last:] if rule.keep_last else "")
+        if rule.strategy == "hash":
+            assert self.hash_key is not None  # the config requires it
+            return "#" + hmac.new(self.hash_key, value.encode(), hashlib.sha256).hexdigest()[:16]
+        return rule.token  # redact, and null where there is no NULL
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    rules: tuple[MaskRule, ...] = ()
+    hash_key: bytes | None = field(default=None, repr=False)  # read from [masking] hash_key_file
+
+    def masker(self, level: str | None, user: str | None, groups: Iterable[str], application: str,
+               connection: str | None) -> Masker | None:
+        """The session's Masker, or None when no rule applies to it."""
+        groups = tuple(groups)
+        rules = tuple(r for r in self.rules if r.applies(level, user, groups, application, connection))
+        if not rules:
+            return None
+        return Masker(rules, self.hash_key)
+
+
+def parse_masking(root: Table, base: Path) -> MaskingConfig:
+    """``[masking]`` and ``[[masking.rules]]`` from the root table (key files relative to ``base``)."""
+    mt = root.table("masking")
+    found = key_file(mt, "hash_key_file", base)
+    rules: list[MaskRule] = []
+    seen: set[str] = set()
+    for rt in mt.tables("rules"):
+        rules.append(_rule(rt, seen))
+    mt.done()
+    needs_key = [r.name for r in rules if r.strategy == "hash"]
+    if needs_key and found is None:
+        raise ConfigError(mt.key("hash_key_file"), f'is required: rule "{needs_key[0]}" uses strategy "hash"')
+    return MaskingConfig(tuple(rules), found[1] if found else None)
+
+
+def _rule(rt: Table, seen: set[str]) -> MaskRule:
+    name = rt.str("name", required=True)
+    if name in seen:
+        raise ConfigError(rt.key("name"), f'duplicate masking rule name "{name}"')
+    seen.add(name)
+    detectors = rt.str_list("detectors")
+    for d in detectors:
+        if d not in DETECTORS:
+            raise ConfigError(rt.key("detectors"), f'unknown detector "{d}" (one of {", ".join(DETECTORS)})')
+    patterns = []
+    for p in rt.str_list("patterns"):
+        try:
+            patterns.append(re.compile(p))
+        except re.error as e:
+            raise ConfigError(rt.key("patterns"), f"invalid regular expression {p!r}: {e}") from None
+    if not detectors and not patterns:
+        raise ConfigError(rt.key("detectors"), "a rule needs at least one detector or pattern")
+    levels = rt.str_list("levels", tuple(sorted(BELOW_ADMIN)))
+    for lv in levels:
+        if lv not in LEVELS:
+            raise ConfigError(rt.key("levels"), f'unknown access level "{lv}" (one of {", ".join(LEVELS)})')
+
+    def optional(key: str) -> tuple[str, ...] | None:
+        return rt.str_list(key) if rt.has(key) else None
+
+    rule = MaskRule(name, tuple(detectors), tuple(patterns), rt.str("strategy", "redact", choices=STRATEGIES),
+                    rt.str("token", "****"), rt.int("keep_first", 0, lo=0, hi=64), rt.int("keep_last", 0, lo=0, hi=64),
+                    frozenset(levels), optional("groups"), optional("users"), optional("applications"),
+                    optional("connections"))
+    rt.done()
+    return rule
+

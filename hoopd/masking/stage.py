@@ -1,0 +1,287 @@
+"""MaskingStage: rewrites what leaves the server so the client (and the journal after it)
+only ever sees masked values, for the sessions a ``[[masking.rules]]`` applies to.
+
+Paths a value can leave by, and what happens to each:
+
+* DataRow, text format: every value whose column type is not a known non-text type
+  (numbers, dates, uuid, inet, bytea...) is searched; so are computed columns, records,
+  arrays and JSON, in their text form, whatever the query did to produce them.
+* DataRow, binary format: text-like types (text, varchar, bpchar, name, json, jsonb,
+  xml, unknown) and one-or-more-dimensional arrays of them are decoded, masked and
+  re-encoded; a binary value of any other type that is not known to be non-text cannot
+  be read, and the session is ended rather than let it through (fail closed).
+* COPY TO STDOUT in text and CSV: each CopyData line; binary COPY ends the session.
+* ErrorResponse / NoticeResponse fields that may echo values (message, detail, hint,
+  context, ...), NotificationResponse payloads.
+
+Values are read in the session's client encoding. Rows too large to buffer follow the
+relay's rule for rewriting stages ([gateway] max_rewrite_bytes): the session ends.
+Column rules by table and column (which need the upstream catalog) are not part of this
+stage yet: detectors look at content only.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Callable, NoReturn
+
+from hoopd.log import get_logger
+from hoopd.masking.jsontext import mask_json
+from hoopd.masking.rules import Masker, MaskingConfig
+from hoopd.pgwire import messages as m
+from hoopd.pgwire.conversation import ClientMessage, Conversation, ServerMessage
+from hoopd.pgwire.encodings import CODECS, canonical
+from hoopd.pgwire.errors import ProtocolError
+from hoopd.pgwire.types import BE
+from hoopd.session import Deny, EndSession, SessionInfo
+
+log = get_logger("hoopd.masking")
+_I32 = struct.Struct("!i")
+
+# Types whose values are never text a detector should see (and whose text form a
+# replacement would make unparseable for the client).
+NON_TEXT = frozenset({16, 17, 20, 21, 23, 24, 26, 28, 29, 650, 700, 701, 774, 790, 829, 869, 1082, 1083, 1114,
+                      1184, 1186, 1266, 1560, 1562, 1700, 2202, 2203, 2204, 2205, 2206, 2950, 3220, 3734, 3769,
+                      4089, 4096,
+                      # and their arrays
+                      1000, 1001, 1005, 1007, 1016, 1021, 1022, 1028, 1041, 651, 1040, 775, 791, 1182, 1183, 1115,
+                      1185, 1187, 1270, 1561, 1563, 1231, 2951})
+TEXT_BINARY = frozenset({18, 19, 25, 142, 705, 1042, 1043})  # binary format = the text's bytes
+JSON, JSONB = 114, 3802  # masked as documents (hoopd.masking.jsontext); jsonb binary: a version byte (1), then text
+_KEEP_FIELDS = frozenset(b"SVCFLRP")
+Part = Callable[[bytes, int], "tuple[bytes | None, bool]"]  # (raw, type oid) -> (new or None, becomes NULL)  # severity, code, source file/line/routine, position: no values
+
+
+class MaskingStage:
+    """One per gateway; a MaskingSession for each session a rule applies to."""
+
+    name = "masking"
+    client_types: frozenset[int] = frozenset()
+    server_types = frozenset({BE.DATA_ROW, BE.COPY_DATA, BE.ERROR, BE.NOTICE, BE.NOTIFICATION, BE.COPY_OUT,
+                              BE.COPY_BOTH})
+    rewrites = frozenset({BE.DATA_ROW, BE.COPY_DATA, BE.ERROR, BE.NOTICE, BE.NOTIFICATION})
+
+    def __init__(self, config: MaskingConfig) -> None:
+        self.config = config  # replace it on reload; new sessions use the new rules
+
+    def open(self, session: SessionInfo, conversation: Conversation) -> "MaskingSession | Unmasked":
+        ident = session.identity
+        masker = self.config.masker(session.level, ident.name if ident else None, ident.groups if ident else (),
+                                    session.application_name, session.connection)
+        return Unmasked() if masker is None else MaskingSession(masker, session, conversation)
+
+
+class Unmasked:
+    """A session no rule applies to."""
+
+    def server(self, msg: ServerMessage) -> None:
+        return None
+
+    def client(self, msg: ClientMessage) -> None:
+        return None
+
+    def denied(self, msg: ClientMessage, deny: Deny) -> None:
+        pass
+
+    def oversize(self, from_client: bool, mtype: int, length: int) -> None:
+        pass
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+class MaskingSession(Unmasked):
+    def __init__(self, masker: Masker, info: SessionInfo, conversation: Conversation) -> None:
+        self.masker = masker
+        self.info = info
+        self.conv = conversation
+
+    def _codec(self) -> str:
+        enc = canonical(self.info.settings.get("client_encoding", "UTF8")) or ""
+        codec = "latin-1" if enc == "SQL_ASCII" else CODECS.get(enc)
+        if codec is None:
+            raise EndSession(f'hoopd: values in client_encoding "{enc}" cannot be read for masking; session ended',
+                             reason="masking: unreadable client_encoding")
+        return codec
+
+    def _text(self, raw: bytes, codec: str) -> tuple[bytes | None, bool]:
+        """(the masked bytes or None if unchanged, whether the value becomes NULL)."""
+        text = raw.decode(codec, "surrogateescape")
+        new, null = self.masker.mask(text)
+        if null:
+            return None, True
+        return (None if new is None else new.encode(codec, "surrogateescape")), False
+
+    def server(self, msg: ServerMessage) -> bytes | None:
+        t = msg.type
+        if t == BE.DATA_ROW:
+            return self._row(msg)
+        if t == BE.COPY_DATA:
+            return self._copy_line(msg.body)
+        if t == BE.ERROR or t == BE.NOTICE:
+            return self._fields(msg.body)
+        if t == BE.NOTIFICATION:
+            return self._notification(msg.body)
+        if (t == BE.COPY_OUT or t == BE.COPY_BOTH) and msg.body[:1] == b"\x01":
+            raise EndSession("hoopd: binary COPY cannot be masked for this session; use text or CSV",
+                             "42501", reason="masking: binary COPY")
+        return None
+
+    def _row(self, msg: ServerMessage) -> bytes | None:
+        values = m.decode_data_row(msg.body)
+        cols = msg.columns
+        types, formats = (cols.types, cols.formats) if cols is not None else ((), ())
+        codec = self._codec()
+        out: list[bytes | None] | None = None
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            oid = types[i] if i < len(types) else 0
+            if oid in NON_TEXT:
+                continue
+            new, null = self._value(v, oid, formats[i] if i < len(formats) else 0, codec, i)
+            if new is None and not null:
+                continue
+            if out is None:
+                out = list(values)
+            out[i] = None if null else new
+        return None if out is None else m.encode_data_row(out)
+
+    def _value(self, v: bytes, oid: int, fmt: int, codec: str, column: int) -> tuple[bytes | None, bool]:
+        if oid == JSON or oid == JSONB:
+            binary = fmt == 1 and oid == JSONB
+            if binary and v[:1] != b"\x01":
+                self._unreadable(oid, column)
+            doc = v[1:] if binary else v
+            new = self._json(doc, codec)
+            return (None if new is None else (b"\x01" + new if binary else new)), False
+        if fmt == 0 or oid in TEXT_BINARY:
+            return self._text(v, codec)
+        # other binary values: arrays and records say what their parts are; anything else is unreadable
+        def part(raw: bytes, part_oid: int) -> tuple[bytes | None, bool]:
+            return (None, False) if part_oid in NON_TEXT else self._value(raw, part_oid, 1, codec, column)
+
+        for walk in (_map_array, _map_record):
+            try:
+                return walk(v, part), False
+            except ProtocolError:
+                continue
+        self._unreadable(oid, column)
+
+    def _json(self, raw: bytes, codec: str) -> bytes | None:
+        def one(value: str) -> str | None:
+            new, null = self.masker.mask(value)
+            return self.masker.rules[0].token if null else new
+
+        new = mask_json(raw.decode(codec, "surrogateescape"), one)
+        return None if new is None else new.encode(codec, "surrogateescape")
+
+    @staticmethod
+    def _unreadable(oid: int, column: int) -> NoReturn:
+        raise EndSession(f"hoopd: result column {column + 1} (type oid {oid}) is in binary format, which masking"
+                         " cannot read; the session was ended so that no value passes unmasked", "42501",
+                         reason=f"masking: binary value of type {oid}")
+
+    def _copy_line(self, body: bytes) -> bytes | None:
+        new = self._masked(body)
+        return None if new == body else new
+
+    def _text_redacted(self, body: bytes) -> bytes:
+        """A null rule in a place with no NULL: the spans become the rule's token instead."""
+        codec = self._codec()
+        text = body.decode(codec, "surrogateescape")
+        for rule in self.masker.rules:
+            for start, end in reversed(rule.spans(text)):
+                text = text[:start] + rule.token + text[end:]
+        return text.encode(codec, "surrogateescape")
+
+    def _masked(self, raw: bytes) -> bytes:
+        new, null = self._text(raw, self._codec())
+        if null:
+            return self._text_redacted(raw)
+        return raw if new is None else new
+
+    def _fields(self, body: bytes) -> bytes | None:
+        parts: list[bytes] = []
+        changed = False
+        pos = 0
+        while pos < len(body) and body[pos] != 0:
+            end = body.index(b"\0", pos + 1)
+            code, value = body[pos], body[pos + 1:end]
+            if code not in _KEEP_FIELDS:
+                new = self._masked(value)
+                changed = changed or new != value
+                value = new
+            parts.append(bytes([code]) + value + b"\0")
+            pos = end + 1
+        return b"".join(parts) + b"\0" if changed else None
+
+    def _notification(self, body: bytes) -> bytes | None:
+        r = m.Reader(body, "NotificationResponse")
+        pid = r.int32()
+        channel = r.cstring_bytes()
+        payload = r.cstring_bytes()
+        new = self._masked(payload)
+        return None if new == payload else _I32.pack(pid) + channel + b"\0" + new + b"\0"
+
+
+def _encode_parts(items: list[bytes | None]) -> list[bytes]:
+    return [_I32.pack(-1) if x is None else _I32.pack(len(x)) + x for x in items]
+
+
+def _apply(element: Part, raw: bytes, oid: int) -> tuple[bytes | None, bool]:
+    """(the new part, whether anything changed)."""
+    new, null = element(raw, oid)
+    return (None if null else (raw if new is None else new)), (null or new is not None)
+
+
+def _map_array(v: bytes, element: Part) -> bytes | None:
+    """A binary array with ``element(bytes, oid)`` applied to each element; None when
+    nothing changed. Layout: ndim, has-null flag, element oid, per dimension (size, lower
+    bound), then each element as int32 length (-1: NULL) and bytes. Raises ProtocolError
+    when ``v`` is not laid out that way, to the byte."""
+    r = m.Reader(v, "array")
+    ndim, flags, elem = r.int32(), r.int32(), r.int32()
+    if not 0 <= ndim <= 6 or flags not in (0, 1):
+        raise ProtocolError("not an array")
+    dims = [(r.int32(), r.int32()) for _ in range(ndim)]
+    count = 1 if ndim else 0
+    for size, _ in dims:
+        count *= size
+    items: list[bytes | None] = []
+    changed = False
+    for _ in range(count):
+        n = r.int32()
+        if n < 0:
+            items.append(None)
+            continue
+        new, did = _apply(element, r.bytes(n), elem)
+        items.append(new)
+        changed = changed or did
+    r.end()
+    if not changed:
+        return None
+    head = [_I32.pack(ndim), _I32.pack(1 if any(x is None for x in items) else 0), _I32.pack(elem)]
+    return b"".join(head + [_I32.pack(a) + _I32.pack(b) for a, b in dims] + _encode_parts(items))
+
+
+def _map_record(v: bytes, element: Part) -> bytes | None:
+    """A binary record (composite): field count, then per field its type oid, int32
+    length (-1: NULL) and bytes. As _map_array."""
+    r = m.Reader(v, "record")
+    n = r.int32()
+    if not 0 <= n <= 1664:  # PostgreSQL's column limit
+        raise ProtocolError("not a record")
+    fields: list[tuple[int, bytes | None]] = []
+    changed = False
+    for _ in range(n):
+        oid, length = r.int32(), r.int32()
+        if length < 0:
+            fields.append((oid, None))
+            continue
+        new, did = _apply(element, r.bytes(length), oid)
+        fields.append((oid, new))
+        changed = changed or did
+    r.end()
+    if not changed:
+        return None
+    return _I32.pack(n) + b"".join(_I32.pack(oid) + p for (oid, _), p in zip(fields, _encode_parts([x for _, x in fields])))
