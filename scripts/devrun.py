@@ -85,7 +85,8 @@ def start_cluster(cluster: Cluster) -> None:
 
 def write_config(pg_port: int, dev_password: str, agent_password: str, api_token_hash: str) -> Path:
     """.run/hoopd.toml: local users dev (admin on shop) and agent (read_only, like an AI
-    coding agent would get), the shop connection, and the control port."""
+    coding agent would get, with emails and phone numbers masked), the shop connection,
+    and the control port."""
     cert, key = tls_files()
     journal, state = RUN / "journal", RUN / "state"
     journal.mkdir(mode=0o700, exist_ok=True)
@@ -125,6 +126,11 @@ groups = ["dba"]
 [[users]]
 name = "agent"
 password_hash = {q(make_verifier(agent_password))}
+groups = ["ai-agents"]
+
+[[masking.rules]]                 # what the agent selects from customers arrives masked
+name = "contact-details"
+detectors = ["email", "phone"]
 groups = ["ai-agents"]
 
 [connections.shop]
