@@ -27,7 +27,14 @@ def gw(pg, tmp_path_factory):
             " card varchar(40), note text, n bigint);"
             f"INSERT INTO mask_people VALUES (1, '{EMAILS[0]}', '{CARD}', 'call ada', 4111111111111111),"
             f" (2, '{EMAILS[1]}', NULL, 'mail {EMAILS[1]} now', 2);"
-            "GRANT SELECT, INSERT ON mask_people TO PUBLIC;", dbname="shop")
+            "GRANT SELECT, INSERT ON mask_people TO PUBLIC;"
+            "CREATE OR REPLACE VIEW mask_view AS SELECT id, 'contact: ' || email AS contact FROM mask_people;"
+            "GRANT SELECT ON mask_view TO PUBLIC;"
+            "CREATE OR REPLACE FUNCTION mask_first() RETURNS text LANGUAGE sql STABLE"
+            " AS $$ SELECT email FROM mask_people ORDER BY id LIMIT 1 $$;"
+            "CREATE OR REPLACE FUNCTION mask_tell() RETURNS int LANGUAGE plpgsql STABLE AS $$ BEGIN"
+            " RAISE NOTICE 'first is %', (SELECT email FROM mask_people ORDER BY id LIMIT 1); RETURN 1; END $$;",
+            dbname="shop")
     folder = tmp_path_factory.mktemp("mask")
     r = {role.name: role.password for role in pg.roles}
     body = (f'[journal]\ndir = "{folder / "journal"}"\n'
@@ -63,7 +70,28 @@ LEAKS = [
     "select concat(email, '!') from mask_people",
     "select jsonb_build_object('e', email) from mask_people",
     "select xmlelement(name e, email) from mask_people",
+    "select contact from mask_view",
+    "select mask_first()",
+    "select email::varchar(100)::char(60) from mask_people",
+    "select regexp_split_to_array(note, ' ') from mask_people where id = 2",
+    "select to_jsonb(array_agg(p)) from mask_people p",
 ]
+
+
+def test_cursors_parameters_and_notices(gw):
+    g, _ = gw
+    with psycopg.connect(g.dsn("reader")) as c:
+        notices: list[str] = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        with c.cursor(name="srv") as cur:  # DECLARE / FETCH, the portal suspended between fetches
+            cur.itersize = 1
+            cur.execute("select email, note from mask_people order by id")
+            rows = list(cur)
+        assert rows == [("****", "call ada"), ("****", "mail **** now")]
+        got = c.execute("select %s::text || email from mask_people where id = %s", ("to: ", 1)).fetchone()
+        assert got == ("to: ****",)  # extended protocol, parameters bound
+        assert c.execute("select mask_tell()").fetchone() == (1,)
+        assert notices == ["first is ****"]
 
 
 @pytest.mark.parametrize("binary", [False, True])
