@@ -1,7 +1,7 @@
 """What a session is, as data, and the stage seam that journal, policy and masking plug into.
 
 A Stage is a factory: ``open(session, conversation)`` returns the SessionStage that lives for that one
-session (its typed state lives on it) and is dead after ``close(reason)``. The relay
+session (or None when it has nothing to do there) (its typed state lives on it) and is dead after ``close(reason)``. The relay
 calls, for the message types the stage declared:
 
 * ``client(msg)`` for each client message *before* it is forwarded. It returns None
@@ -141,7 +141,9 @@ class Stage(Protocol):
     server_types: frozenset[int]  # server message types it wants (hoopd.pgwire.types.BE)
     rewrites: frozenset[int]  # of server_types, those whose body it may replace (buffered whole)
 
-    def open(self, session: SessionInfo, conversation: Conversation) -> SessionStage: ...
+    def open(self, session: SessionInfo, conversation: Conversation) -> SessionStage | None:
+        """The session's object; None: nothing to do in this session (the relay then frames
+        nothing for this stage: a masking stage with no rule for the session costs nothing)."""
 
 
 class Observer(Protocol):

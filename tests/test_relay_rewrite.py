@@ -108,3 +108,17 @@ def test_an_error_over_the_stage_limit_still_reaches_the_conversation() -> None:
     r.server_data(big + m.ready_for_query(b"I"))
     assert big in client.value()
     assert "s" not in r.conversation.prepared and not r.conversation.queue  # the failed Parse was undone
+
+
+class Idle(Masker):
+    """A stage with nothing to do in this session."""
+
+    def open(self, info, conversation):
+        return None
+
+
+def test_a_stage_with_nothing_to_do_in_a_session_costs_it_nothing() -> None:
+    r, client = relay(Idle(), limit=4 * MiB)
+    assert not r.tracking and BE.DATA_ROW not in r.s2c.wanted  # rows go through as raw bytes
+    r.server_data(result(b"secret"))
+    assert m.frame(b"D", row(b"secret")) in client.value()

@@ -63,18 +63,19 @@ class MaskingStage:
     def __init__(self, config: MaskingConfig) -> None:
         self.config = config  # replace it on reload; new sessions use the new rules
 
-    def open(self, session: SessionInfo, conversation: Conversation) -> "MaskingSession | Unmasked":
+    def open(self, session: SessionInfo, conversation: Conversation) -> "MaskingSession | None":
         ident = session.identity
         masker = self.config.masker(session.level, ident.name if ident else None, ident.groups if ident else (),
                                     session.application_name, session.connection)
-        return Unmasked() if masker is None else MaskingSession(masker, session, conversation)
+        return None if masker is None else MaskingSession(masker, session)
 
 
-class Unmasked:
-    """A session no rule applies to."""
+class MaskingSession:
+    """What a session's rules do to each server message it may carry a value in."""
 
-    def server(self, msg: ServerMessage) -> None:
-        return None
+    def __init__(self, masker: Masker, info: SessionInfo) -> None:
+        self.masker = masker
+        self.info = info
 
     def client(self, msg: ClientMessage) -> None:
         return None
@@ -83,17 +84,10 @@ class Unmasked:
         pass
 
     def oversize(self, from_client: bool, mtype: int, length: int) -> None:
-        pass
+        pass  # (rewritten types are never oversize: the relay ends the session first)
 
     def close(self, reason: str) -> None:
         pass
-
-
-class MaskingSession(Unmasked):
-    def __init__(self, masker: Masker, info: SessionInfo, conversation: Conversation) -> None:
-        self.masker = masker
-        self.info = info
-        self.conv = conversation
 
     def _codec(self) -> str:
         enc = canonical(self.info.settings.get("client_encoding", "UTF8")) or ""

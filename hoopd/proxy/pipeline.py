@@ -42,15 +42,19 @@ class SessionStages:
         self.observers = pipeline.observers
         self.conversation = Conversation()
         self.conversation.text = info.sql_text
-        # opened last to first, so each stage may write through the ones after it (the journal)
+        # opened last to first, so each stage may write through the ones after it (the journal);
+        # a stage with nothing to do for this session (open() answered None) is left out of it
         opened = {s.name: s.open(info, self.conversation) for s in reversed(pipeline.stages)}
-        self.objects: list[SessionStage] = [opened[s.name] for s in pipeline.stages]
+        live = {name: obj for name, obj in opened.items() if obj is not None}
+        clients = [s for s in pipeline.client_stages if s.name in live]
+        servers = [s for s in pipeline.server_stages if s.name in live]
+        self.objects: list[SessionStage] = [live[s.name] for s in pipeline.stages if s.name in live]
         self.client_for: list[list[SessionStage]] = [
-            [opened[s.name] for s in pipeline.client_stages if t in s.client_types] for t in range(256)]
+            [live[s.name] for s in clients if t in s.client_types] for t in range(256)]
         self.server_for: list[list[SessionStage]] = [
-            [opened[s.name] for s in pipeline.server_stages if t in s.server_types] for t in range(256)]
-        self.rewrites = frozenset(t for s in pipeline.server_stages for t in s.rewrites)
-        self.tracking = bool(pipeline.server_stages)  # someone reads responses: keep the conversation exact
+            [live[s.name] for s in servers if t in s.server_types] for t in range(256)]
+        self.rewrites = frozenset(t for s in servers for t in s.rewrites)
+        self.tracking = bool(servers)  # someone reads responses: keep the conversation exact
         self.closed = False
         for o in self.observers:
             o.session_started(info)
