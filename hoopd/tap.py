@@ -94,7 +94,7 @@ class GatewayService(service.MultiService):
             log.warn("[policy] enabled = false: statements are not checked against access levels or rules"
                      " (read_only sessions still run read-only upstream)")
         # masking only when rules exist at start: its stage makes the relay read every row
-        self.masking = MaskingStage(config.masking) if config.masking else None
+        self.masking = MaskingStage(config.masking, record, metrics.masked) if config.masking else None
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
                                + ([self.masking] if self.masking else []))
         self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker]),

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
 
-from tests.gateway import USERS, Gateway, connection_toml, users_toml
+from tests.gateway import USERS, Gateway, connection_toml, free_port, users_toml
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +38,15 @@ def gw(pg, tmp_path_factory):
             dbname="shop")
     folder = tmp_path_factory.mktemp("mask")
     r = {role.name: role.password for role in pg.roles}
-    body = (f'[journal]\ndir = "{folder / "journal"}"\n'
+    http = free_port()
+    body = (f'http = "tcp:{http}:interface=127.0.0.1"\n'  # (still in the [listen] table Gateway writes)
+            '[control]\nopen_metrics = true\n'
+            f'[journal]\ndir = "{folder / "journal"}"\n'
             '[[masking.rules]]\nname = "emails"\ndetectors = ["email"]\n'
             '[[masking.rules]]\nname = "cards"\ndetectors = ["card"]\nstrategy = "partial"\nkeep_last = 4\n'
             + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]))
     g = Gateway(folder, body).start()
+    g.http_port = http
     yield g, folder / "journal"
     g.stop()
     assert "Traceback" not in g.log()
@@ -157,9 +162,21 @@ def test_admin_sees_clear_values_and_the_journal_keeps_what_the_client_saw(gw, t
         c.execute("select email, 'reader-was-here' from mask_people").fetchall()
     out = subprocess.run([str(Path(".venv/bin/hoopd").resolve()), "journal", "export", "--dir", str(journal),
                           "--format", "jsonl"], capture_output=True, text=True, check=True).stdout
-    reader = [line for line in out.splitlines() if "reader-was-here" in line and '"result"' in line]
-    assert reader and not clear_in(reader[0]) and "****" in reader[0]
+    lines = out.splitlines()
+    reader = [i for i, line in enumerate(lines) if "reader-was-here" in line and '"result"' in line]
+    assert reader and not clear_in(lines[reader[0]]) and "****" in lines[reader[0]]
+    summary = lines[reader[0] - 1]  # what was masked in that result, just before it (no values)
+    assert '"kind":"masking"' in summary and '"emails":2' in summary and not clear_in(summary)
     assert EMAILS[0] in out  # dev's result was recorded in clear, as dev saw it
+
+
+def test_masked_values_are_counted_in_metrics(gw):
+    g, _ = gw
+    with psycopg.connect(g.dsn("reader")) as c:
+        c.execute("select email from mask_people").fetchall()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{g.http_port}/metrics", timeout=10).read().decode()
+    (line,) = [x for x in text.splitlines() if x.startswith('hoopd_masked_values_total{rule="emails",strategy="redact"}')]
+    assert float(line.split()[-1]) >= 2
 
 
 def test_psql_as_a_newcomer_would(gw):

@@ -16,6 +16,7 @@ read at scrape time too:
 - ``login_failed(reason)``: refusals outside the identity chain (no_access,
   unknown_connection, too_many_sessions, upstream_failed, login_timeout)
 - ``statement(kind, decision)``: policy, once per decided statement -> hoopd_statements_total
+- ``masked(rule, strategy, spans)``: masking, per masked value -> hoopd_masked_values_total
 - ``upstream_connected(connection, seconds)``: after each upstream login -> hoopd_upstream_connect_seconds
 - ``journal_written(seconds, nbytes)`` / ``journal_failed()``: the journal writer's hooks
   -> hoopd_journal_write_seconds, hoopd_journal_bytes_total, hoopd_journal_errors_total;
@@ -86,6 +87,11 @@ class _Collector:
         for (kind, decision), n in sorted(m.statements.items()):
             stmts.add_metric([kind, decision], n)
         yield stmts
+        masked = CounterMetricFamily("hoopd_masked_values", "Values (spans) masked, by rule and strategy",
+                                     labels=["rule", "strategy"])
+        for (rule, strategy), n in sorted(m.masked_values.items()):
+            masked.add_metric([rule, strategy], n)
+        yield masked
         yield m.journal_write.family("hoopd_journal_write_seconds", "Journal write time")
         written = CounterMetricFamily("hoopd_journal_bytes", "Bytes written to the journal")
         written.add_metric([], m.journal_bytes)
@@ -131,6 +137,7 @@ class Metrics:
         self.policy_cache_stats = policy_cache_stats
         self._login_failures: Counter[str] = Counter()
         self.statements: Counter[tuple[str, str]] = Counter()  # (kind, decision) -> statements
+        self.masked_values: Counter[tuple[str, str]] = Counter()  # (rule, strategy) -> spans masked
         self._upstream = Histogram("hoopd_upstream_connect_seconds", "Upstream connect and login time",
                                    ["connection"], registry=r)
         self.journal_write = _Histogram(_WRITE_BUCKETS)
@@ -151,6 +158,9 @@ class Metrics:
 
     def login_failed(self, reason: str) -> None:
         self._login_failures[reason] += 1
+
+    def masked(self, rule: str, strategy: str, spans: int) -> None:
+        self.masked_values[(rule, strategy)] += spans
 
     def statement(self, kind: str, decision: str) -> None:
         self.statements[(kind, decision)] += 1

@@ -43,6 +43,7 @@ SESSION_START, SESSION_END = "session_start", "session_end"
 STATEMENT, RESULT, ROWS, ERROR, NOTICE = "statement", "result", "rows", "error", "notice"
 COPY, NOTIFICATION, DENIED = "copy", "notification", "denied"
 ADMIN = "admin"  # an administrator's action (kill, reload, ...), written by the control plane
+MASKING = "masking"  # what the masking stage masked in the result that follows (rule -> values; never a value)
 
 
 def key_id(key: bytes) -> str:

@@ -149,6 +149,9 @@ def _summary(rec: dict[str, Any]) -> str:
         return f"end of segment ({g('records')} records)"
     if k == r.RETENTION:
         return f"retention deleted {len(g('deleted') or ())} segments"
+    if k == r.MASKING:
+        rules = ", ".join(f"{name} {n}" for name, n in sorted((g("rules") or {}).items()))
+        return f"masked {g('values')} values ({rules})"
     if k == r.ADMIN:
         rest = {x: v for x, v in rec.items() if x not in _OWN + ("by", "action")}
         return f"{g('by')}: {g('action')} {one_line(json.dumps(jsonable(rest), ensure_ascii=False))}"

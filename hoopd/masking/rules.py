@@ -68,11 +68,17 @@ class MaskRule:
 
 
 class Masker:
-    """The rules that apply to one session."""
+    """The rules that apply to one session; ``counts`` is what each rule masked (spans)
+    since it was last taken (``take_counts``)."""
 
     def __init__(self, rules: tuple[MaskRule, ...], hash_key: bytes | None) -> None:
         self.rules = rules
         self.hash_key = hash_key
+        self.counts: dict[str, int] = {}
+
+    def take_counts(self) -> dict[str, int]:
+        counts, self.counts = self.counts, {}
+        return counts
 
     def mask(self, text: str) -> tuple[str | None, bool]:
         """(the masked text, or None when nothing matched; whether a ``null`` rule matched)."""
@@ -84,6 +90,7 @@ class Masker:
             if rule.strategy == "null":
                 null = True
             changed = True
+            self.counts[rule.name] = self.counts.get(rule.name, 0) + len(spans)
             parts, last = [], 0
             for start, end in spans:
                 parts += [text[last:start], self._replace(rule, text[start:end])]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import struct
 from typing import Callable, NoReturn
 
-from hoopd.log import get_logger
 from hoopd.masking.jsontext import mask_json
 from hoopd.masking.rules import Masker, MaskingConfig
 from hoopd.pgwire import messages as m
@@ -34,7 +33,7 @@ from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.types import BE
 from hoopd.session import Deny, EndSession, SessionInfo
 
-log = get_logger("hoopd.masking")
+RECORD = "masking"  # the journal's record kind for a result's summary (hoopd.journal.records.MASKING)
 _I32 = struct.Struct("!i")
 
 # Types whose values are never text a detector should see (and whose text form a
@@ -48,7 +47,9 @@ NON_TEXT = frozenset({16, 17, 20, 21, 23, 24, 26, 28, 29, 650, 700, 701, 774, 79
 TEXT_BINARY = frozenset({18, 19, 25, 142, 705, 1042, 1043})  # binary format = the text's bytes
 JSON, JSONB = 114, 3802  # masked as documents (hoopd.masking.jsontext); jsonb binary: a version byte (1), then text
 _KEEP_FIELDS = frozenset(b"SVCFLRP")
-Part = Callable[[bytes, int], "tuple[bytes | None, bool]"]  # (raw, type oid) -> (new or None, becomes NULL)  # severity, code, source file/line/routine, position: no values
+Part = Callable[[bytes, int], "tuple[bytes | None, bool]"]  # (raw, type oid) -> (new or None, becomes NULL)
+Record = Callable[[SessionInfo, str, dict], None]
+_RESULT_ENDS = (BE.COMMAND_COMPLETE, BE.EMPTY_QUERY, BE.PORTAL_SUSPENDED, BE.READY)  # severity, code, source file/line/routine, position: no values
 
 
 class MaskingStage:
@@ -57,25 +58,30 @@ class MaskingStage:
     name = "masking"
     client_types: frozenset[int] = frozenset()
     server_types = frozenset({BE.DATA_ROW, BE.COPY_DATA, BE.ERROR, BE.NOTICE, BE.NOTIFICATION, BE.COPY_OUT,
-                              BE.COPY_BOTH})
+                              BE.COPY_BOTH, *_RESULT_ENDS})
     rewrites = frozenset({BE.DATA_ROW, BE.COPY_DATA, BE.ERROR, BE.NOTICE, BE.NOTIFICATION})
 
-    def __init__(self, config: MaskingConfig) -> None:
+    def __init__(self, config: MaskingConfig, record: Record | None = None,
+                 count: Callable[[str, str, int], None] | None = None) -> None:
         self.config = config  # replace it on reload; new sessions use the new rules
+        self.record = record  # a ``masking`` record per result that had values masked (rule names, counts)
+        self.count = count  # (rule, strategy, spans), for metrics
 
     def open(self, session: SessionInfo, conversation: Conversation) -> "MaskingSession | None":
         ident = session.identity
         masker = self.config.masker(session.level, ident.name if ident else None, ident.groups if ident else (),
                                     session.application_name, session.connection)
-        return None if masker is None else MaskingSession(masker, session)
+        return None if masker is None else MaskingSession(self, masker, session)
 
 
 class MaskingSession:
     """What a session's rules do to each server message it may carry a value in."""
 
-    def __init__(self, masker: Masker, info: SessionInfo) -> None:
+    def __init__(self, stage: MaskingStage, masker: Masker, info: SessionInfo) -> None:
+        self.stage = stage
         self.masker = masker
         self.info = info
+        self._strategy = {r.name: r.strategy for r in masker.rules}
 
     def client(self, msg: ClientMessage) -> None:
         return None
@@ -86,8 +92,6 @@ class MaskingSession:
     def oversize(self, from_client: bool, mtype: int, length: int) -> None:
         pass  # (rewritten types are never oversize: the relay ends the session first)
 
-    def close(self, reason: str) -> None:
-        pass
 
     def _codec(self) -> str:
         enc = canonical(self.info.settings.get("client_encoding", "UTF8")) or ""
@@ -109,9 +113,16 @@ class MaskingSession:
         t = msg.type
         if t == BE.DATA_ROW:
             return self._row(msg)
+        if t in _RESULT_ENDS:
+            self._summary()
+            return None
         if t == BE.COPY_DATA:
             return self._copy_line(msg.body)
-        if t == BE.ERROR or t == BE.NOTICE:
+        if t == BE.ERROR:
+            new = self._fields(msg.body)
+            self._summary()
+            return new
+        if t == BE.NOTICE:
             return self._fields(msg.body)
         if t == BE.NOTIFICATION:
             return self._notification(msg.body)
@@ -119,6 +130,24 @@ class MaskingSession:
             raise EndSession("hoopd: binary COPY cannot be masked for this session; use text or CSV",
                              "42501", reason="masking: binary COPY")
         return None
+
+    def _summary(self) -> None:
+        """At the end of a result: what was masked in it, to the journal and the metrics."""
+        counts = self.masker.take_counts()
+        if not counts:
+            return
+        stage = self.stage
+        if stage.count is not None:
+            for rule, n in counts.items():
+                stage.count(rule, self._strategy[rule], n)
+        if stage.record is not None:
+            try:
+                stage.record(self.info, RECORD, {"rules": counts, "values": sum(counts.values())})
+            except Exception:  # the values were masked; only the summary is missing (the journal logged why)
+                pass
+
+    def close(self, reason: str) -> None:
+        self._summary()
 
     def _row(self, msg: ServerMessage) -> bytes | None:
         values = m.decode_data_row(msg.body)

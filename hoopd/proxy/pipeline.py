@@ -26,8 +26,10 @@ class Pipeline:
                  client_order: Sequence[str] = CLIENT_ORDER, server_order: Sequence[str] = SERVER_ORDER) -> None:
         self.client_stages = _ordered(stages, client_order, "client")
         self.server_stages = _ordered(stages, server_order, "server")
-        self.stages = list(dict.fromkeys([*self.client_stages, *self.server_stages,
-                                          *(s for s in stages)]))  # closed in this order
+        # closed in this order and opened in the reverse one: the journal (last of the client
+        # order) opens first and closes last, so every other stage may record through it
+        self.stages = list(dict.fromkeys([*(s for s in self.server_stages if s not in self.client_stages),
+                                          *self.client_stages, *stages]))
         self.observers = list(observers)
 
     def open(self, info: SessionInfo) -> "SessionStages":
