@@ -26,7 +26,7 @@ from typing import Iterable
 
 from hoopd.confkit import ConfigError, Table, key_file
 from hoopd.levels import LEVELS
-from hoopd.masking.detect import DETECTORS, Detector, merge, regex
+from hoopd.masking.detect import DETECTORS, Detector, merge, prefilter, regex
 from hoopd.names import name_key
 
 STRATEGIES = ("redact", "partial", "hash", "null")
@@ -75,6 +75,8 @@ class Masker:
         self.rules = rules
         self.hash_key = hash_key
         self.counts: dict[str, int] = {}
+        # custom patterns may look around: no prefilter can stand in for them
+        self.prefilter = None if any(r.patterns for r in rules) else prefilter(d for r in rules for d in r.detectors)
 
     def take_counts(self) -> dict[str, int]:
         counts, self.counts = self.counts, {}

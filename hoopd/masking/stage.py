@@ -27,7 +27,7 @@ from typing import Callable, NoReturn
 from hoopd.masking.jsontext import mask_json
 from hoopd.masking.rules import Masker, MaskingConfig
 from hoopd.pgwire import messages as m
-from hoopd.pgwire.conversation import ClientMessage, Conversation, ServerMessage
+from hoopd.pgwire.conversation import ClientMessage, Columns, Conversation, ServerMessage
 from hoopd.pgwire.encodings import CODECS, canonical
 from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.types import BE
@@ -82,6 +82,9 @@ class MaskingSession:
         self.masker = masker
         self.info = info
         self._strategy = {r.name: r.strategy for r in masker.rules}
+        self._codec_of, self._codec_last = "", ""
+        self._plain_of: Columns | None = None
+        self._plain_last = False
 
     def client(self, msg: ClientMessage) -> None:
         return None
@@ -94,11 +97,15 @@ class MaskingSession:
 
 
     def _codec(self) -> str:
-        enc = canonical(self.info.settings.get("client_encoding", "UTF8")) or ""
+        setting = self.info.settings.get("client_encoding", "UTF8")
+        if setting == self._codec_of:
+            return self._codec_last
+        enc = canonical(setting) or ""
         codec = "latin-1" if enc == "SQL_ASCII" else CODECS.get(enc)
         if codec is None:
             raise EndSession(f'hoopd: values in client_encoding "{enc}" cannot be read for masking; session ended',
                              reason="masking: unreadable client_encoding")
+        self._codec_of, self._codec_last = setting, codec
         return codec
 
     def _text(self, raw: bytes, codec: str) -> tuple[bytes | None, bool]:
@@ -150,9 +157,13 @@ class MaskingSession:
         self._summary()
 
     def _row(self, msg: ServerMessage) -> bytes | None:
-        values = m.decode_data_row(msg.body)
         cols = msg.columns
         types, formats = (cols.types, cols.formats) if cols is not None else ((), ())
+        quick = self.masker.prefilter
+        plain = self._plain(cols)
+        if plain and quick is not None and quick.search(msg.body) is None:
+            return None  # nothing in the row's bytes any detector could find
+        values = m.decode_data_row(msg.body)
         codec = self._codec()
         out: list[bytes | None] | None = None
         for i, v in enumerate(values):
@@ -161,13 +172,28 @@ class MaskingSession:
             oid = types[i] if i < len(types) else 0
             if oid in NON_TEXT:
                 continue
-            new, null = self._value(v, oid, formats[i] if i < len(formats) else 0, codec, i)
+            fmt = formats[i] if i < len(formats) else 0
+            if plain and quick is not None and quick.search(v) is None:
+                continue  # (as for the whole row, value by value)
+            new, null = self._value(v, oid, fmt, codec, i)
             if new is None and not null:
                 continue
             if out is None:
                 out = list(values)
             out[i] = None if null else new
         return None if out is None else m.encode_data_row(out)
+
+    def _plain(self, cols: Columns | None) -> bool:
+        """Whether every value of rows with these columns is its text's bytes (text format,
+        or binary of a text type) or never text: then a row's bytes can be prefiltered whole.
+        Binary arrays, records and unknown types must be walked (or refused)."""
+        if cols is None:
+            return True
+        if cols is not self._plain_of:  # (the same Columns object serves every row of a result)
+            self._plain_of = cols
+            self._plain_last = all(f == 0 or oid in NON_TEXT or oid in TEXT_BINARY
+                                   for oid, f in zip(cols.types, cols.formats))
+        return self._plain_last
 
     def _value(self, v: bytes, oid: int, fmt: int, codec: str, column: int) -> tuple[bytes | None, bool]:
         if oid == JSON or oid == JSONB:
