@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py [--quick] [--rounds N] [--duration S]
     .venv/bin/python bench/run.py --profile DIR [--duration S]   # hoopd hot spots (py-spy)
     .venv/bin/python bench/run.py --seam REV [--rounds N]        # CPU/txn of this checkout vs REV
+    .venv/bin/python bench/run.py --masking [--rounds N]         # a 1M-row result with and without masking
 
 Makes a throwaway PostgreSQL 15 cluster (``pgbench -i -s 10``), starts hoopd in the
 configurations of VARIANTS (no TLS, a local SCRAM user: as configured by default, without
@@ -36,7 +37,7 @@ from typing import Any, Callable, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import measure, report, seam  # noqa: E402
+from bench import masking, measure, report, seam  # noqa: E402
 from bench.report import CONFIGS, STREAMS, config_key  # noqa: E402
 from bench.services import (Hoopd, HoopdVariant, PgBouncer, Target, ensure_pgbouncer, new_password,  # noqa: E402
                             start_postgres, version_of)
@@ -82,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seam", metavar="REV",
                    help="only pgbench -S c=8 through policy + journal and policy off, this checkout vs git REV"
                         " (bench/seam.py)")
+    p.add_argument("--masking", action="store_true",
+                   help="only a 1M-row SELECT through hoopd without and with masking rules (bench/masking.py)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json",
                    help="where to write the results (default bench/results/latest.json)")
@@ -286,6 +289,23 @@ def run_seam(args: argparse.Namespace, stack: ExitStack) -> int:
     return 1 if args.strict and not ok else 0
 
 
+def run_masking(args: argparse.Namespace, stack: ExitStack) -> int:
+    base = Path(tempfile.mkdtemp(prefix="hoopd-bench-"))
+    stack.callback(_quietly("removing " + str(base), lambda: shutil.rmtree(base)))
+    os.chmod(base, 0o711)
+    password = new_password()
+    cluster = Cluster(base / "pg")
+    stack.callback(_quietly("stopping PostgreSQL", lambda: cluster.stop("fast")))
+    start_postgres(cluster, password, 1)
+    res = masking.run(masking.start(base, cluster.port, password, stack), args.rounds, say)
+    print(masking.report(res))
+    out = args.json.with_name("masking.json") if args.json.name == "latest.json" else args.json
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rounds": args.rounds, "results": res}, indent=2) + "\n")
+    say(f"results written to {out}")
+    return 0
+
+
 def bench(args: argparse.Namespace, s: Setup) -> dict[str, Any]:
     load_before = [round(x, 2) for x in os.getloadavg()]
     pgb = run_pgbench(s.targets, s.hoopds, args.rounds, args.duration)
@@ -319,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             if args.seam:
                 return run_seam(args, stack)
+            if args.masking:
+                return run_masking(args, stack)
             s = setup(args, stack)
             if args.profile:
                 profile_hoopd(s.target("hoopd"), args.profile, args.duration)

@@ -1,0 +1,59 @@
+"""``bench/run.py --masking``: a 1M-row SELECT through hoopd without and with masking rules.
+
+Two gateways in front of one PostgreSQL: one without rules, one whose rule (email and
+card detectors) applies to the bench user. Each runs a 1M-row result whose text values
+match no detector and one where every row has an email. Reports wall time and hoopd's
+CPU (from /proc) per run, and the ratios of the issue's targets: throughput with masking
+>= 0.7 of without when every row is masked; rows that match no rule cost < 5% more.
+"""
+from __future__ import annotations
+
+import statistics
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import measure
+from bench.services import Hoopd, HoopdVariant, Target
+
+SQL = {"no match": "select g, md5(g::text) from generate_series(1, 1000000) g",
+       "all masked": "select g, 'user' || g || '@example.com', md5(g::text) from generate_series(1, 1000000) g"}
+RULES = '[[masking.rules]]\nname = "bench"\ndetectors = ["email", "card"]\nlevels = ["admin"]\n'
+
+
+def start(folder: Path, pg_port: int, password: str, stack: ExitStack) -> list[Target]:
+    targets = []
+    for name, extra in (("hoopd", ""), ("hoopd-masking", RULES)):
+        h = Hoopd(folder / name, pg_port, password, HoopdVariant(name))
+        h.gateway.config.write_text(h.gateway.config.read_text() + extra)
+        stack.callback(h.stop)
+        targets.append(h.start())
+    return targets
+
+
+def run(targets: list[Target], rounds: int, say: Callable[[str], None]) -> dict[str, Any]:
+    got: dict[str, dict[str, list[tuple[float, float]]]] = {t.name: {k: [] for k in SQL} for t in targets}
+    for r in range(rounds):
+        for t in targets[r % 2:] + targets[:r % 2]:
+            assert t.pid is not None
+            for kind, sql in SQL.items():
+                cpu0 = measure.cpu_seconds(t.pid)
+                sec = measure.psql_seconds(t, sql)
+                got[t.name][kind].append((sec, measure.cpu_seconds(t.pid) - cpu0))
+                say(f"round {r + 1}/{rounds} {t.name:14} {kind:10} {sec:6.2f} s, hoopd CPU {got[t.name][kind][-1][1]:.2f} s")
+    return {name: {kind: {"seconds": statistics.median(x for x, _ in runs), "cpu": statistics.median(y for _, y in runs)}
+                   for kind, runs in kinds.items()} for name, kinds in got.items()}
+
+
+def report(res: dict[str, Any]) -> str:
+    plain, masked = res["hoopd"], res["hoopd-masking"]
+    lines = [f"{'':14} {'no match':>18} {'all masked':>18}"]
+    for name, v in res.items():
+        lines.append(f"{name:14} " + " ".join(f"{v[k]['seconds']:7.2f} s ({v[k]['cpu']:5.2f} CPU)" for k in SQL))
+    through = plain["all masked"]["seconds"] / masked["all masked"]["seconds"]
+    extra = masked["no match"]["seconds"] / plain["no match"]["seconds"] - 1
+    lines.append(f"throughput with every row masked: {through:.2f}x of no masking (target >= 0.70:"
+                 f" {'PASS' if through >= 0.7 else 'MISS'})")
+    lines.append(f"rows that match no rule: +{extra:.0%} time over no masking (target < 5%:"
+                 f" {'PASS' if extra < 0.05 else 'MISS'})")
+    return "\n".join(lines)
