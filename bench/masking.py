@@ -40,8 +40,10 @@ def run(targets: list[Target], rounds: int, say: Callable[[str], None]) -> dict[
                 cpu0 = measure.cpu_seconds(t.pid)
                 sec = measure.psql_seconds(t, sql)
                 got[t.name][kind].append((sec, measure.cpu_seconds(t.pid) - cpu0))
-                say(f"round {r + 1}/{rounds} {t.name:14} {kind:10} {sec:6.2f} s, hoopd CPU {got[t.name][kind][-1][1]:.2f} s")
-    return {name: {kind: {"seconds": statistics.median(x for x, _ in runs), "cpu": statistics.median(y for _, y in runs)}
+                cpu = got[t.name][kind][-1][1]
+                say(f"round {r + 1}/{rounds} {t.name:14} {kind:10} {sec:6.2f} s, hoopd CPU {cpu:.2f} s")
+    med = statistics.median
+    return {name: {kind: {"seconds": med(x for x, _ in runs), "cpu": med(y for _, y in runs)}
                    for kind, runs in kinds.items()} for name, kinds in got.items()}
 
 

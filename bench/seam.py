@@ -60,7 +60,8 @@ def report(res: dict[str, Any], rev: str) -> tuple[str, bool]:
     here, there = res["hoopd-jnl"], res[f"hoopd-jnl@{rev}"]
     ratio = here["cpu_us_per_txn"] / there["cpu_us_per_txn"]
     ok = ratio <= TARGET
-    lines.append(f"policy + journal CPU/txn: {ratio:.2f}x of {rev} (target <= {TARGET:.2f}x: {'PASS' if ok else 'MISS'});"
+    verdict = "PASS" if ok else "MISS"
+    lines.append(f"policy + journal CPU/txn: {ratio:.2f}x of {rev} (target <= {TARGET:.2f}x: {verdict});"
                  f" TPS {here['tps'] / there['tps']:.2f}x")
     relay, relay_base = res["hoopd-relay"], res[f"hoopd-relay@{rev}"]
     lines.append(f"relay alone (policy off) CPU/txn: {relay['cpu_us_per_txn'] / relay_base['cpu_us_per_txn']:.2f}x"

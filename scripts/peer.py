@@ -61,7 +61,8 @@ def run_suite(py: Path, suite: Path, dsn: str, out: Path, extra: list[str]) -> t
     proc = subprocess.run(cmd, cwd=suite, capture_output=True, text=True)
     seconds = time.monotonic() - t0
     if not out.exists():
-        raise SystemExit(f"peer: the suite did not run ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        raise SystemExit(f"peer: the suite did not run ({proc.returncode}):\n"
+                         f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     failed, total = set(), 0
     for case in ET.parse(out).iter("testcase"):
         total += 1

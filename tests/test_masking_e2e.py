@@ -175,7 +175,8 @@ def test_masked_values_are_counted_in_metrics(gw):
     with psycopg.connect(g.dsn("reader")) as c:
         c.execute("select email from mask_people").fetchall()
     text = urllib.request.urlopen(f"http://127.0.0.1:{g.http_port}/metrics", timeout=10).read().decode()
-    (line,) = [x for x in text.splitlines() if x.startswith('hoopd_masked_values_total{rule="emails",strategy="redact"}')]
+    series = 'hoopd_masked_values_total{rule="emails",strategy="redact"}'
+    (line,) = [x for x in text.splitlines() if x.startswith(series)]
     assert float(line.split()[-1]) >= 2
 
 

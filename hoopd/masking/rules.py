@@ -106,7 +106,8 @@ class Masker:
             keep = rule.keep_first + rule.keep_last
             if len(value) <= keep:
                 return rule.token
-            return value[:rule.keep_first] + "*" * (len(value) - keep) + (value[-rule.keep_last:] if rule.keep_last else "")
+            tail = value[-rule.keep_last:] if rule.keep_last else ""
+            return value[:rule.keep_first] + "*" * (len(value) - keep) + tail
         if rule.strategy == "hash":
             assert self.hash_key is not None  # the config requires it
             return "#" + hmac.new(self.hash_key, value.encode(), hashlib.sha256).hexdigest()[:16]

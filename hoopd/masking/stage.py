@@ -46,10 +46,10 @@ NON_TEXT = frozenset({16, 17, 20, 21, 23, 24, 26, 28, 29, 650, 700, 701, 774, 79
                       1185, 1187, 1270, 1561, 1563, 1231, 2951})
 TEXT_BINARY = frozenset({18, 19, 25, 142, 705, 1042, 1043})  # binary format = the text's bytes
 JSON, JSONB = 114, 3802  # masked as documents (hoopd.masking.jsontext); jsonb binary: a version byte (1), then text
-_KEEP_FIELDS = frozenset(b"SVCFLRP")
+_KEEP_FIELDS = frozenset(b"SVCFLRP")  # severity, code, source file/line/routine, position: no values
 Part = Callable[[bytes, int], "tuple[bytes | None, bool]"]  # (raw, type oid) -> (new or None, becomes NULL)
 Record = Callable[[SessionInfo, str, dict], None]
-_RESULT_ENDS = (BE.COMMAND_COMPLETE, BE.EMPTY_QUERY, BE.PORTAL_SUSPENDED, BE.READY)  # severity, code, source file/line/routine, position: no values
+_RESULT_ENDS = (BE.COMMAND_COMPLETE, BE.EMPTY_QUERY, BE.PORTAL_SUSPENDED, BE.READY)  # a result is over
 
 
 class MaskingStage:
@@ -94,7 +94,6 @@ class MaskingSession:
 
     def oversize(self, from_client: bool, mtype: int, length: int) -> None:
         pass  # (rewritten types are never oversize: the relay ends the session first)
-
 
     def _codec(self) -> str:
         setting = self.info.settings.get("client_encoding", "UTF8")
@@ -333,4 +332,5 @@ def _map_record(v: bytes, element: Part) -> bytes | None:
     r.end()
     if not changed:
         return None
-    return _I32.pack(n) + b"".join(_I32.pack(oid) + p for (oid, _), p in zip(fields, _encode_parts([x for _, x in fields])))
+    parts = _encode_parts([x for _, x in fields])
+    return _I32.pack(n) + b"".join(_I32.pack(oid) + p for (oid, _), p in zip(fields, parts))
