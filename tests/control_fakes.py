@@ -21,8 +21,8 @@ class FakeSession:
         self.killed = (reason, by)
         self.registry.remove(self)
 
-    def cancel_upstream(self) -> None:
-        pass
+    def cancel_upstream(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
 
 
 class FakeGateway:

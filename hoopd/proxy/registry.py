@@ -11,6 +11,8 @@ import hashlib
 import os
 from typing import Iterator, Protocol
 
+from twisted.internet.defer import Deferred
+
 from hoopd.session import SessionInfo
 
 
@@ -19,7 +21,7 @@ class Killable(Protocol):
 
     def kill(self, reason: str, by: str) -> None: ...
 
-    def cancel_upstream(self) -> None: ...
+    def cancel_upstream(self) -> Deferred[None]: ...
 
 
 class SessionRegistry:
