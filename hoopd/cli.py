@@ -62,9 +62,10 @@ def _part_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Tool groups contributed by the parts (each an add_commands function)."""
     from hoopd.control import tokens
     from hoopd.journal import cli as journal
+    from hoopd.masking import cli as masking
     from hoopd.policy import cli as policy
 
-    return [tokens.add_commands, journal.add_commands, policy.add_commands]
+    return [tokens.add_commands, journal.add_commands, policy.add_commands, masking.add_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

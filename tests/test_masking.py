@@ -187,3 +187,23 @@ def test_rewritten_rows_and_arrays_always_parse(values: list[bytes | None]) -> N
     walked = _map_array(arr, lambda raw, oid: s._value(raw, oid, 1, "utf-8", 0))
     assert _map_array(walked or arr, lambda raw, oid: (None, False)) is None  # still a well-formed array
     assert _map_record(struct.pack("!i", 0), lambda raw, oid: (None, False)) is None
+
+
+def test_explain_shows_rules_and_result(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from hoopd import cli
+    conf = tmp_path / "hoopd.toml"
+    conf.write_text('[[masking.rules]]\nname = "contact"\ndetectors = ["email"]\ngroups = ["ai-agents"]\n'
+                    '[connections.shop]\nhost = "127.0.0.1"\n[connections.shop.credentials.default]\nuser = "u"\n'
+                    'password = "p"\n[connections.shop.access]\nai-agents = "read_only"\ndba = "admin"\n')
+    base = ["masking", "explain", "--config", str(conf), "--connection", "shop"]
+    assert cli.main([*base, "--groups", "ai-agents", "mail ada@example.com \x1b[2J"]) == 0
+    out = capsys.readouterr().out
+    assert "contact (redact): 'ada@example.com'" in out and "-> 'mail **** " in out and "\x1b" not in out
+    assert cli.main([*base, "--groups", "dba", "mail ada@example.com"]) == 1
+    assert "no masking rule applies" in capsys.readouterr().out
+    assert cli.main([*base, "--groups", "ai-agents", "--json", "ada@example.com"]) == 0
+    assert json.loads(capsys.readouterr().out)["result"] == "****"
+    assert cli.main([*base[:4], "--connection", "nope", "x"]) == 2
+    assert 'no connection "nope"' in capsys.readouterr().err
