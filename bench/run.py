@@ -296,8 +296,8 @@ def run_masking(args: argparse.Namespace, stack: ExitStack) -> int:
     password = new_password()
     cluster = Cluster(base / "pg")
     stack.callback(_quietly("stopping PostgreSQL", lambda: cluster.stop("fast")))
-    start_postgres(cluster, password, 1)
-    res = masking.run(masking.start(base, cluster.port, password, stack), args.rounds, say)
+    start_postgres(cluster, password, args.scale)
+    res = masking.run(masking.start(base, cluster.port, password, stack), args.rounds, args.duration, say)
     print(masking.report(res))
     out = args.json.with_name("masking.json") if args.json.name == "latest.json" else args.json
     out.parent.mkdir(parents=True, exist_ok=True)
