@@ -10,16 +10,14 @@ import getpass
 import sys
 from typing import Callable, Sequence
 
-from hoopd.confkit import ConfigError
+from hoopd.cliargs import load_config
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from hoopd.config import load, warnings
+    from hoopd.config import warnings
 
-    try:
-        cfg = load(args.file)
-    except ConfigError as e:
-        print(f"hoopd: {e}", file=sys.stderr)
+    cfg = load_config(args.file)
+    if cfg is None:
         return 1
     for w in warnings(cfg):
         print(f"hoopd: warning: {w}", file=sys.stderr)

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from hoopd.confkit import ConfigError
+from hoopd.cliargs import add_identity_arguments, asked_identity
 
 _FIELDS = (  # (summary key, label) in display order
     ("kinds", "kinds"), ("relations", "relations"), ("functions", "functions"),
@@ -26,42 +25,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("policy", help="SQL policy tools")
     psub = p.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
     e = psub.add_parser("explain", help="classify SQL and show the decision with the rule that made it")
-    e.add_argument("--config", required=True, help="the hoopd config file")
-    e.add_argument("--connection", required=True, help="connection name (the client's dbname)")
-    e.add_argument("--level", choices=("read_only", "read_write", "admin"),
-                   help="access level (default: what --groups grant on the connection)")
-    e.add_argument("--user", help="identity name rules see")
-    e.add_argument("--groups", default="", help="comma-separated identity groups")
-    e.add_argument("--application", default="", help="application_name rules see")
-    e.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_identity_arguments(e)
     e.add_argument("sql", help="the SQL text (several statements allowed; PREPARE is remembered for EXECUTE)")
     e.set_defaults(func=explain)
 
 
 def explain(args: argparse.Namespace) -> int:
-    from hoopd.config import load
     from hoopd.policy.classify import classify
     from hoopd.policy.decide import Policy
     from hoopd.policy.prepared import PreparedRegistry
     from hoopd.policy.rules import Context
 
-    try:
-        cfg = load(args.config)
-    except ConfigError as e:
-        print(f"hoopd: {e}", file=sys.stderr)
+    asked = asked_identity(args)
+    if asked is None:
         return 2
-    conn = cfg.connections.get(args.connection)
-    if conn is None:
-        known = ", ".join(sorted(cfg.connections)) or "none"
-        print(f'hoopd: no connection "{args.connection}" in {args.config} (known: {known})', file=sys.stderr)
-        return 2
-    groups = frozenset(g.strip() for g in args.groups.split(",") if g.strip())
-    level = args.level or conn.level_for(groups)
-    if level is None:
-        print(f'hoopd: give --level, or --groups that have access to "{args.connection}"', file=sys.stderr)
-        return 2
-    ctx = Context(args.connection, level, args.user, groups, args.application)
-    decisions = Policy.from_config(cfg).decide_all(classify(args.sql, PreparedRegistry()), ctx)
+    ctx = Context(asked.connection, asked.level, asked.user, asked.groups, asked.application)
+    decisions = Policy.from_config(asked.config).decide_all(classify(args.sql, PreparedRegistry()), ctx)
     if args.json:
         print(json.dumps({"context": _context(ctx), "statements": [d.record() | {"text": d.statement.text}
                                                                    for d in decisions]}, indent=2))
