@@ -207,3 +207,11 @@ def test_explain_shows_rules_and_result(tmp_path, capsys: pytest.CaptureFixture[
     assert json.loads(capsys.readouterr().out)["result"] == "****"
     assert cli.main([*base[:4], "--connection", "nope", "x"]) == 2
     assert 'no connection "nope"' in capsys.readouterr().err
+
+
+def test_a_null_rule_where_there_is_no_null_redacts_the_spans() -> None:
+    s = session(MaskRule("e", ("email",), strategy="null", token="[gone]"))
+    err = m.error_response("23505", "duplicate key", detail="Key (email)=(ada@example.com) already exists.")[5:]
+    fields = m.decode_fields(s.server(ServerMessage(BE.ERROR, err, None, 0, None)))
+    assert fields["D"] == "Key (email)=([gone]) already exists."
+    assert m.decode_data_row(s.server(row([b"ada@example.com", b"x"], (25, 25), (0, 0)))) == (None, b"x")

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from hoopd.confkit import ConfigError, Table, key_file
 from hoopd.levels import LEVELS
@@ -93,13 +93,15 @@ class Masker:
                 null = True
             changed = True
             self.counts[rule.name] = self.counts.get(rule.name, 0) + len(spans)
-            parts, last = [], 0
-            for start, end in spans:
-                parts += [text[last:start], self._replace(rule, text[start:end])]
-                last = end
-            parts.append(text[last:])
-            text = "".join(parts)
+            text = _splice(text, spans, lambda value: self._replace(rule, value))
         return (text if changed else None), null
+
+    def redact(self, text: str) -> str:
+        """Every span any rule finds becomes that rule's token: what a ``null`` rule does
+        where there is no NULL (a message, a COPY line)."""
+        for rule in self.rules:
+            text = _splice(text, rule.spans(text), lambda _: rule.token)
+        return text
 
     def _replace(self, rule: MaskRule, value: str) -> str:
         if rule.strategy == "partial":
@@ -112,6 +114,16 @@ class Masker:
             assert self.hash_key is not None  # the config requires it
             return "#" + hmac.new(self.hash_key, value.encode(), hashlib.sha256).hexdigest()[:16]
         return rule.token  # redact, and null where there is no NULL
+
+
+def _splice(text: str, spans: list[tuple[int, int]], replace: Callable[[str], str]) -> str:
+    """``text`` with each (ordered, disjoint) span replaced by ``replace`` of it."""
+    parts, last = [], 0
+    for start, end in spans:
+        parts += [text[last:start], replace(text[start:end])]
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 @dataclass(frozen=True)

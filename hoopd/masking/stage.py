@@ -233,19 +233,12 @@ class MaskingSession:
         new = self._masked(body)
         return None if new == body else new
 
-    def _text_redacted(self, body: bytes) -> bytes:
-        """A null rule in a place with no NULL: the spans become the rule's token instead."""
-        codec = self._codec()
-        text = body.decode(codec, "surrogateescape")
-        for rule in self.masker.rules:
-            for start, end in reversed(rule.spans(text)):
-                text = text[:start] + rule.token + text[end:]
-        return text.encode(codec, "surrogateescape")
-
     def _masked(self, raw: bytes) -> bytes:
-        new, null = self._text(raw, self._codec())
+        """A text with no NULL (a message field, a COPY line, a payload), masked."""
+        codec = self._codec()
+        new, null = self._text(raw, codec)
         if null:
-            return self._text_redacted(raw)
+            return self.masker.redact(raw.decode(codec, "surrogateescape")).encode(codec, "surrogateescape")
         return raw if new is None else new
 
     def _fields(self, body: bytes) -> bytes | None:
