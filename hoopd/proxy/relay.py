@@ -115,8 +115,6 @@ class Relay:
         self.tracking = stages.tracking
         self.log = log
         self.tracing = tracing(log)  # trace lines cost their arguments even when off
-        self._server_for = stages.server_for
-        self._client_for = stages.client_for
         self.on_terminate = on_terminate
         self.on_report = on_report  # a setting the server reported; may raise EndSession
         self.budget = budget
@@ -212,7 +210,7 @@ class Relay:
             self.info.statements += 1
         if self.tracing:
             self.log.trace("session {sid} client {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
-        if not self._client_for[t] and not self.tracking:  # nobody looks at it
+        if not self.stages.client_for[t] and not self.tracking:  # nobody looks at it
             out.append(m.frame(_BYTE[t], body))
             if t in _SYNC_POINTS:
                 self._sent_syncs += 1
@@ -355,7 +353,7 @@ class Relay:
     def _server_message(self, t: int, body: bytes) -> bytes:
         if self.tracing:
             self.log.trace("session {sid} server {mtype} ({n} bytes)", sid=self.info.id, mtype=chr(t), n=len(body))
-        stages = self._server_for[t]
+        stages = self.stages.server_for[t]
         if self.tracking:
             msg = self.conversation.server(t, body)
         elif stages:
