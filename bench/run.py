@@ -234,19 +234,30 @@ class Setup:
         return next(t for t in self.targets if t.name == name)
 
 
-def setup(args: argparse.Namespace, stack: ExitStack) -> Setup:
-    """Start PostgreSQL (with pgbench data), the hoopd variants and pgbouncer; ``stack`` undoes all of it."""
+def _scratch(stack: ExitStack) -> Path:
+    """A temporary folder for one run, removed when ``stack`` unwinds."""
     base = Path(tempfile.mkdtemp(prefix="hoopd-bench-"))
     stack.callback(_quietly("removing " + str(base), lambda: shutil.rmtree(base)))
     os.chmod(base, 0o711)  # the postgres OS user must reach its folders inside
-    password = new_password()
-    pgbouncer_bin = ensure_pgbouncer()
+    return base
 
-    say(f"initdb + pgbench -i -s {args.scale} in {base}")
-    t0 = time.monotonic()
+
+def _postgres(base: Path, password: str, scale: int, stack: ExitStack) -> Cluster:
+    """A running cluster in ``base``/pg with pgbench data, stopped when ``stack`` unwinds."""
+    say(f"initdb + pgbench -i -s {scale} in {base}")
     cluster = Cluster(base / "pg")
     stack.callback(_quietly("stopping PostgreSQL", lambda: cluster.stop("fast")))
-    start_postgres(cluster, password, args.scale)
+    start_postgres(cluster, password, scale)
+    return cluster
+
+
+def setup(args: argparse.Namespace, stack: ExitStack) -> Setup:
+    """Start PostgreSQL (with pgbench data), the hoopd variants and pgbouncer; ``stack`` undoes all of it."""
+    base = _scratch(stack)
+    password = new_password()
+    pgbouncer_bin = ensure_pgbouncer()
+    t0 = time.monotonic()
+    cluster = _postgres(base, password, args.scale, stack)
     say(f"PostgreSQL ready on {cluster.port} ({time.monotonic() - t0:.1f} s)")
 
     targets = [Target("direct", cluster.port, password)]
@@ -266,16 +277,11 @@ def setup(args: argparse.Namespace, stack: ExitStack) -> Setup:
 
 
 def run_seam(args: argparse.Namespace, stack: ExitStack) -> int:
-    base = Path(tempfile.mkdtemp(prefix="hoopd-bench-"))
-    stack.callback(_quietly("removing " + str(base), lambda: shutil.rmtree(base)))
-    os.chmod(base, 0o711)
+    base = _scratch(stack)
     rev = args.seam
     root = seam.worktree(ROOT, rev, base / "baseline", stack)
     password = new_password()
-    say(f"initdb + pgbench -i -s {args.scale} in {base}")
-    cluster = Cluster(base / "pg")
-    stack.callback(_quietly("stopping PostgreSQL", lambda: cluster.stop("fast")))
-    start_postgres(cluster, password, args.scale)
+    cluster = _postgres(base, password, args.scale, stack)
     targets = seam.start(base, cluster.port, password, seam.variants(rev, root), stack, say)
     res = seam.run(targets, args.rounds, args.duration, say)
     table, ok = seam.report(res, rev)
@@ -290,13 +296,9 @@ def run_seam(args: argparse.Namespace, stack: ExitStack) -> int:
 
 
 def run_masking(args: argparse.Namespace, stack: ExitStack) -> int:
-    base = Path(tempfile.mkdtemp(prefix="hoopd-bench-"))
-    stack.callback(_quietly("removing " + str(base), lambda: shutil.rmtree(base)))
-    os.chmod(base, 0o711)
+    base = _scratch(stack)
     password = new_password()
-    cluster = Cluster(base / "pg")
-    stack.callback(_quietly("stopping PostgreSQL", lambda: cluster.stop("fast")))
-    start_postgres(cluster, password, args.scale)
+    cluster = _postgres(base, password, args.scale, stack)
     res = masking.run(masking.start(base, cluster.port, password, stack), args.rounds, args.duration, say)
     print(masking.report(res))
     out = args.json.with_name("masking.json") if args.json.name == "latest.json" else args.json
