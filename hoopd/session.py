@@ -108,9 +108,10 @@ class EndSession(Exception):
         self.reason = reason or message  # for the session_end record and the log
 
 
-CLIENT_ORDER = ("policy", "review", "journal")
+CLIENT_ORDER = ("policy", "review", "masking", "journal")
 """Stages that see client messages, first to last: the journal records what passed the
-others (and what they refused, by ``denied``)."""
+others (and what they refused, by ``denied``); masking reads the relation catalog a
+statement's results need, after review so a held statement does not hold a stale one."""
 SERVER_ORDER = ("masking", "journal")
 """Stages that see server messages, first to last: the journal records results as the
 client receives them."""

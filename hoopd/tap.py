@@ -26,8 +26,9 @@ from hoopd.listener import Listener
 from hoopd.log import configure, get_logger
 from hoopd.policy.classify import default_classifier
 from hoopd.policy.decide import Policy
-from hoopd.policy.functions import FunctionCatalogs
+from hoopd.policy.functions import CATALOG_QUERY, FunctionCatalogs
 from hoopd.masking.rules import MaskingConfig
+from hoopd.masking.relations import RELATIONS_QUERY, RelationCatalogs
 from hoopd.masking.stage import MaskingStage
 from hoopd.policy.stage import PolicyStage
 from hoopd.proxy.pipeline import Pipeline
@@ -85,7 +86,7 @@ class GatewayService(service.MultiService):
             self.journal = JournalStage(writer, config.journal)
             view = LiveJournal(writer, reactor)
         record = self.journal.record if self.journal else None  # policy decisions and tripwire ends, in sequence
-        functions = FunctionCatalogs(catalog_loader(reactor, lambda: self.config), reactor,
+        functions = FunctionCatalogs(catalog_loader(reactor, lambda: self.config, CATALOG_QUERY, "function catalog"), reactor,
                                      max_age=config.functions.catalog_max_age)
         self.policy = PolicyStage(Policy.from_config(config), default_classifier, record=record,
                                   count=metrics.statement, max_statement_bytes=config.max_statement_bytes,
@@ -94,7 +95,12 @@ class GatewayService(service.MultiService):
             log.warn("[policy] enabled = false: statements are not checked against access levels or rules"
                      " (read_only sessions still run read-only upstream)")
         # masking only when rules exist at start: its stage makes the relay read every row
-        self.masking = MaskingStage(config.masking, record, metrics.masked) if config.masking else None
+        self.masking = None
+        if config.masking:
+            relations = RelationCatalogs(catalog_loader(reactor, lambda: self.config, RELATIONS_QUERY,
+                                                        "relation catalog"), reactor,
+                                         max_age=config.masking.catalog_max_age)
+            self.masking = MaskingStage(config.masking, record, metrics.masked, relations)
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
                                + ([self.masking] if self.masking else []))
         self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker]),
@@ -173,6 +179,8 @@ class GatewayService(service.MultiService):
             self.journal.reconfigure(new.journal)
         if self.masking is not None:
             self.masking.config = new.masking or MaskingConfig()
+            if self.masking.relations is not None:
+                self.masking.relations.max_age = self.masking.config.catalog_max_age
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

@@ -84,7 +84,7 @@ def test_scope() -> None:
 
 @pytest.mark.parametrize("rules,message", [
     ([{"name": "a", "detectors": ["emial"]}], 'masking.rules[0].detectors: unknown detector "emial"'),
-    ([{"name": "a"}], "masking.rules[0].detectors: a rule needs at least one detector or pattern"),
+    ([{"name": "a"}], "masking.rules[0].columns: a rule needs at least one column, detector or pattern"),
     ([{"name": "a", "patterns": ["("]}], "masking.rules[0].patterns: invalid regular expression"),
     ([{"name": "a", "detectors": "email", "strategy": "hash"}], "masking.hash_key_file: is required"),
     ([{"name": "a", "detectors": "email", "strategy": "blur"}], "masking.rules[0].strategy: expected one of"),

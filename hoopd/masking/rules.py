@@ -1,9 +1,13 @@
 """Masking rules (``[[masking.rules]]``): who they apply to, what they find, how they replace it.
 
-A rule names content detectors (hoopd.masking.detect) and custom regular expressions,
-a strategy and a scope. ``Masker`` is the rules that apply to one session, applied to a
-text: every span a rule's detectors find is replaced by that rule's strategy, rules in
-order. Strategies:
+A rule names columns (``columns``: globs of ``schema.relation.column``,
+``relation.column`` or ``column``; a one-part glob also matches a computed result
+column's name; hoopd.masking.columns resolves them), content detectors
+(hoopd.masking.detect) and custom regular expressions, a strategy and a scope.
+``Masker`` is the rules that apply to one session: a column a rule names is masked
+whole (hoopd.masking.values keeps it a valid value of its type); in a text, every
+span a rule's detectors find is replaced by that rule's strategy, rules in order.
+Strategies:
 
 * ``redact``: the span becomes ``token`` (default ``****``);
 * ``partial``: keeps the first ``keep_first`` and last ``keep_last`` characters, the rest
@@ -47,6 +51,7 @@ class MaskRule:
     users: tuple[str, ...] | None = None
     applications: tuple[str, ...] | None = None
     connections: tuple[str, ...] | None = None
+    columns: tuple[tuple[str, ...], ...] = ()  # globs split at dots: (column,), (relation, column) or all three
     _find: tuple[Detector, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +68,15 @@ class MaskRule:
                                                     [name_key(user)] if user else []))
                 and any_glob(self.applications, [application]) and any_glob(self.connections, [connection or ""]))
 
+    def names_column(self, schema: str, relation: str, column: str) -> bool:
+        """Whether a ``columns`` glob names this relation's column."""
+        whole = (schema, relation, column)
+        return any(all(fnmatchcase(v, p) for v, p in zip(whole[3 - len(g):], g)) for g in self.columns)
+
+    def names_result(self, name: str) -> bool:
+        """Whether a one-part ``columns`` glob matches a computed result column's name."""
+        return any(len(g) == 1 and fnmatchcase(name, g[0]) for g in self.columns)
+
     def spans(self, text: str) -> list[tuple[int, int]]:
         return merge(s for find in self._find for s in find(text))
 
@@ -75,8 +89,11 @@ class Masker:
         self.rules = rules
         self.hash_key = hash_key
         self.counts: dict[str, int] = {}
+        self.detecting = tuple(r for r in rules if r._find)  # rules that look at content
+        self.column_rules = tuple(r for r in rules if r.columns)
         # custom patterns may look around: no prefilter can stand in for them
-        self.prefilter = None if any(r.patterns for r in rules) else prefilter(d for r in rules for d in r.detectors)
+        self.prefilter = (None if any(r.patterns for r in rules)
+                          else prefilter(d for r in self.detecting for d in r.detectors))
 
     def take_counts(self) -> dict[str, int]:
         counts, self.counts = self.counts, {}
@@ -85,7 +102,7 @@ class Masker:
     def mask(self, text: str) -> tuple[str | None, bool]:
         """(the masked text, or None when nothing matched; whether a ``null`` rule matched)."""
         changed = null = False
-        for rule in self.rules:
+        for rule in self.detecting:
             spans = rule.spans(text)
             if not spans:
                 continue
@@ -93,17 +110,22 @@ class Masker:
                 null = True
             changed = True
             self.counts[rule.name] = self.counts.get(rule.name, 0) + len(spans)
-            text = _splice(text, spans, lambda value: self._replace(rule, value))
+            text = _splice(text, spans, lambda value: self.replace(rule, value))
         return (text if changed else None), null
 
     def redact(self, text: str) -> str:
         """Every span any rule finds becomes that rule's token: what a ``null`` rule does
         where there is no NULL (a message, a COPY line)."""
-        for rule in self.rules:
+        for rule in self.detecting:
             text = _splice(text, rule.spans(text), lambda _: rule.token)
         return text
 
-    def _replace(self, rule: MaskRule, value: str) -> str:
+    def count(self, rule: MaskRule) -> None:
+        """One whole value masked by a column rule."""
+        self.counts[rule.name] = self.counts.get(rule.name, 0) + 1
+
+    def replace(self, rule: MaskRule, value: str) -> str:
+        """``value`` as ``rule``'s strategy replaces it (``null``: its token)."""
         if rule.strategy == "partial":
             keep = rule.keep_first + rule.keep_last
             if len(value) <= keep:
@@ -130,6 +152,7 @@ def _splice(text: str, spans: list[tuple[int, int]], replace: Callable[[str], st
 class MaskingConfig:
     rules: tuple[MaskRule, ...] = ()
     hash_key: bytes | None = field(default=None, repr=False)  # read from [masking] hash_key_file
+    catalog_max_age: float = 60.0  # seconds a database's relation catalog is trusted (column rules)
 
     def masker(self, level: str | None, user: str | None, groups: Iterable[str], application: str,
                connection: str | None) -> Masker | None:
@@ -145,6 +168,9 @@ def parse_masking(root: Table, base: Path) -> MaskingConfig:
     """``[masking]`` and ``[[masking.rules]]`` from the root table (key files relative to ``base``)."""
     mt = root.table("masking")
     found = key_file(mt, "hash_key_file", base)
+    max_age = mt.duration("catalog_max_age", 60.0)
+    if max_age < 1:
+        raise ConfigError(mt.key("catalog_max_age"), "must be at least 1s")
     rules: list[MaskRule] = []
     seen: set[str] = set()
     for rt in mt.tables("rules"):
@@ -153,7 +179,7 @@ def parse_masking(root: Table, base: Path) -> MaskingConfig:
     needs_key = [r.name for r in rules if r.strategy == "hash"]
     if needs_key and found is None:
         raise ConfigError(mt.key("hash_key_file"), f'is required: rule "{needs_key[0]}" uses strategy "hash"')
-    return MaskingConfig(tuple(rules), found[1] if found else None)
+    return MaskingConfig(tuple(rules), found[1] if found else None, max_age)
 
 
 def _rule(rt: Table, seen: set[str]) -> MaskRule:
@@ -171,8 +197,15 @@ def _rule(rt: Table, seen: set[str]) -> MaskRule:
             patterns.append(re.compile(p))
         except re.error as e:
             raise ConfigError(rt.key("patterns"), f"invalid regular expression {p!r}: {e}") from None
-    if not detectors and not patterns:
-        raise ConfigError(rt.key("detectors"), "a rule needs at least one detector or pattern")
+    columns = []
+    for c in rt.str_list("columns"):
+        parts = tuple(c.split("."))
+        if len(parts) > 3 or not all(parts):
+            raise ConfigError(rt.key("columns"), f"{c!r} is not a column glob (column, relation.column"
+                              " or schema.relation.column)")
+        columns.append(parts)
+    if not detectors and not patterns and not columns:
+        raise ConfigError(rt.key("columns"), "a rule needs at least one column, detector or pattern")
     levels = rt.str_list("levels", tuple(sorted(BELOW_ADMIN)))
     for lv in levels:
         if lv not in LEVELS:
@@ -184,7 +217,7 @@ def _rule(rt: Table, seen: set[str]) -> MaskRule:
     rule = MaskRule(name, tuple(detectors), tuple(patterns), rt.str("strategy", "redact", choices=STRATEGIES),
                     rt.str("token", "****"), rt.int("keep_first", 0, lo=0, hi=64), rt.int("keep_last", 0, lo=0, hi=64),
                     frozenset(levels), optional("groups"), optional("users"), optional("applications"),
-                    optional("connections"))
+                    optional("connections"), tuple(columns))
     rt.done()
     return rule
 

@@ -14,24 +14,41 @@ Paths a value can leave by, and what happens to each:
 * ErrorResponse / NoticeResponse fields that may echo values (message, detail, hint,
   context, ...), NotificationResponse payloads.
 
+Column rules (hoopd.masking.columns) mask the columns they name whole, by the
+RowDescription's source table and column and, for computed columns, by what the
+statement derives them from; detectors then look at the content of the other
+text-like columns. A session with column rules reads the database's relation catalog
+before its first statement (and again after DDL, or when a result names a table the
+catalog does not have: until then such columns are masked by the first column rule).
+A statement that would store or export masked columns' values (INSERT ... SELECT,
+UPDATE ... SET, CREATE TABLE AS, COPY ... TO) is refused: masking would not follow
+the values into the new rows or the COPY stream.
+
 Values are read in the session's client encoding. Rows too large to buffer follow the
 relay's rule for rewriting stages ([gateway] max_rewrite_bytes): the session ends.
-Column rules by table and column (which need the upstream catalog) are not part of this
-stage yet: detectors look at content only.
 """
 from __future__ import annotations
 
 import struct
 from typing import Callable, NoReturn
 
+from twisted.internet.defer import Deferred
+
+from hoopd.log import get_logger
+from hoopd.masking.columns import ColumnMasks, Plan
+from hoopd.masking.derive import Derived, copies
 from hoopd.masking.jsontext import mask_json
-from hoopd.masking.rules import Masker, MaskingConfig
+from hoopd.masking.relations import RelationCatalogs, Relations
+from hoopd.masking.rules import Masker, MaskingConfig, MaskRule
+from hoopd.masking.values import masked_value
 from hoopd.pgwire import messages as m
 from hoopd.pgwire.conversation import ClientMessage, Columns, Conversation, ServerMessage
-from hoopd.pgwire.encodings import CODECS, canonical
+from hoopd.pgwire.encodings import CODECS, TextError, canonical
 from hoopd.pgwire.errors import ProtocolError
-from hoopd.pgwire.types import BE
-from hoopd.session import Deny, EndSession, SessionInfo
+from hoopd.pgwire.types import BE, FE
+from hoopd.session import Deny, EndSession, SessionInfo, Verdict
+
+log = get_logger("hoopd.masking")
 
 RECORD = "masking"  # the journal's record kind for a result's summary (hoopd.journal.records.MASKING)
 _I32 = struct.Struct("!i")
@@ -50,44 +67,94 @@ _KEEP_FIELDS = frozenset(b"SVCFLRP")  # severity, code, source file/line/routine
 Part = Callable[[bytes, int], "tuple[bytes | None, bool]"]  # (raw, type oid) -> (new or None, becomes NULL)
 Record = Callable[[SessionInfo, str, dict], None]
 _RESULT_ENDS = (BE.COMMAND_COMPLETE, BE.EMPTY_QUERY, BE.PORTAL_SUSPENDED, BE.READY)  # a result is over
+_COPYING = frozenset({"insert", "update", "merge", "ddl", "copy_to", "declare"})  # kinds parsed before they run
+_DDL_TAGS = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"SELECT INTO")  # the relation catalog may have changed
 
 
 class MaskingStage:
     """One per gateway; a MaskingSession for each session a rule applies to."""
 
     name = "masking"
-    client_types: frozenset[int] = frozenset()
+    client_types = frozenset({FE.QUERY, FE.PARSE})
     server_types = frozenset({BE.DATA_ROW, BE.COPY_DATA, BE.ERROR, BE.NOTICE, BE.NOTIFICATION, BE.COPY_OUT,
                               BE.COPY_BOTH, *_RESULT_ENDS})
     rewrites = frozenset({BE.DATA_ROW, BE.COPY_DATA, BE.ERROR, BE.NOTICE, BE.NOTIFICATION})
 
     def __init__(self, config: MaskingConfig, record: Record | None = None,
-                 count: Callable[[str, str, int], None] | None = None) -> None:
+                 count: Callable[[str, str, int], None] | None = None,
+                 relations: RelationCatalogs | None = None) -> None:
         self.config = config  # replace it on reload; new sessions use the new rules
         self.record = record  # a ``masking`` record per result that had values masked (rule names, counts)
         self.count = count  # (rule, strategy, spans), for metrics
+        self.relations = relations  # for column rules; None: no catalog, column rules mask every named column
 
     def open(self, session: SessionInfo, conversation: Conversation) -> "MaskingSession | None":
         ident = session.identity
         masker = self.config.masker(session.level, ident.name if ident else None, ident.groups if ident else (),
                                     session.application_name, session.connection)
-        return None if masker is None else MaskingSession(self, masker, session)
+        return None if masker is None else MaskingSession(self, masker, session, conversation)
 
 
 class MaskingSession:
     """What a session's rules do to each server message it may carry a value in."""
 
-    def __init__(self, stage: MaskingStage, masker: Masker, info: SessionInfo) -> None:
+    def __init__(self, stage: MaskingStage, masker: Masker, info: SessionInfo, conversation: Conversation) -> None:
         self.stage = stage
         self.masker = masker
         self.info = info
+        self.conversation = conversation
         self._strategy = {r.name: r.strategy for r in masker.rules}
         self._codec_of, self._codec_last = "", ""
         self._plain_of: Columns | None = None
         self._plain_last = False
+        self._columns: ColumnMasks | None = None  # column rules over the catalog snapshot in use
+        self._plan_of: tuple[object, object, int] | None = None  # (columns, answered message, part)
+        self._plan: Plan | None = ()
+        self._cursors: dict[str, tuple[str, int]] = {}  # DECLAREd cursor -> (its Query's text, statement index)
+        self._told: set[int] = set()  # unknown table OIDs already logged
 
-    def client(self, msg: ClientMessage) -> None:
+    # --- client: the catalog before a statement runs; no copies of masked values ------
+
+    def _catalog_key(self) -> tuple[str, str]:
+        return self.info.connection or "", self.info.database or ""
+
+    def client(self, msg: ClientMessage) -> Verdict | Deferred[Verdict]:
+        if not self.masker.column_rules:
+            return None
+        catalogs = self.stage.relations
+        if catalogs is not None:
+            key = self._catalog_key()
+            missing = self._columns is not None and bool(self._columns.unknown)
+            if catalogs.needs_load(*key, missing=missing):
+                return catalogs.refresh(*key).addCallback(lambda snap: self._check(msg, snap))
+            return self._check(msg, catalogs.snapshot(*key))
+        return self._check(msg, None)
+
+    def _check(self, msg: ClientMessage, snapshot: Relations | None) -> Verdict:
+        cm = self._columns
+        if cm is None or cm.relations is not snapshot:
+            cm = self._columns = ColumnMasks(self.masker.column_rules, snapshot)
+            self._plan_of = None
+        if msg.kinds is not None and not (msg.kinds & _COPYING):
+            return None  # (the policy classified it: nothing here to look closer at)
+        sql = self._sql(msg)
+        stmts = cm.trees(sql) if sql is not None else None
+        for i, stmt in enumerate(stmts or ()):
+            (kind, body), = stmt.items()
+            if kind == "DeclareCursorStmt" and sql is not None:
+                self._cursors[body.get("portalname", "")] = (sql, i)
+            rule = copies(stmt, cm)
+            if rule is not None:
+                return Deny(f'hoopd: this statement would store or export values of columns that masking rule'
+                            f' "{rule.name}" masks for this session; read them with SELECT', "42501")
         return None
+
+    def _sql(self, msg: ClientMessage) -> str | None:
+        try:
+            out = msg.sql(self.info.sql_text)
+        except (ProtocolError, TextError):
+            return None
+        return out if isinstance(out, str) else out.query
 
     def denied(self, msg: ClientMessage, deny: Deny) -> None:
         pass
@@ -120,6 +187,8 @@ class MaskingSession:
         if t == BE.DATA_ROW:
             return self._row(msg)
         if t in _RESULT_ENDS:
+            if t == BE.COMMAND_COMPLETE and msg.body.startswith(_DDL_TAGS) and self.stage.relations is not None:
+                self.stage.relations.changed(self.info.connection or "")
             self._summary()
             return None
         if t == BE.COPY_DATA:
@@ -158,20 +227,32 @@ class MaskingSession:
     def _row(self, msg: ServerMessage) -> bytes | None:
         cols = msg.columns
         types, formats = (cols.types, cols.formats) if cols is not None else ((), ())
-        quick = self.masker.prefilter
+        masker = self.masker
+        plan = self._plan_for(msg) if masker.column_rules else ()
+        detect = bool(masker.detecting)
+        quick = masker.prefilter
         plain = self._plain(cols)
-        if plain and quick is not None and quick.search(msg.body) is None:
-            return None  # nothing in the row's bytes any detector could find
+        if (plan is not None and not any(plan)
+                and (not detect or (plain and quick is not None and quick.search(msg.body) is None))):
+            return None  # no column rule here, nothing in the row's bytes any detector could find
         values = m.decode_data_row(msg.body)
+        if plan is None:  # rows no RowDescription described: every value masked (fail closed)
+            plan = (masker.column_rules[0],) * len(values)
         codec = self._codec()
         out: list[bytes | None] | None = None
         for i, v in enumerate(values):
             if v is None:
                 continue
             oid = types[i] if i < len(types) else 0
-            if oid in NON_TEXT:
-                continue
             fmt = formats[i] if i < len(formats) else 0
+            rule = plan[i] if i < len(plan) else None
+            if rule is not None:
+                if out is None:
+                    out = list(values)
+                out[i] = self._whole(rule, v, oid, fmt, codec)
+                continue
+            if not detect or oid in NON_TEXT:
+                continue
             if plain and quick is not None and quick.search(v) is None:
                 continue  # (as for the whole row, value by value)
             new, null = self._value(v, oid, fmt, codec, i)
@@ -181,6 +262,54 @@ class MaskingSession:
                 out = list(values)
             out[i] = None if null else new
         return None if out is None else m.encode_data_row(out)
+
+    def _whole(self, rule: MaskRule, v: bytes, oid: int, fmt: int, codec: str) -> bytes | None:
+        masker = self.masker
+        masker.count(rule)
+        replace = None if rule.strategy == "null" else (lambda text: masker.replace(rule, text))
+        return masked_value(v, oid, fmt, codec, replace, masker.hash_key if rule.strategy == "hash" else None)
+
+    def _plan_for(self, msg: ServerMessage) -> Plan | None:
+        """The column rule for each column of this row's result (computed once per result);
+        None: the result's columns are not known."""
+        key = (msg.columns, msg.answers, msg.part)
+        of = self._plan_of
+        if of is not None and of[0] is key[0] and of[1] is key[1] and of[2] == key[2]:
+            return self._plan
+        cm = self._columns
+        if cm is None:  # no statement passed client() (rows before any: fail closed)
+            cm = self._columns = ColumnMasks(self.masker.column_rules, None)
+        cols = msg.columns
+        plan: Plan | None = None
+        if cols is not None:
+            derived = (self._derived(cm, msg) if 0 in cols.tables or len(cols.tables) < len(cols.names)
+                       else None)
+            plan = cm.plan(cols, derived)
+        for oid in cm.unknown - self._told:
+            self._told.add(oid)
+            if self.stage.relations is not None:
+                self.stage.relations.changed(self.info.connection or "")  # read again before the next statement
+            log.info("session {id}: result column of table oid {oid}, which the relation catalog does not"
+                     " have yet, masked by rule {rule}", id=self.info.id, oid=oid, rule=cm.fallback.name)
+        self._plan_of, self._plan = key, plan  # type: ignore[assignment]
+        return plan
+
+    def _derived(self, cm: ColumnMasks, msg: ServerMessage) -> Derived[MaskRule]:
+        """What the statement answered derives from masked columns (a FETCH: its cursor's)."""
+        p = msg.answers
+        if p is None:
+            return cm.statement(None, 0)
+        if p.op == "query":
+            sql, part = self._sql(p.msg), msg.part
+        elif p.op == "execute":
+            portal = self.conversation.portals.get(p.name)
+            sql, part = (portal.text if portal is not None else None), 0
+        else:
+            sql, part = None, 0
+        stmts = cm.trees(sql) if sql is not None and "fetch" in sql.lower() else None  # (a keyword: never quoted)
+        if stmts and part < len(stmts) and "FetchStmt" in stmts[part]:
+            sql, part = self._cursors.get(stmts[part]["FetchStmt"].get("portalname", ""), (None, 0))
+        return cm.statement(sql, part)
 
     def _plain(self, cols: Columns | None) -> bool:
         """Whether every value of rows with these columns is its text's bytes (text format,

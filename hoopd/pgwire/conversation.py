@@ -52,11 +52,14 @@ class Columns:
     names: tuple[str, ...]
     types: tuple[int, ...]
     formats: tuple[int, ...]
+    tables: tuple[int, ...] = ()  # each column's source table OID (0: computed), when known
+    attnums: tuple[int, ...] = ()  # and its attribute number there
 
     def with_formats(self, formats: tuple[int, ...]) -> "Columns":
         """The same columns with a Bind's result formats (one code applies to all)."""
         n = len(self.names)
-        return Columns(self.names, self.types, formats * n if len(formats) == 1 else formats)
+        return Columns(self.names, self.types, formats * n if len(formats) == 1 else formats, self.tables,
+                       self.attnums)
 
 
 _row_descriptions: dict[bytes, Columns] = {}
@@ -67,7 +70,8 @@ def columns_of(body: bytes) -> Columns:
     cols = _row_descriptions.get(body)
     if cols is None:
         desc = m.decode_row_description(body)
-        cols = Columns(tuple(c.name for c in desc), tuple(c.type_oid for c in desc), tuple(c.format for c in desc))
+        cols = Columns(tuple(c.name for c in desc), tuple(c.type_oid for c in desc), tuple(c.format for c in desc),
+                       tuple(c.table_oid for c in desc), tuple(c.attnum for c in desc))
         if len(_row_descriptions) >= ROW_DESCRIPTIONS_KEPT:
             _row_descriptions.clear()
         _row_descriptions[body] = cols
@@ -77,7 +81,7 @@ def columns_of(body: bytes) -> Columns:
 class ClientMessage:
     """One client message as the stages see it. Decoders run on first use, once."""
 
-    __slots__ = ("type", "body", "seq", "_decoded", "_sql", "statements")
+    __slots__ = ("type", "body", "seq", "_decoded", "_sql", "statements", "kinds")
 
     def __init__(self, mtype: int, body: bytes, seq: int) -> None:
         self.type = mtype
@@ -87,6 +91,8 @@ class ClientMessage:
         self._sql: tuple[Decoder | None, Any] | None = None
         self.statements: tuple[str, ...] | None = None
         """A Query's statements, when a stage split it (the policy does; others reuse it)."""
+        self.kinds: frozenset[str] | None = None
+        """Query/Parse: the kinds of statement it runs, when a stage classified it (the policy)."""
 
     def decoded(self) -> Any:
         """Bind, Execute, FunctionCall, or (kind, name) of Close/Describe; raises

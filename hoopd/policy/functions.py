@@ -23,12 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from twisted.internet.defer import Deferred
-
-from hoopd.log import get_logger
+from hoopd.catalogs import Catalogs
 from hoopd.policy.catalog import SQL_EXECUTORS
 
-log = get_logger("hoopd.policy.functions")
 
 BUILTINS_FILE = Path(__file__).with_name("pg_builtins.tsv")
 BUILTINS_QUERY = ("select proname, max(provolatile::text) from pg_proc where oid < 16384"
@@ -179,78 +176,11 @@ def _function_refusal(call: Call, user: UserFunctions | None, vetted: frozenset[
     return None
 
 
-@dataclass
-class _Entry:
-    snapshot: UserFunctions | None = None
-    loaded_at: float | None = None  # when the last load finished (failed or not)
-    stale: bool = True  # a DDL statement passed since, or never loaded
-    waiters: list[Deferred] = field(default_factory=list)  # while a load is in flight
-    loading: bool = False
+class FunctionCatalogs(Catalogs[UserFunctions]):
+    """UserFunctions per (connection, database), read with CATALOG_QUERY over the
+    gateway's own upstream connection (hoopd.catalogs)."""
 
+    what = "function catalog"
 
-Loader = Callable[[str, str], "Deferred[list[tuple[Any, ...]]]"]
-
-
-class FunctionCatalogs:
-    """UserFunctions per (connection, database), read with ``load`` (CATALOG_QUERY over the
-    gateway's own upstream connection) and kept fresh: a snapshot older than ``max_age``
-    or taken before a DDL statement passed is read again before the next read_only
-    decision that needs it, and a name found nowhere is looked up once more (at most every
-    ``retry`` seconds) before it is refused. Time comes from ``clock``."""
-
-    def __init__(self, load: Loader, clock: Any, max_age: float = 60.0, retry: float = 1.0) -> None:
-        self.load = load
-        self.clock = clock
-        self.max_age = max_age
-        self.retry = retry
-        self._entries: dict[tuple[str, str], _Entry] = {}
-
-    def snapshot(self, connection: str, database: str) -> UserFunctions | None:
-        e = self._entries.get((connection, database))
-        return e.snapshot if e else None
-
-    def needs_load(self, connection: str, database: str, missing: bool) -> bool:
-        """Whether to read the catalog before deciding; ``missing``: the current snapshot
-        does not resolve a name of the statement."""
-        e = self._entries.get((connection, database))
-        if e is None or e.loading or e.stale:
-            return True
-        age = self.clock.seconds() - (e.loaded_at or 0.0)
-        if e.snapshot is None or missing:
-            return age >= self.retry
-        return age >= self.max_age
-
-    def changed(self, connection: str) -> None:
-        """A statement that may change the catalog passed: every database of ``connection``."""
-        for (conn, _), e in self._entries.items():
-            if conn == connection:
-                e.stale = True
-
-    def refresh(self, connection: str, database: str) -> Deferred[UserFunctions | None]:
-        """A Deferred (one per caller, so one caller's cancel leaves the others waiting)
-        that fires with the fresh snapshot, or the old one (None if none) when the load failed."""
-        e = self._entries.setdefault((connection, database), _Entry())
-        d: Deferred[UserFunctions | None] = Deferred(lambda d: e.waiters.remove(d) if d in e.waiters else None)
-        e.waiters.append(d)
-        if not e.loading:
-            e.loading, e.stale = True, False
-            loaded = self.load(connection, database)
-            loaded.addCallbacks(lambda rows: self._loaded(e, UserFunctions.from_rows(rows)),
-                                lambda f: self._failed(e, connection, database, f))
-        return d
-
-    def _loaded(self, e: _Entry, snapshot: UserFunctions) -> None:
-        e.snapshot = snapshot
-        self._done(e)
-
-    def _failed(self, e: _Entry, connection: str, database: str, f: Any) -> None:
-        log.warn("function catalog of connection {conn} database {db} not read: {err}",
-                 conn=connection, db=database, err=f.getErrorMessage())
-        self._done(e)
-
-    def _done(self, e: _Entry) -> None:
-        e.loading = False
-        e.loaded_at = self.clock.seconds()
-        waiters, e.waiters = e.waiters, []
-        for d in waiters:
-            d.callback(e.snapshot)
+    def build(self, rows: list[tuple[Any, ...]]) -> UserFunctions:
+        return UserFunctions.from_rows(rows)

@@ -195,6 +195,7 @@ class PolicySession:
         infos = stage.classifier.classify(sql, self.prepared)
         if msg.type == FE.QUERY and len(infos) > 1:
             msg.statements = tuple(i.text for i in infos)
+        msg.kinds = infos[0].kinds if len(infos) == 1 else frozenset().union(*(i.kinds for i in infos))
         lexing = self._lexing_denial(infos) if any(i.lexing for i in infos) else None
         if lexing is not None:
             return self._refuse(msg.type, lexing, "42501", infos)

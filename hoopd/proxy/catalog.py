@@ -1,4 +1,6 @@
-"""Reads a database's own functions for the read_only allowlist (hoopd.policy.functions).
+"""Reads a database's catalog for hoopd.catalogs: its functions for the read_only
+allowlist (hoopd.policy.functions), its relations and columns for masking
+(hoopd.masking.relations).
 
 One short upstream connection per load, logged in with the connection's read_only
 credential (so it sees what read_only sessions see), one simple Query, then Terminate.
@@ -15,15 +17,16 @@ from twisted.python.failure import Failure
 from hoopd.config import Config
 from hoopd.pgwire import messages as m
 from hoopd.pgwire.types import BE
-from hoopd.policy.functions import CATALOG_QUERY
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream
 
 _I32 = struct.Struct("!i")
 Rows = list[tuple[str | None, ...]]
 
 
-def catalog_loader(reactor: Any, config: Callable[[], Config]) -> Callable[[str, str], Deferred[Rows]]:
-    """``load(connection, database)`` for FunctionCatalogs; ``config`` gives the current config."""
+def catalog_loader(reactor: Any, config: Callable[[], Config], query: str,
+                   purpose: str) -> Callable[[str, str], Deferred[Rows]]:
+    """``load(connection, database)`` running ``query``; ``config`` gives the current
+    config, ``purpose`` names the upstream session (its application_name)."""
 
     def load(connection: str, database: str) -> Deferred[Rows]:
         conn = config().connections.get(connection)
@@ -31,8 +34,8 @@ def catalog_loader(reactor: Any, config: Callable[[], Config]) -> Callable[[str,
             return fail(UpstreamError(f"connection {connection} is no longer configured"))
         conn = dataclasses.replace(conn, database=database)
         d = connect_upstream(reactor, conn, conn.credential_for("read_only"),
-                             {"application_name": "hoopd function catalog", "client_encoding": "UTF8"})
-        d.addCallback(lambda up: query_rows(up, CATALOG_QUERY).addTimeout(conn.connect_timeout + 5, reactor))
+                             {"application_name": f"hoopd {purpose}", "client_encoding": "UTF8"})
+        d.addCallback(lambda up: query_rows(up, query).addTimeout(conn.connect_timeout + 5, reactor))
         return d
 
     return load

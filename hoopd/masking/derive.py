@@ -1,0 +1,267 @@
+"""Which result columns of a statement carry values of masked columns, from its parse tree.
+
+PostgreSQL's RowDescription names the source table and column of every result column
+that is a plain column reference (through aliases, subqueries and CTEs); a computed
+column (``lower(email)``, ``email || ''``, ``row_to_json(c)``, a UNION's columns, a
+scalar subquery, RETURNING) has table OID 0. For those, this module reads the
+statement's tree (pglast's JSON, as plain dicts) and marks every output whose
+expression reads a masked column, by a taint that flows:
+
+* from the columns a ``Source`` says are masked, of every relation the statement names
+  (a CTE with the same name as a relation counts as both: fail closed);
+* through every ``AS`` anywhere in the statement (``with x as (select email e ...)``
+  makes ``e`` tainted), CTE and subquery column lists, whole-row references
+  (``select c from customers c``) and stars over a tainted relation or subquery;
+* from calls of functions the Source cannot vouch for (a user-defined function may
+  read a masked table the statement does not name).
+
+It over-approximates: a name tainted anywhere is tainted everywhere in the statement, and
+an output is tainted when anything in its expression (a scalar subquery's WHERE too)
+is. Outputs whose positions cannot be known (a star over a computed relation) share
+one mark for the whole result (``Derived.any``).
+"""
+from __future__ import annotations
+
+from typing import Any, Generic, Iterator, NamedTuple, Protocol, TypeVar
+
+M = TypeVar("M")  # whatever marks a masked value (hoopd.masking.columns uses the MaskRule)
+
+
+class Source(Protocol[M]):
+    """What the catalog says, for relations and functions as the statement writes them."""
+
+    def column(self, schema: str | None, relation: str, column: str) -> M | None: ...
+
+    def relation(self, schema: str | None, relation: str) -> M | None:
+        """A mark when any of its columns is masked (for ``c.*`` and whole-row ``c``)."""
+
+    def masked(self, schema: str | None, relation: str) -> dict[str, M]:
+        """Its masked columns by name (what a star over it brings into a subquery or CTE)."""
+
+    def function(self, schema: str | None, name: str) -> M | None:
+        """A mark when a call's result may carry masked values."""
+
+
+class Derived(NamedTuple, Generic[M]):
+    columns: tuple[M | None, ...] | None  # per result position; None: positions unknown
+    any: M | None  # the first mark of any output (applies to all computed outputs when positions are unknown)
+
+
+NOTHING: Derived = Derived((), None)
+_DML = ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
+
+
+def _dicts(node: Any) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) pair of every dict in the tree."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            for k, v in n.items():
+                yield k, v
+                if isinstance(v, (dict, list)):
+                    stack.append(v)
+        elif isinstance(n, list):
+            stack.extend(n)
+
+
+def _strings(fields: list) -> list[str | None]:
+    """ColumnRef / funcname fields: names, None for a star."""
+    return [f["String"].get("sval", "") if "String" in f else None for f in fields if isinstance(f, dict)]
+
+
+class _Statement(Generic[M]):
+    def __init__(self, tree: dict, source: Source[M]) -> None:
+        self.source = source
+        self.relations: list[tuple[str | None, str]] = []  # every relation named
+        self.aliases: dict[str, tuple[str | None, str] | None] = {}  # alias -> relation (None: subquery, CTE, function)
+        self.names: dict[str, M] = {}  # output names tainted somewhere in the statement
+        self.tainted: dict[str, M] = {}  # aliases of subqueries, CTEs and functions with a tainted output
+        targets: list[dict] = []
+        derived: list[tuple[str, Any, list[str]]] = []  # (alias, subtree, column names)
+        for k, v in _dicts(tree):
+            if k == "RangeVar" or (k == "relation" and isinstance(v, dict) and "relname" in v):
+                rel = (v.get("schemaname"), v["relname"])
+                self.relations.append(rel)
+                alias = (v.get("alias") or {}).get("aliasname")
+                self.aliases[alias or rel[1]] = rel
+            elif k == "ResTarget" and "val" in v:
+                targets.append(v)
+            elif k == "CommonTableExpr":
+                derived.append((v.get("ctename", ""), v.get("ctequery"), _strings(v.get("aliascolnames", []))))
+            elif k in ("RangeSubselect", "RangeFunction", "RangeTableFunc", "JsonTable"):
+                alias = v.get("alias") or {}
+                name = alias.get("aliasname", "")
+                self.aliases.setdefault(name, None)
+                derived.append((name, v, _strings(alias.get("colnames", []))))
+        for _ in range(len(targets) + len(derived) + 1):  # to a fixpoint (each round taints at least one more)
+            grew = False
+            for t in targets:
+                grew = self._star_names(t["val"]) or grew
+                name = t.get("name") or self._ref_name(t["val"])
+                if name and name not in self.names:
+                    mark = self.taint(t["val"])
+                    if mark is not None:
+                        self.names[name] = mark
+                        grew = True
+            for alias, subtree, columns in derived:
+                if alias in self.tainted:
+                    continue
+                mark = self.taint(subtree)
+                if mark is not None:
+                    self.tainted[alias] = mark
+                    for c in columns:
+                        if c:
+                            self.names.setdefault(c, mark)
+                    grew = True
+            if not grew:
+                break
+
+    def _star_names(self, val: dict) -> bool:
+        """A star target: the masked columns it expands to are tainted names from here on."""
+        fields = _strings(val.get("ColumnRef", {}).get("fields", [])) if "ColumnRef" in val else []
+        if not fields or fields[-1] is not None:
+            return False
+        rels = ([self.aliases.get(fields[-2] or "")] if len(fields) > 1 else list(self.aliases.values()))
+        grew = False
+        for rel in rels:
+            if rel is not None:
+                for name, mark in self.source.masked(*rel).items():
+                    if name not in self.names:
+                        self.names[name] = mark
+                        grew = True
+        return grew
+
+    @staticmethod
+    def _ref_name(val: dict) -> str | None:
+        ref = val.get("ColumnRef")
+        if ref is None:
+            return None
+        fields = _strings(ref.get("fields", []))
+        return fields[-1] if fields else None
+
+    def _alias_mark(self, alias: str) -> M | None:
+        if alias in self.tainted:
+            return self.tainted[alias]
+        rel = self.aliases.get(alias)
+        return None if rel is None else self.source.relation(*rel)
+
+    def _star(self) -> M | None:
+        for alias in self.aliases:
+            mark = self._alias_mark(alias)
+            if mark is not None:
+                return mark
+        return None
+
+    def _column(self, fields: list[str | None]) -> M | None:
+        if not fields:
+            return None
+        last = fields[-1]
+        if last is None:  # a star
+            return self._star() if len(fields) == 1 else self._alias_mark(fields[-2] or "")
+        if len(fields) == 1:
+            mark = self.names.get(last)
+            if mark is None and last in self.aliases:
+                mark = self._alias_mark(last)  # a whole-row reference
+            if mark is None:
+                for rel in self.relations:
+                    mark = self.source.column(rel[0], rel[1], last)
+                    if mark is not None:
+                        break
+            return mark
+        qualifier = fields[-2] or ""
+        rel = self.aliases.get(qualifier, (fields[-3] if len(fields) > 2 else None, qualifier))
+        mark = self.names.get(last)
+        if mark is None and rel is not None:
+            mark = self.source.column(rel[0], rel[1], last)
+        if mark is None and qualifier in self.tainted and rel is None:
+            mark = self.tainted[qualifier]
+        return mark
+
+    def taint(self, node: Any) -> M | None:
+        """The first mark anything in ``node`` carries."""
+        for k, v in _dicts(node):
+            mark = None
+            if k == "ColumnRef":
+                mark = self._column(_strings(v.get("fields", [])))
+            elif k == "FuncCall":
+                parts = _strings(v.get("funcname", []))
+                if parts and parts[-1]:
+                    mark = self.source.function(parts[-2] if len(parts) > 1 else None, parts[-1])
+            if mark is not None:
+                return mark
+        return None
+
+    def outputs(self, node: dict, default: M | None) -> Derived[M]:
+        (kind, body), = node.items()
+        if kind == "SelectStmt":
+            return self._select(body)
+        if kind in _DML:
+            returning = (body.get("returningClause") or {}).get("exprs") or body.get("returningList") or []
+            return self._targets(returning)
+        if kind in ("DeclareCursorStmt", "PrepareStmt") and isinstance(body.get("query"), dict):
+            return self.outputs(body["query"], default)
+        if kind in ("ExplainStmt", "VariableShowStmt", "TransactionStmt", "VariableSetStmt"):
+            return NOTHING
+        return Derived(None, default)  # CALL with OUT parameters and the like: what they return is unknown
+
+    def _select(self, body: dict) -> Derived[M]:
+        if body.get("op", "SETOP_NONE") != "SETOP_NONE":
+            left, right = self._select(body.get("larg", {})), self._select(body.get("rarg", {}))
+            first = left.any if left.any is not None else right.any
+            if left.columns is None or right.columns is None:
+                return Derived(None, first)
+            n = max(len(left.columns), len(right.columns))
+            pad = (None,) * n
+            cols = tuple(a if a is not None else b for a, b in zip(left.columns + pad, right.columns + pad))[:n]
+            return Derived(cols, first)
+        if body.get("valuesLists"):
+            rows = [v.get("List", {}).get("items", []) for v in body["valuesLists"]]
+            n = max(len(r) for r in rows)
+            cols = tuple(next((m for m in (self.taint(r[i]) for r in rows if i < len(r)) if m is not None), None)
+                         for i in range(n))
+            return Derived(cols, next((c for c in cols if c is not None), None))
+        return self._targets(body.get("targetList", []))
+
+    def _targets(self, targets: list) -> Derived[M]:
+        cols: list[M | None] = []
+        unknown = False
+        for t in targets:
+            rt = t.get("ResTarget", t)
+            val = rt.get("val", {})
+            fields = _strings(val.get("ColumnRef", {}).get("fields", [])) if "ColumnRef" in val else []
+            if fields and fields[-1] is None:
+                unknown = True  # a star: how many columns it stands for is not in the tree
+            cols.append(self.taint(val))
+        first = next((c for c in cols if c is not None), None)
+        return Derived(None if unknown else tuple(cols), first)
+
+
+def copies(stmt: dict, source: Source[M]) -> M | None:
+    """A mark when the statement stores or exports values of masked columns: INSERT ...
+    SELECT, UPDATE ... SET, MERGE, CREATE TABLE AS / SELECT INTO, COPY ... TO (their
+    source values; a WHERE that only filters on a masked column does not count)."""
+    (kind, body), = stmt.items()
+    st = _Statement(stmt, source)
+    if kind == "InsertStmt" and isinstance(body.get("selectStmt"), dict):
+        return st.outputs(body["selectStmt"], None).any
+    if kind == "UpdateStmt":
+        return st.taint([t.get("ResTarget", {}).get("val") for t in body.get("targetList", [])])
+    if kind == "MergeStmt":
+        return st.taint(body.get("mergeWhenClauses"))
+    if kind == "CreateTableAsStmt" and isinstance(body.get("query"), dict):
+        return st.outputs(body["query"], None).any
+    if kind == "SelectStmt" and body.get("intoClause"):
+        return st.outputs(stmt, None).any
+    if kind == "CopyStmt" and not body.get("is_from"):
+        if isinstance(body.get("query"), dict):
+            return st.outputs(body["query"], None).any
+        rel = body.get("relation") or {}
+        return source.relation(rel.get("schemaname"), rel.get("relname", "")) if rel else None
+    return None
+
+
+def derive(stmt: dict, source: Source[M], default: M | None = None) -> Derived[M]:
+    """The marks of one statement's result columns (``stmt``: one ``{"SelectStmt": ...}``
+    node of a parse). ``default``: the mark for statements whose outputs are unknown."""
+    return _Statement(stmt, source).outputs(stmt, default)
