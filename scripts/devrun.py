@@ -129,6 +129,11 @@ password_hash = {q(make_verifier(agent_password))}
 groups = ["ai-agents"]
 
 [[masking.rules]]                 # what the agent selects from customers arrives masked
+name = "customer-contacts"
+columns = ["public.customers.email", "public.customers.phone"]
+groups = ["ai-agents"]
+
+[[masking.rules]]                 # and an email or phone number anywhere else, by content
 name = "contact-details"
 detectors = ["email", "phone"]
 groups = ["ai-agents"]

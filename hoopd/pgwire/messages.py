@@ -111,7 +111,12 @@ def parse_message(name: str, text: str) -> bytes:
     return frame(b"P", cstr(name) + cstr(text) + _I16.pack(0))
 
 
+def describe_statement(name: str) -> bytes:
+    return frame(b"D", b"S" + cstr(name))
+
+
 TERMINATE = frame(b"X", b"")
+SYNC = frame(b"S", b"")
 
 
 # --- decoders -------------------------------------------------------------------------

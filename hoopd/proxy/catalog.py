@@ -14,8 +14,9 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from hoopd.config import Config
+from hoopd.config import Config, ConnectionConfig
 from hoopd.pgwire import messages as m
+from hoopd.pgwire.conversation import Columns, columns_of
 from hoopd.pgwire.types import BE
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream
 
@@ -32,25 +33,57 @@ def catalog_loader(reactor: Any, config: Callable[[], Config], query: str,
         conn = config().connections.get(connection)
         if conn is None:
             return fail(UpstreamError(f"connection {connection} is no longer configured"))
-        conn = dataclasses.replace(conn, database=database)
-        d = connect_upstream(reactor, conn, conn.credential_for("read_only"),
-                             {"application_name": f"hoopd {purpose}", "client_encoding": "UTF8"})
-        d.addCallback(lambda up: query_rows(up, query).addTimeout(conn.connect_timeout + 5, reactor))
-        return d
+        return on_upstream(reactor, dataclasses.replace(conn, database=database), purpose,
+                           lambda up: query_rows(up, query))
 
     return load
+
+
+def on_upstream(reactor: Any, conn: ConnectionConfig, purpose: str,
+                run: Callable[[UpstreamProtocol], Deferred[Any]]) -> Deferred[Any]:
+    """``run`` on a new upstream session logged in with ``conn``'s read_only credential
+    (so it sees what read_only sessions see); ``purpose`` becomes its application_name."""
+    d = connect_upstream(reactor, conn, conn.credential_for("read_only"),
+                         {"application_name": f"hoopd {purpose}", "client_encoding": "UTF8"})
+    d.addCallback(lambda up: run(up).addTimeout(conn.connect_timeout + 5, reactor))
+    return d
 
 
 def query_rows(up: UpstreamProtocol, sql: str) -> Deferred[Rows]:
     """Run one simple Query on a logged-in upstream, close it, fire with the rows as text."""
     rows: Rows = []
+
+    def on(mtype: int, body: bytes) -> None:
+        if mtype == BE.DATA_ROW:
+            rows.append(tuple(None if v is None else v.decode("utf-8", "replace") for v in m.decode_data_row(body)))
+
+    return _exchange(up, m.query(sql), on, lambda: rows)
+
+
+def describe_columns(up: UpstreamProtocol, sql: str) -> Deferred[Columns | None]:
+    """Parse ``sql`` unnamed and Describe it (nothing runs), close the upstream, fire with
+    the columns its rows would have (None: it returns no rows)."""
+    found: list[Columns] = []
+
+    def on(mtype: int, body: bytes) -> None:
+        if mtype == BE.ROW_DESCRIPTION:
+            found.append(columns_of(body))
+
+    return _exchange(up, m.parse_message("", sql) + m.describe_statement("") + m.SYNC, on,
+                     lambda: found[0] if found else None)
+
+
+def _exchange(up: UpstreamProtocol, request: bytes, on: Callable[[int, bytes], None],
+              result: Callable[[], Any]) -> Deferred[Any]:
+    """Send ``request``, hand each server message to ``on`` until ReadyForQuery, then
+    Terminate; fire with ``result()``, or fail with the server's first error."""
     buf = bytearray()
     error: list[str] = []
 
     def cancel(_: Deferred) -> None:
         up.transport.abortConnection()
 
-    done: Deferred[Rows] = Deferred(cancel)
+    done: Deferred[Any] = Deferred(cancel)
 
     def on_data(data: bytes) -> None:
         buf.extend(data)
@@ -62,20 +95,19 @@ def query_rows(up: UpstreamProtocol, sql: str) -> Deferred[Rows]:
                 return
             mtype, body = buf[0], bytes(buf[5:n + 1])
             del buf[:n + 1]
-            if mtype == BE.DATA_ROW:
-                rows.append(tuple(None if v is None else v.decode("utf-8", "replace")
-                                  for v in m.decode_data_row(body)))
-            elif mtype == BE.ERROR:
+            if mtype == BE.ERROR:
                 f = m.decode_fields(body)
                 error.append(f"{f.get('C', '?')} {f.get('M', '')}")
             elif mtype == BE.READY:
                 finish(error[0] if error else None)
+            else:
+                on(mtype, body)
 
     def finish(err: str | None) -> None:
         up.transport.write(m.TERMINATE)
         up.transport.loseConnection()
         if err is None:
-            done.callback(rows)
+            done.callback(result())
         else:
             done.errback(UpstreamError(f"catalog query failed: {err}"))
 
@@ -84,7 +116,7 @@ def query_rows(up: UpstreamProtocol, sql: str) -> Deferred[Rows]:
             done.errback(UpstreamError(f"connection closed during the catalog query: {reason.getErrorMessage()}"))
 
     up.on_data, up.on_lost = on_data, lost
-    up.transport.write(m.query(sql))
+    up.transport.write(request)
     early = up.take_early_data()
     if early:
         on_data(early)
