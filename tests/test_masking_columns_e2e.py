@@ -6,7 +6,10 @@ are refused; a table created after the catalog was read is masked until it is re
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import uuid
+from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -183,3 +186,21 @@ def test_table_created_later_is_masked_before_and_after_the_catalog_is_read_agai
         first = c.execute("select secret, open from mc_late").fetchone()
         assert first == ("****", "****")  # a table the catalog does not have: masked whole (fail closed)
         assert c.execute("select secret, open from mc_late").fetchone() == ("****", "fine")  # read again
+
+
+def test_explain_sql_asks_the_database(gw):
+    g, _ = gw
+    hoopd = str(Path(".venv/bin/hoopd").resolve())
+    base = [hoopd, "masking", "explain", "--config", str(g.config), "--connection", "shop", "--groups", "analysts"]
+    out = subprocess.run(base + ["--json", "--sql", "select p.id, lower(p.email), v.contact, p.note from mc_people p, mc_view v"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = {c["column"]: (c["source"], c["rule"]) for c in json.loads(out.stdout)["columns"]}
+    assert got == {"id": ("public.mc_people.id", None), "lower": (None, "pii"),
+                   "contact": ("public.mc_view.contact", "pii"), "note": ("public.mc_people.note", None)}
+    refused = subprocess.run(base + ["--sql", "copy mc_people to stdout"], capture_output=True, text=True)
+    assert refused.returncode == 0 and 'refused: it would store or export values masking rule "pii"' in refused.stdout
+    clear = subprocess.run(base + ["--sql", "select note from mc_people"], capture_output=True, text=True)
+    assert clear.returncode == 1 and "note [public.mc_people.note]: clear" in clear.stdout
+    bad = subprocess.run(base + ["--sql", "select nope from mc_people"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "42703" in bad.stderr and "Traceback" not in bad.stderr

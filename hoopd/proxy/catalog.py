@@ -109,11 +109,11 @@ def _exchange(up: UpstreamProtocol, request: bytes, on: Callable[[int, bytes], N
         if err is None:
             done.callback(result())
         else:
-            done.errback(UpstreamError(f"catalog query failed: {err}"))
+            done.errback(UpstreamError(f"the server answered {err}"))
 
     def lost(reason: Failure) -> None:
         if not done.called:
-            done.errback(UpstreamError(f"connection closed during the catalog query: {reason.getErrorMessage()}"))
+            done.errback(UpstreamError(f"connection closed before the answer: {reason.getErrorMessage()}"))
 
     up.on_data, up.on_lost = on_data, lost
     up.transport.write(request)
