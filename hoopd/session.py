@@ -124,6 +124,10 @@ class SessionStage(Protocol):
 
     def server(self, msg: ServerMessage) -> bytes | None: ...
 
+    # Optional: ``server_rows(run: RowRun) -> bytes | None``. When every stage that takes DataRows
+    # has it, consecutive DataRows come as one run (their framed bytes; a replacement is
+    # framed bytes too) instead of one ``server`` call per row.
+
     def denied(self, msg: ClientMessage, deny: Deny) -> None:
         """Another stage refused this client message (it will not reach the server)."""
 

@@ -215,3 +215,24 @@ def test_a_null_rule_where_there_is_no_null_redacts_the_spans() -> None:
     fields = m.decode_fields(s.server(ServerMessage(BE.ERROR, err, None, 0, None)))
     assert fields["D"] == "Key (email)=([gone]) already exists."
     assert m.decode_data_row(s.server(row([b"ada@example.com", b"x"], (25, 25), (0, 0)))) == (None, b"x")
+
+
+_VALUE = st.one_of(st.none(), st.sampled_from([b"ada@example.com", b"4111 1111 1111 1111", b"1234567890123",
+                                               b"call 555", b"  ", b"-", b"plain"]),
+                   st.binary(max_size=12))
+
+
+@given(st.lists(st.lists(_VALUE, min_size=2, max_size=2), min_size=1, max_size=30))
+def test_a_run_of_rows_is_masked_exactly_as_row_by_row(rows):
+    from hoopd.pgwire.conversation import RowRun
+
+    s = session(MaskRule("e", ("email", "card")))
+    cols = Columns(("a", "b"), (25, 25), (0, 0))
+    first = ServerMessage(BE.DATA_ROW, m.encode_data_row(rows[0]), None, 0, cols)
+    framed = [m.frame(b"D", m.encode_data_row(r)) for r in rows]
+    one_by_one = []
+    for r, f in zip(rows, framed):
+        new = s.server(ServerMessage(BE.DATA_ROW, m.encode_data_row(r), None, 0, cols))
+        one_by_one.append(f if new is None else m.frame(b"D", new))
+    whole = s.server_rows(RowRun(b"".join(framed), len(rows), first))
+    assert (b"".join(framed) if whole is None else whole) == b"".join(one_by_one)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from hoopd.pgwire import messages as m
 from hoopd.pgwire.errors import ProtocolError
-from hoopd.pgwire.framing import Big, Framer, Msg, Raw, read_packet
+from hoopd.pgwire.framing import Big, Framer, Msg, Raw, Rows, read_packet, split_rows
 from hoopd.pgwire.scram import (ScramClientExchange, ScramFailure, ScramServerExchange, make_verifier,
                                 parse_verifier)
 
@@ -17,8 +17,8 @@ Z, E, D = ord("Z"), ord("E"), ord("D")
 
 
 def rebuild(events: list) -> bytes:
-    return b"".join(e.data if isinstance(e, Raw) else m.frame(bytes([e.type]), e.body) if isinstance(e, Msg) else b""
-                    for e in events)
+    return b"".join(e.data if isinstance(e, (Raw, Rows)) else m.frame(bytes([e.type]), e.body)
+                    if isinstance(e, Msg) else b"" for e in events)
 
 
 STREAM = (m.frame(b"T", b"x" * 10) + m.frame(b"D", b"y" * 3) + m.frame(b"Z", b"I") + m.frame(b"D", b"z" * 50)
@@ -36,6 +36,22 @@ def test_framer_every_split_keeps_bytes_and_messages(wanted: set[int]) -> None:
             assert rebuild(ev) == STREAM
             assert [(e.type, e.body) for e in ev if isinstance(e, Msg)] == expect
             assert f.idle
+
+
+def test_framer_runs_of_rows_every_split() -> None:
+    stream = STREAM + m.frame(b"D", b"a") + m.frame(b"D", b"bb") + m.frame(b"C", b"SELECT 2\0")
+    rows = [b"y" * 3, b"q" * 15, b"a", b"bb"]  # (the 50-byte row is over the whole limit: streamed)
+    for a in range(len(stream) + 1):
+        for b in range(a, len(stream) + 1):
+            f = Framer({D, E}, whole_limit=20, runs=D)
+            ev = f.feed(stream[:a]) + f.feed(stream[a:b]) + f.feed(stream[b:])
+            assert rebuild(ev) == stream
+            got = [body for e in ev if isinstance(e, Rows) for body in split_rows(e.data)]
+            assert got == rows and sum(e.count for e in ev if isinstance(e, Rows)) == len(rows)
+            assert not [e for e in ev if isinstance(e, Msg) and e.type == D] and Big(D, 50) in ev
+    f = Framer({D}, runs=D)
+    (whole,) = f.feed(stream[stream.index(m.frame(b"D", b"a")):])[:1]
+    assert whole == Rows(m.frame(b"D", b"a") + m.frame(b"D", b"bb"), 2)  # consecutive rows: one event
 
 
 def test_framer_streams_oversize_wanted_message() -> None:

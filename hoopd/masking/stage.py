@@ -42,7 +42,7 @@ from hoopd.masking.relations import RelationCatalogs, Relations
 from hoopd.masking.rules import Masker, MaskingConfig, MaskRule
 from hoopd.masking.values import masked_value
 from hoopd.pgwire import messages as m
-from hoopd.pgwire.conversation import ClientMessage, Columns, Conversation, ServerMessage
+from hoopd.pgwire.conversation import ClientMessage, Columns, Conversation, RowRun, ServerMessage
 from hoopd.pgwire.encodings import CODECS, TextError, canonical
 from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.types import BE, FE
@@ -262,6 +262,50 @@ class MaskingSession:
                 out = list(values)
             out[i] = None if null else new
         return None if out is None else m.encode_data_row(out)
+
+    def server_rows(self, run: RowRun) -> bytes | None:
+        """A run of DataRows. When no column rule applies to its result, the detectors'
+        prefilter searches all of its bytes at once, and only the rows a match overlaps
+        are looked at (a run with no match passes untouched); else row by row. (Every
+        true match lies in a row some prefilter match overlaps: the prefilter finds a
+        superset, and a match that swallows the start of another overlaps its row.)"""
+        first = run.first
+        masker = self.masker
+        plan = self._plan_for(first) if masker.column_rules else ()
+        data = run.data
+        hits: list[tuple[int, int]] | None = None
+        if plan is not None and not any(plan):
+            quick = masker.prefilter
+            if not masker.detecting:
+                return None
+            if quick is not None and self._plain(first.columns):
+                hits = [mt.span() for mt in quick.finditer(data)]
+                if not hits:
+                    return None
+        out: list[bytes] = []
+        pos = last = h = 0
+        n = len(data)
+        unpack = _I32.unpack_from
+        while pos < n:
+            (ln,) = unpack(data, pos + 1)
+            end = pos + 1 + ln
+            if hits is not None:
+                while h < len(hits) and hits[h][1] <= pos:
+                    h += 1
+                if h == len(hits):
+                    break
+                if hits[h][0] >= end:
+                    pos = end
+                    continue
+            new = self._row(ServerMessage(BE.DATA_ROW, data[pos + 5:end], first.answers, first.part, first.columns))
+            if new is not None:
+                out += [data[last:pos], m.frame(b"D", new)]
+                last = end
+            pos = end
+        if not out:
+            return None
+        out.append(data[last:])
+        return b"".join(out)
 
     def _whole(self, rule: MaskRule, v: bytes, oid: int, fmt: int, codec: str) -> bytes | None:
         masker = self.masker

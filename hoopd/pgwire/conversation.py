@@ -160,6 +160,19 @@ class ServerMessage:
         self.columns = columns  # DataRow / end of a result: the result's columns, when described
 
 
+class RowRun:
+    """Consecutive DataRows of one result, framed as received (``data``), for stages that
+    look at many rows at once; ``first`` is the first row as a ServerMessage (what it
+    answers, its columns: the same for every row of the run)."""
+
+    __slots__ = ("data", "count", "first")
+
+    def __init__(self, data: bytes, count: int, first: ServerMessage) -> None:
+        self.data = data
+        self.count = count
+        self.first = first
+
+
 @dataclass(slots=True, eq=False)
 class Prepared:
     text: str

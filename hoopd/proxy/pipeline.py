@@ -5,6 +5,7 @@ from typing import Sequence
 
 from hoopd.log import get_logger
 from hoopd.pgwire.conversation import ClientMessage, Conversation
+from hoopd.pgwire.types import BE
 from hoopd.session import CLIENT_ORDER, SERVER_ORDER, Deny, Observer, SessionInfo, SessionStage, Stage
 
 log = get_logger("hoopd.proxy")
@@ -56,6 +57,8 @@ class SessionStages:
         self.server_for: list[list[SessionStage]] = [
             [live[s.name] for s in servers if t in s.server_types] for t in range(256)]
         self.rewrites = frozenset(t for s in servers for t in s.rewrites)
+        rows = self.server_for[BE.DATA_ROW]
+        self.row_runs = bool(rows) and all(hasattr(s, "server_rows") for s in rows)  # (SessionStage.server_rows)
         self.tracking = bool(servers)  # someone reads responses: keep the conversation exact
         self.closed = False
         for o in self.observers:

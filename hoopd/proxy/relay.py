@@ -14,6 +14,7 @@ the server skips the marker too, just as it would have skipped the real statemen
 from __future__ import annotations
 
 import os
+import struct
 from collections import deque
 from typing import Any, Callable
 
@@ -22,8 +23,8 @@ from twisted.internet.defer import Deferred
 
 from hoopd.log import tracing
 from hoopd.pgwire import messages as m
-from hoopd.pgwire.conversation import TRACKED_CLIENT, TRACKED_SERVER, ClientMessage, ServerMessage
-from hoopd.pgwire.framing import MAX_MESSAGE, Big, Event, Framer, Msg, Raw
+from hoopd.pgwire.conversation import TRACKED_CLIENT, TRACKED_SERVER, ClientMessage, RowRun, ServerMessage
+from hoopd.pgwire.framing import MAX_MESSAGE, Big, Event, Framer, Msg, Raw, Rows
 from hoopd.pgwire.types import BE, FE
 from hoopd.proxy.pipeline import SessionStages
 from hoopd.session import STAGE_BODY_LIMIT, Deny, EndSession, SessionInfo
@@ -36,6 +37,7 @@ CLIENT_LIMITS = {t: 10_000 for t in range(256) if t not in _BIG_CLIENT}
 DEFAULT_REWRITE_LIMIT = 16 << 20
 _READY, _ERROR, _PARAMETER_STATUS = BE.READY, BE.ERROR, BE.PARAMETER_STATUS  # globals: read faster than BE.X
 _BYTE = [bytes([t]) for t in range(256)]
+_I32 = struct.Struct("!i")
 
 
 class BufferBudget:
@@ -133,7 +135,8 @@ class Relay:
         # reach the conversation and the marker check, or both lose their place)
         whole = max(rewrite_limit, STAGE_BODY_LIMIT)
         self.s2c = Framer(swanted, whole_limit=STAGE_BODY_LIMIT,
-                          whole_limits={t: whole for t in stages.rewrites | {BE.ERROR}})
+                          whole_limits={t: whole for t in stages.rewrites | {BE.ERROR}},
+                          runs=BE.DATA_ROW if stages.row_runs else None)
         self._pending: deque[Event] = deque()
         self._held: Deferred | None = None
         self._client_gate = _Gate(client)
@@ -343,12 +346,28 @@ class Relay:
                 out.append(ev.data)
             elif isinstance(ev, Msg):
                 out.append(self._server_message(ev.type, ev.body))
+            elif isinstance(ev, Rows):
+                out.append(self._server_rows(ev))
             else:
                 self._oversize(False, ev)
         if out:
             blob = b"".join(out)
             self.info.bytes_out += len(blob)
             send_now(self.client, blob)
+
+    def _server_rows(self, ev: Rows) -> bytes:
+        """Consecutive DataRows, to stages that take them as a run (SessionStages.row_runs)."""
+        if self.tracing:
+            self.log.trace("session {sid} server {n} DataRows ({b} bytes)", sid=self.info.id, n=ev.count,
+                           b=len(ev.data))
+        data = ev.data
+        (ln,) = _I32.unpack_from(data, 1)
+        run = RowRun(data, ev.count, self.conversation.server(BE.DATA_ROW, data[5:1 + ln]))
+        for stage in self.stages.server_for[BE.DATA_ROW]:
+            new = stage.server_rows(run)  # type: ignore[attr-defined]
+            if new is not None:
+                run.data = new
+        return run.data
 
     def _server_message(self, t: int, body: bytes) -> bytes:
         if self.tracing:
