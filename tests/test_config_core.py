@@ -77,7 +77,8 @@ def example_copy(tmp_path: Path) -> Path:
 def test_example_config_documents_valid_keys(tmp_path) -> None:
     cfg = load(example_copy(tmp_path))
     assert cfg.connections["shop"].level_for(frozenset({"ai-agents", "developers"})) == "read_write"
-    assert cfg.masking is not None and [r.name for r in cfg.masking.rules] == ["contact-details"]
+    assert cfg.masking is not None and [r.name for r in cfg.masking.rules] == ["customer-pii", "contact-details"]
+    assert cfg.masking.rules[0].columns == (("public", "customers", "email"), ("*", "ssn"))
 
 
 def hoopd(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

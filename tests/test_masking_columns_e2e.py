@@ -38,6 +38,9 @@ def gw(pg, tmp_path_factory):
             "GRANT SELECT ON mc_view, mc_view2 TO PUBLIC;"
             "CREATE OR REPLACE FUNCTION mc_first() RETURNS text LANGUAGE sql STABLE"
             " AS $$ SELECT ssn FROM mc_people ORDER BY id LIMIT 1 $$;"
+            "CREATE OR REPLACE FUNCTION mc_tell() RETURNS int LANGUAGE plpgsql STABLE AS $$ BEGIN"
+            " RAISE NOTICE 'first is %', (SELECT ssn FROM mc_people ORDER BY id LIMIT 1); RETURN 1; END $$;"
+            "ALTER TABLE mc_people ADD CONSTRAINT mc_note_short CHECK (length(note) < 20);"
             "ANALYZE mc_people;", dbname="shop")
     folder = tmp_path_factory.mktemp("maskcol")
     r = {role.name: role.password for role in pg.roles}
@@ -163,6 +166,9 @@ def test_sql_cursors_are_masked(gw):
 
 @pytest.mark.parametrize("sql", [
     "insert into mc_people (id, note) select id + 100, email from mc_people",
+    "select set_config('mc.leak', email, false) from mc_people",
+    'select "set_config"(\'mc.leak\', ssn, false) from mc_people',
+    "select U&\"set\\005fconfig\"('mc.leak', ssn, false) from mc_people",
     "update mc_people set note = ssn",
     "create temp table mc_copy as select email from mc_people",
     "select email into temp mc_copy2 from mc_people",
@@ -204,3 +210,22 @@ def test_explain_sql_asks_the_database(gw):
     assert clear.returncode == 1 and "note [public.mc_people.note]: clear" in clear.stdout
     bad = subprocess.run(base + ["--sql", "select nope from mc_people"], capture_output=True, text=True)
     assert bad.returncode == 2 and "42703" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_errors_and_notices_that_could_quote_masked_values_are_withheld(gw):
+    g, _ = gw
+    with psycopg.connect(g.dsn("writer"), autocommit=True) as c:
+        notices: list[str] = []
+        c.add_notice_handler(lambda d: notices.append(f"{d.message_primary} {d.message_detail}"))
+        for sql, error in [("select email::int from mc_people", psycopg.errors.InvalidTextRepresentation),
+                           ("select ssn::date from mc_people", psycopg.errors.DataError),
+                           ("update mc_people set note = repeat('x', 30) where id = 1", psycopg.errors.CheckViolation)]:
+            with pytest.raises(error) as e:
+                c.execute(sql)
+            said = f"{e.value} {e.value.diag.message_detail} {e.value.diag.context}"
+            assert not clear_in(said) and "withheld" in said, (sql, said)
+        assert c.execute("select mc_tell()").fetchone() == (0,)  # (a user function's result: masked, as an int)
+        assert notices and not clear_in(" ".join(notices)) and "withheld" in notices[0]
+        with pytest.raises(psycopg.errors.DivisionByZero, match="division by zero"):
+            c.execute("select 1 / 0")  # a statement that reads no masked column: its message as the server wrote it
+        assert c.execute("select current_setting('mc.leak', true)").fetchone()[0] in (None, "")

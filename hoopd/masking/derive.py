@@ -237,12 +237,38 @@ class _Statement(Generic[M]):
         return Derived(None if unknown else tuple(cols), first)
 
 
+STORES = frozenset({"set_config", "pg_notify", "setval", "pg_logical_emit_message", "lo_from_bytea", "lo_put",
+                    "lowrite", "dblink_exec", "dblink_send_query"})
+"""Functions that keep an argument somewhere a later statement (or another session) reads
+it back from: a setting (``current_setting``), a notification, a sequence, a large object."""
+
+
+def touches(stmt: dict, source: Source[M]) -> M | None:
+    """A mark when anything in the statement reads a masked column or a relation that has
+    one (so an error or notice it causes may quote a masked value: ``Failing row contains
+    (...)``, ``invalid input syntax for type integer: "..."``)."""
+    st = _Statement(stmt, source)
+    for rel in st.relations:
+        mark = source.relation(*rel)
+        if mark is not None:
+            return mark
+    return st.taint(stmt)
+
+
 def copies(stmt: dict, source: Source[M]) -> M | None:
     """A mark when the statement stores or exports values of masked columns: INSERT ...
     SELECT, UPDATE ... SET, MERGE, CREATE TABLE AS / SELECT INTO, COPY ... TO (their
-    source values; a WHERE that only filters on a masked column does not count)."""
+    source values; a WHERE that only filters on a masked column does not count), and
+    calls of STORES with a masked argument."""
     (kind, body), = stmt.items()
     st = _Statement(stmt, source)
+    for k, v in _dicts(stmt):
+        if k == "FuncCall":
+            parts = _strings(v.get("funcname", []))
+            if parts and parts[-1] in STORES:
+                mark = st.taint(v.get("args"))
+                if mark is not None:
+                    return mark
     if kind == "InsertStmt" and isinstance(body.get("selectStmt"), dict):
         return st.outputs(body["selectStmt"], None).any
     if kind == "UpdateStmt":

@@ -36,7 +36,7 @@ from twisted.internet.defer import Deferred
 
 from hoopd.log import get_logger
 from hoopd.masking.columns import ColumnMasks, Plan
-from hoopd.masking.derive import Derived, copies
+from hoopd.masking.derive import STORES, Derived, copies, touches
 from hoopd.masking.jsontext import mask_json
 from hoopd.masking.relations import RelationCatalogs, Relations
 from hoopd.masking.rules import Masker, MaskingConfig, MaskRule
@@ -64,10 +64,12 @@ NON_TEXT = frozenset({16, 17, 20, 21, 23, 24, 26, 28, 29, 650, 700, 701, 774, 79
 TEXT_BINARY = frozenset({18, 19, 25, 142, 705, 1042, 1043})  # binary format = the text's bytes
 JSON, JSONB = 114, 3802  # masked as documents (hoopd.masking.jsontext); jsonb binary: a version byte (1), then text
 _KEEP_FIELDS = frozenset(b"SVCFLRP")  # severity, code, source file/line/routine, position: no values
+_NAME_FIELDS = frozenset(b"stcdn")  # schema, table, column, data type, constraint: names, not values
 Part = Callable[[bytes, int], "tuple[bytes | None, bool]"]  # (raw, type oid) -> (new or None, becomes NULL)
 Record = Callable[[SessionInfo, str, dict], None]
 _RESULT_ENDS = (BE.COMMAND_COMPLETE, BE.EMPTY_QUERY, BE.PORTAL_SUSPENDED, BE.READY)  # a result is over
 _COPYING = frozenset({"insert", "update", "merge", "ddl", "copy_to", "declare"})  # kinds parsed before they run
+_STORE_WORDS = (*STORES, "u&")  # in a statement's text: parse it (u&: a name spelled in unicode escapes)
 _DDL_TAGS = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"SELECT INTO")  # the relation catalog may have changed
 
 
@@ -135,9 +137,10 @@ class MaskingSession:
         if cm is None or cm.relations is not snapshot:
             cm = self._columns = ColumnMasks(self.masker.column_rules, snapshot)
             self._plan_of = None
-        if msg.kinds is not None and not (msg.kinds & _COPYING):
-            return None  # (the policy classified it: nothing here to look closer at)
         sql = self._sql(msg)
+        if msg.kinds is not None and not (msg.kinds & _COPYING) and (
+                sql is None or not any(w in sql.lower() for w in _STORE_WORDS)):
+            return None  # (the policy classified it, and it calls nothing that stores a value)
         stmts = cm.trees(sql) if sql is not None else None
         for i, stmt in enumerate(stmts or ()):
             (kind, body), = stmt.items()
@@ -194,11 +197,11 @@ class MaskingSession:
         if t == BE.COPY_DATA:
             return self._copy_line(msg.body)
         if t == BE.ERROR:
-            new = self._fields(msg.body)
+            new = self._withheld(msg) or self._fields(msg.body)
             self._summary()
             return new
         if t == BE.NOTICE:
-            return self._fields(msg.body)
+            return self._withheld(msg) or self._fields(msg.body)
         if t == BE.NOTIFICATION:
             return self._notification(msg.body)
         if (t == BE.COPY_OUT or t == BE.COPY_BOTH) and msg.body[:1] == b"\x01":
@@ -338,22 +341,49 @@ class MaskingSession:
         self._plan_of, self._plan = key, plan  # type: ignore[assignment]
         return plan
 
-    def _derived(self, cm: ColumnMasks, msg: ServerMessage) -> Derived[MaskRule]:
-        """What the statement answered derives from masked columns (a FETCH: its cursor's)."""
+    def _answered(self, cm: ColumnMasks, msg: ServerMessage) -> tuple[str | None, int]:
+        """The text and statement index of what ``msg`` answers (a FETCH: its cursor's
+        DECLARE); (None, 0) when it is not known."""
         p = msg.answers
         if p is None:
-            return cm.statement(None, 0)
+            return None, 0
         if p.op == "query":
             sql, part = self._sql(p.msg), msg.part
         elif p.op == "execute":
             portal = self.conversation.portals.get(p.name)
             sql, part = (portal.text if portal is not None else None), 0
         else:
-            sql, part = None, 0
+            return None, 0
         stmts = cm.trees(sql) if sql is not None and "fetch" in sql.lower() else None  # (a keyword: never quoted)
         if stmts and part < len(stmts) and "FetchStmt" in stmts[part]:
-            sql, part = self._cursors.get(stmts[part]["FetchStmt"].get("portalname", ""), (None, 0))
-        return cm.statement(sql, part)
+            return self._cursors.get(stmts[part]["FetchStmt"].get("portalname", ""), (None, 0))
+        return sql, part
+
+    def _derived(self, cm: ColumnMasks, msg: ServerMessage) -> Derived[MaskRule]:
+        """What the statement answered derives from masked columns."""
+        return cm.statement(*self._answered(cm, msg))
+
+    def _withheld(self, msg: ServerMessage) -> bytes | None:
+        """An error or notice caused by a statement that reads masked columns (or a relation
+        that has them) may quote their values (``Failing row contains (...)``, ``invalid
+        input syntax for type integer: "..."``): its texts are withheld, its SQLSTATE,
+        severity and position kept. None: not such a statement."""
+        cm = self._columns
+        if cm is None or not self.masker.column_rules or msg.answers is None:
+            return None
+        sql, part = self._answered(cm, msg)
+        stmts = cm.trees(sql) if sql is not None else None
+        if sql is not None and stmts is None:
+            return None  # a syntax error quotes what the client typed, not a value
+        rule = (cm.fallback if stmts is None or part >= len(stmts) else touches(stmts[part], cm))
+        if rule is None:
+            return None
+        self.masker.count(rule)
+        text = (f'hoopd: the server\'s message was withheld: the statement reads columns that masking rule'
+                f' "{rule.name}" masks for this session, and the message could show their values').encode()
+        parts = [bytes([code]) + value + b"\0" for code, value in _field_items(msg.body)
+                 if code in _KEEP_FIELDS or code in _NAME_FIELDS]
+        return b"".join(parts) + b"M" + text + b"\0\0"
 
     def _plain(self, cols: Columns | None) -> bool:
         """Whether every value of rows with these columns is its text's bytes (text format,
@@ -417,16 +447,12 @@ class MaskingSession:
     def _fields(self, body: bytes) -> bytes | None:
         parts: list[bytes] = []
         changed = False
-        pos = 0
-        while pos < len(body) and body[pos] != 0:
-            end = body.index(b"\0", pos + 1)
-            code, value = body[pos], body[pos + 1:end]
+        for code, value in _field_items(body):
             if code not in _KEEP_FIELDS:
                 new = self._masked(value)
                 changed = changed or new != value
                 value = new
             parts.append(bytes([code]) + value + b"\0")
-            pos = end + 1
         return b"".join(parts) + b"\0" if changed else None
 
     def _notification(self, body: bytes) -> bytes | None:
@@ -436,6 +462,17 @@ class MaskingSession:
         payload = r.cstring_bytes()
         new = self._masked(payload)
         return None if new == payload else _I32.pack(pid) + channel + b"\0" + new + b"\0"
+
+
+def _field_items(body: bytes) -> list[tuple[int, bytes]]:
+    """An ErrorResponse / NoticeResponse body as (field code, value) pairs."""
+    out = []
+    pos = 0
+    while pos < len(body) and body[pos] != 0:
+        end = body.index(b"\0", pos + 1)
+        out.append((body[pos], body[pos + 1:end]))
+        pos = end + 1
+    return out
 
 
 def _encode_parts(items: list[bytes | None]) -> list[bytes]:
