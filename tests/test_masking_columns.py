@@ -109,6 +109,11 @@ def test_one_part_globs_also_match_computed_result_names():
     ("copy (select id, note from people) to stdout", False),
     ("copy people from stdin", False),
     ("merge into people p using people q on p.id = q.id when matched then update set note = q.email", True),
+    ("with x as (update people set note = email returning id) select * from x", True),
+    ("explain analyze insert into people (note) select ssn from people", True),
+    ("prepare p as update people set note = lower(email)", True),
+    ("select set_config('a.b', email, false) from people", True),
+    ("select set_config('a.b', 'on', false) from people where email = 'x'", False),
 ])
 def test_statements_that_copy_masked_values(sql, refused):
     assert (copies(parse(sql)[0], masks()) is not None) == refused

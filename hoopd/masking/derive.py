@@ -257,34 +257,43 @@ def touches(stmt: dict, source: Source[M]) -> M | None:
 
 def copies(stmt: dict, source: Source[M]) -> M | None:
     """A mark when the statement stores or exports values of masked columns: INSERT ...
-    SELECT, UPDATE ... SET, MERGE, CREATE TABLE AS / SELECT INTO, COPY ... TO (their
-    source values; a WHERE that only filters on a masked column does not count), and
-    calls of STORES with a masked argument."""
-    (kind, body), = stmt.items()
+    SELECT, UPDATE ... SET, MERGE, CREATE TABLE AS / SELECT INTO, COPY ... TO, anywhere in
+    it (a data-modifying CTE, EXPLAIN ANALYZE, PREPARE), counting their source values (a
+    WHERE that only filters on a masked column does not count), and calls of STORES with
+    a masked argument."""
     st = _Statement(stmt, source)
     for k, v in _dicts(stmt):
+        mark = None
         if k == "FuncCall":
             parts = _strings(v.get("funcname", []))
             if parts and parts[-1] in STORES:
                 mark = st.taint(v.get("args"))
-                if mark is not None:
-                    return mark
-    if kind == "InsertStmt" and isinstance(body.get("selectStmt"), dict):
-        return st.outputs(body["selectStmt"], None).any
-    if kind == "UpdateStmt":
-        return st.taint([t.get("ResTarget", {}).get("val") for t in body.get("targetList", [])])
-    if kind == "MergeStmt":
-        return st.taint(body.get("mergeWhenClauses"))
-    if kind == "CreateTableAsStmt" and isinstance(body.get("query"), dict):
-        return st.outputs(body["query"], None).any
-    if kind == "SelectStmt" and body.get("intoClause"):
-        return st.outputs(stmt, None).any
-    if kind == "CopyStmt" and not body.get("is_from"):
-        if isinstance(body.get("query"), dict):
-            return st.outputs(body["query"], None).any
-        rel = body.get("relation") or {}
-        return source.relation(rel.get("schemaname"), rel.get("relname", "")) if rel else None
+        elif k in _COPIERS and isinstance(v, dict):
+            mark = _COPIERS[k](st, v)
+        if mark is not None:
+            return mark
     return None
+
+
+def _copy_out(st: _Statement, body: dict) -> Any:
+    if body.get("is_from"):
+        return None
+    if isinstance(body.get("query"), dict):
+        return st.outputs(body["query"], None).any
+    rel = body.get("relation") or {}
+    return st.source.relation(rel.get("schemaname"), rel.get("relname", "")) if rel else None
+
+
+_COPIERS: dict[str, Any] = {  # statement node -> (statement, its body) -> the mark of what it stores
+    "InsertStmt": lambda st, b: st.outputs(b["selectStmt"], None).any if isinstance(b.get("selectStmt"), dict)
+    else None,
+    "UpdateStmt": lambda st, b: st.taint([t.get("ResTarget", {}).get("val") for t in b.get("targetList", [])]),
+    "MergeStmt": lambda st, b: st.taint(b.get("mergeWhenClauses")),
+    "CreateTableAsStmt": lambda st, b: st.outputs(b["query"], None).any if isinstance(b.get("query"), dict)
+    else None,
+    "SelectStmt": lambda st, b: st.outputs({"SelectStmt": b}, None).any if b.get("intoClause") else None,
+    "CopyStmt": _copy_out,
+}
 
 
 def derive(stmt: dict, source: Source[M], default: M | None = None) -> Derived[M]:
