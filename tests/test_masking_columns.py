@@ -166,3 +166,14 @@ def test_rows_without_a_description_are_masked_whole_and_still_parse(values):
     out = m.decode_data_row(new if new is not None else msg.body)
     assert len(out) == len(values)
     assert all(v is None for v in out)  # types unknown: NULL, never the clear bytes
+
+
+def test_do_and_call_are_opaque():
+    cm = masks()
+    assert copies(parse("do $$ begin insert into t select email from people; end $$")[0], cm) is PII
+    assert copies(parse("call my_proc()")[0], cm) is PII
+    from hoopd.masking.derive import opaque_calls, touches
+    assert touches(parse("do $$ begin raise notice '%', 1; end $$")[0], cm) is PII
+    assert opaque_calls(parse("select lower(note) from people")[0], cm) is None
+    assert opaque_calls(parse("select my_fn(note) from people")[0], cm) is PII
+    assert touches(parse("select 1 / 0")[0], cm) is None

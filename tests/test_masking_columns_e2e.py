@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -229,3 +230,32 @@ def test_errors_and_notices_that_could_quote_masked_values_are_withheld(gw):
         with pytest.raises(psycopg.errors.DivisionByZero, match="division by zero"):
             c.execute("select 1 / 0")  # a statement that reads no masked column: its message as the server wrote it
         assert c.execute("select current_setting('mc.leak', true)").fetchone()[0] in (None, "")
+
+
+def test_node_postgres_sees_masked_values(gw):
+    g, _ = gw
+    node_dir = Path(__file__).with_name("node")
+    if not shutil.which("node") or not (node_dir / "node_modules" / "pg").is_dir():
+        pytest.fail("node-postgres is not installed: run scripts/install-deps.sh")
+    script = """
+const { Client } = require('pg');
+(async () => {
+  const c = new Client({ connectionString: process.argv[1] });
+  await c.connect();
+  const out = [];
+  for (const q of ['select email, ssn, score, uid, note from mc_people where id = $1',
+                   'select lower(contact) as e, contact from mc_view where id = $1']) {
+    out.push((await c.query({ text: q, values: [1] })).rows[0]);
+    out.push((await c.query({ name: 'p' + out.length, text: q, values: [1] })).rows[0]);  // prepared
+  }
+  console.log(JSON.stringify(out));
+  await c.end();
+})().catch(e => { console.error(e.message); process.exit(1); });
+"""
+    r = subprocess.run(["node", "-e", script, g.url("reader")], cwd=node_dir, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert not clear_in(r.stdout)
+    assert rows[0]["email"] == "****" and rows[0]["note"] == "hello" and isinstance(rows[0]["score"], int)
+    assert rows[2] == {"e": "****", "contact": "****"} and rows[1] == rows[0]

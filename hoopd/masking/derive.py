@@ -243,10 +243,31 @@ STORES = frozenset({"set_config", "pg_notify", "setval", "pg_logical_emit_messag
 it back from: a setting (``current_setting``), a notification, a sequence, a large object."""
 
 
+_OPAQUE = ("DoStmt", "CallStmt")  # SQL the tree does not show (a DO body, a procedure's): marked
+# with the Source's mark for a function it cannot vouch for (``function(None, "")``)
+
+
+def opaque_calls(stmt: dict, source: Source[M]) -> M | None:
+    """A mark when the statement runs code the tree does not show: DO, CALL, or a function
+    the Source cannot vouch for (its errors and notices say what it chooses to)."""
+    for k, v in _dicts(stmt):
+        if k in _OPAQUE:
+            return source.function(None, "")
+        if k == "FuncCall":
+            parts = _strings(v.get("funcname", []))
+            mark = source.function(parts[-2] if len(parts) > 1 else None, parts[-1] or "") if parts else None
+            if mark is not None:
+                return mark
+    return None
+
+
 def touches(stmt: dict, source: Source[M]) -> M | None:
     """A mark when anything in the statement reads a masked column or a relation that has
-    one (so an error or notice it causes may quote a masked value: ``Failing row contains
-    (...)``, ``invalid input syntax for type integer: "..."``)."""
+    one, or runs code the tree does not show (so an error or notice it causes may quote a
+    masked value: ``Failing row contains (...)``, ``invalid input syntax for type
+    integer: "..."``, a RAISE)."""
+    if next(iter(stmt)) in _OPAQUE:
+        return source.function(None, "")
     st = _Statement(stmt, source)
     for rel in st.relations:
         mark = source.relation(*rel)
@@ -261,6 +282,8 @@ def copies(stmt: dict, source: Source[M]) -> M | None:
     it (a data-modifying CTE, EXPLAIN ANALYZE, PREPARE), counting their source values (a
     WHERE that only filters on a masked column does not count), and calls of STORES with
     a masked argument."""
+    if next(iter(stmt)) in _OPAQUE:
+        return source.function(None, "")  # its body may copy anything anywhere
     st = _Statement(stmt, source)
     for k, v in _dicts(stmt):
         mark = None

@@ -36,7 +36,7 @@ from twisted.internet.defer import Deferred
 
 from hoopd.log import get_logger
 from hoopd.masking.columns import ColumnMasks, Plan
-from hoopd.masking.derive import STORES, Derived, copies, touches
+from hoopd.masking.derive import STORES, Derived, copies, opaque_calls, touches
 from hoopd.masking.jsontext import mask_json
 from hoopd.masking.relations import RelationCatalogs, Relations
 from hoopd.masking.rules import Masker, MaskingConfig, MaskRule
@@ -64,11 +64,12 @@ NON_TEXT = frozenset({16, 17, 20, 21, 23, 24, 26, 28, 29, 650, 700, 701, 774, 79
 TEXT_BINARY = frozenset({18, 19, 25, 142, 705, 1042, 1043})  # binary format = the text's bytes
 JSON, JSONB = 114, 3802  # masked as documents (hoopd.masking.jsontext); jsonb binary: a version byte (1), then text
 _KEEP_FIELDS = frozenset(b"SVCFLRP")  # severity, code, source file/line/routine, position: no values
+_CLASS_42 = b"\0C42"  # an SQLSTATE field of class 42 (its code byte after the previous field's end)
 _NAME_FIELDS = frozenset(b"stcdn")  # schema, table, column, data type, constraint: names, not values
 Part = Callable[[bytes, int], "tuple[bytes | None, bool]"]  # (raw, type oid) -> (new or None, becomes NULL)
 Record = Callable[[SessionInfo, str, dict], None]
 _RESULT_ENDS = (BE.COMMAND_COMPLETE, BE.EMPTY_QUERY, BE.PORTAL_SUSPENDED, BE.READY)  # a result is over
-_COPYING = frozenset({"insert", "update", "merge", "ddl", "copy_to", "declare"})  # kinds parsed before they run
+_COPYING = frozenset({"insert", "update", "merge", "ddl", "copy_to", "declare", "do", "call"})  # kinds parsed before they run
 _STORE_WORDS = (*STORES, "u&")  # in a statement's text: parse it (u&: a name spelled in unicode escapes)
 _DDL_TAGS = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"SELECT INTO")  # the relation catalog may have changed
 
@@ -375,9 +376,10 @@ class MaskingSession:
         stmts = cm.trees(sql) if sql is not None else None
         if sql is not None and stmts is None:
             return None  # a syntax error quotes what the client typed, not a value
-        rule = (cm.fallback if stmts is None or part >= len(stmts) else touches(stmts[part], cm))
-        if rule is None:
-            return None
+        stmt = stmts[part] if stmts is not None and part < len(stmts) else None
+        rule = cm.fallback if stmt is None else touches(stmt, cm)
+        if rule is None or (_CLASS_42 in msg.body and stmt is not None and opaque_calls(stmt, cm) is None):
+            return None  # (class 42, syntax and name errors, come from analysing the statement: no values read)
         self.masker.count(rule)
         text = (f'hoopd: the server\'s message was withheld: the statement reads columns that masking rule'
                 f' "{rule.name}" masks for this session, and the message could show their values').encode()
