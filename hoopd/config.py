@@ -35,7 +35,7 @@ class GatewayConfig:
     max_sessions: int = 1000
     max_message_bytes: int = 256 << 20  # largest client message accepted (PostgreSQL's 1 GiB stays the ceiling)
     max_buffered_bytes: int = 512 << 20  # partly received client messages held, all sessions together
-    hold_timeout: float = 600.0  # longest a stage may hold a statement (an approval) before it is refused
+    hold_timeout: float = 3600.0  # longest a stage may hold a statement (an approval) before it is refused
     max_rewrite_bytes: int = 16 << 20  # largest server message a rewriting stage (masking) buffers; larger: FATAL 54000
 
 
@@ -291,6 +291,10 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     masking = parse_masking(root, base)
     root.done()
     functions = FunctionSettings(vetted, max_age)
+    for rule in [*rules, *(r for c in conns.values() for r in c.rules)]:
+        if rule.review is not None and rule.review.timeout > gateway.hold_timeout:
+            raise ConfigError("gateway.hold_timeout", f"is {gateway.hold_timeout:g}s, shorter than the review timeout"
+                              f" of rule {rule.name!r} ({rule.review.timeout:g}s): statements would be refused first")
     return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
                   rules, unparseable, policy_enabled, max_statement_bytes, functions,
                   masking if masking.rules else None)

@@ -96,6 +96,17 @@ class Deny:
 Verdict = Deny | None
 
 
+class Hold(Deferred):  # type: ignore[type-arg]
+    """A verdict that takes a human (an approval): the relay holds the client's stream
+    until it fires, and sends ``notice`` to the client at once so it can tell its user
+    what it waits for. Cancelled when the client leaves or cancels: the canceller
+    withdraws whatever waits for the decision."""
+
+    def __init__(self, notice: str | None = None, canceller: Any = None) -> None:
+        super().__init__(canceller)
+        self.notice = notice
+
+
 class EndSession(Exception):
     """Raised while relaying (by a stage's server_message, the relay's buffer budget or the
     proxy's tripwire) to end the session at once: the client gets a FATAL ErrorResponse

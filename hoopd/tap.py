@@ -29,6 +29,8 @@ from hoopd.policy.decide import Policy
 from hoopd.policy.functions import CATALOG_QUERY, FunctionCatalogs
 from hoopd.masking.rules import MaskingConfig
 from hoopd.masking.relations import RELATIONS_QUERY, RelationCatalogs
+from hoopd.review.requests import Reviews, review_hint
+from hoopd.review.stage import ReviewStage
 from hoopd.masking.stage import MaskingStage
 from hoopd.policy.stage import PolicyStage
 from hoopd.proxy.pipeline import Pipeline
@@ -101,8 +103,10 @@ class GatewayService(service.MultiService):
                                                         "relation catalog"), reactor,
                                          max_age=config.masking.catalog_max_age)
             self.masking = MaskingStage(config.masking, record, metrics.masked, relations)
+        self.reviews = Reviews(reactor, record, where=review_hint(config))
+        self.policy.reviewing = True
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
-                               + ([self.masking] if self.masking else []))
+                               + ([self.masking] if self.masking else []) + [ReviewStage(self.reviews)])
         self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker]),
                                       identity=self.identity,
                                       metrics=metrics, record=record)

@@ -119,7 +119,7 @@ def test_config_summary_has_no_secrets():
         assert secret not in text
     summary = json.loads(text)
     assert summary["connections"]["shop"]["credentials"]["default"] == {"user": "app", "password": {"secret": "inline"}}
-    assert summary["control"]["tokens"][0] == {"name": "ops", "role": "admin", "token_hash": REDACTED}
+    assert summary["control"]["tokens"][0] == {"name": "ops", "role": "admin", "token_hash": REDACTED, "user": None}
 
 
 def test_plane_lists_filters_kills_and_remembers_ended_sessions():

@@ -147,12 +147,12 @@ def test_rules_do_not_widen_a_level() -> None:
     assert not d.allowed and d.rule is None
 
 
-def test_review_is_a_clear_denial_for_now() -> None:
+def test_review_without_reviewers_is_a_clear_denial() -> None:
     policy = Policy([Rule("prod-writes", "review", kinds=frozenset({"update"}), message="ask #dba")])
     d = policy.decide(_one("UPDATE orders SET amount = 1 WHERE id = 1"), ALICE)
     assert not d.allowed and d.action == "review" and d.rule == "prod-writes"
     assert d.message == ('hoopd: statement needs approval by rule "prod-writes" (UPDATE), '
-                         "and approvals are not enabled: ask #dba")
+                         "and the rule names no reviewers: ask #dba")
     assert d.record()["action"] == "review"
 
 

@@ -226,7 +226,7 @@ def test_decisions_are_recorded() -> None:
     records.clear()
     assert _run(stage, s, b"P", P("UPDATE customers SET name = 'x' WHERE id = 1")) is not None
     (r,) = records
-    assert r[2]["action"] == "review" and r[2]["via"] == "P" and "approvals are not enabled" in r[2]["message"]
+    assert r[2]["action"] == "review" and r[2]["via"] == "P" and "the rule names no reviewers" in r[2]["message"]
     records.clear()
     assert _run(stage, s, b"F", F()) is not None
     assert records[0][2]["action"] == "deny" and records[0][2]["statement"]["kind"] == "function_call"

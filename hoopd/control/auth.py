@@ -37,6 +37,8 @@ class ApiError(Exception):
 class Principal:
     name: str  # how admin actions are attributed: "api:<token name>" or "oidc:<user>"
     role: str  # viewer | admin
+    user: str | None = None  # the identity behind it (an OIDC user, a token's ``user``)
+    groups: frozenset[str] = frozenset()  # its OIDC groups (a token's: its user's [[users]] groups)
 
     def require(self, role: str) -> None:
         if RANK[self.role] < RANK[role]:
@@ -52,9 +54,9 @@ def bearer(header: bytes | None) -> str | None:
 
 def _oidc_role(cfg: ControlConfig, identity: Identity) -> Principal:
     if identity.groups & cfg.admin_groups:
-        return Principal(f"oidc:{identity.name}", "admin")
+        return Principal(f"oidc:{identity.name}", "admin", identity.name, identity.groups)
     if identity.groups & cfg.viewer_groups:
-        return Principal(f"oidc:{identity.name}", "viewer")
+        return Principal(f"oidc:{identity.name}", "viewer", identity.name, identity.groups)
     raise ApiError(403, "forbidden", f"oidc:{identity.name} is in none of the control admin or viewer groups")
 
 
@@ -66,7 +68,7 @@ def authenticate(cfg: ControlConfig, verifier: TokenVerifier | None, header: byt
         raise ApiError(401, "unauthorized", "an Authorization: Bearer token is required")
     found = [t for t in cfg.tokens if matches(token, t.token_hash)]
     if found:
-        return Principal(f"api:{found[0].name}", found[0].role)
+        return Principal(f"api:{found[0].name}", found[0].role, found[0].user)
     if verifier is not None and token.count(".") == 2:
         try:
             identity = yield verifier.verify(token, audience=cfg.oidc_audience or None)

@@ -27,6 +27,7 @@ class ApiToken:
     name: str
     role: str  # viewer | admin
     token_hash: str = field(repr=False)  # "sha256:<hex>"
+    user: str | None = None  # the identity it acts for (reviews: its [[users]] groups decide)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def parse_control(t: Table, base: Path) -> ControlConfig:
         th = tt.str("token_hash", required=True)
         if not TOKEN_HASH.match(th):
             raise ConfigError(tt.key("token_hash"), 'expected "sha256:" and 64 hex digits (run `hoopd hash-token`)')
-        tokens.append(ApiToken(name, role, th))
+        tokens.append(ApiToken(name, role, th, tt.str("user")))
         tt.done()
     keys = t.str("ssh_authorized_keys")
     if keys is not None and not os.path.isabs(keys):

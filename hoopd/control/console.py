@@ -17,6 +17,7 @@ from twisted.internet import defer
 
 from hoopd.control.plane import ControlPlane
 from hoopd.log import get_logger
+from hoopd.review.requests import ReviewError
 from hoopd.textsafe import escape
 
 log = get_logger("hoopd.control.console")
@@ -30,6 +31,10 @@ HELP = [
     ("tail [-f] [-n N] [--session ID] [--user NAME]", "journal events (-f: follow; Ctrl-C stops)"),
     ("stats", "counters at a glance"),
     ("reload", "re-read the config file (new sessions use it)"),
+    ("reviews [--all]", "statements waiting for approval (--all: with recently decided ones)"),
+    ("show-review ID", "one review request in detail"),
+    ("approve ID [COMMENT...]", "approve a held statement (your [[users]] groups must be reviewers)"),
+    ("deny ID REASON...", "deny a held statement; the client gets the reason"),
     ("quit", "leave the console"),
 ]
 
@@ -78,6 +83,7 @@ class Console:
                  write_error: Callable[[str], None] | None = None) -> None:
         self.plane = plane
         self.who = who  # how actions are attributed, e.g. "ssh:alice"
+        self.user = who.partition(":")[2] or None  # the [[users]] account whose groups decide reviews
         self.whoami = whoami  # the longer text `whoami` prints
         self.write: Callable[[str], None] = lambda text: write(escape(text, layout=True))
         self.write_error: Callable[[str], None] = lambda text: (write_error or write)(escape(text, layout=True))
@@ -118,7 +124,7 @@ class Console:
         if not words:
             return 0
         name, args = words[0].lower(), words[1:]
-        handler = getattr(self, f"cmd_{name}", None)
+        handler = getattr(self, f"cmd_{name.replace('-', '_')}", None)
         if handler is None:
             raise CommandError(f"unknown command {words[0]!r} (try help)", 2)
         result = handler(args)
@@ -190,6 +196,58 @@ class Console:
         if err is not None:
             raise CommandError(f"reload rejected, the running config stays: {err}")
         self.write("reloaded: new sessions use the new config\n")
+
+    def cmd_reviews(self, args: list[str]) -> None:
+        opts, rest = _options(args, {"--all"}, set())
+        if rest:
+            raise CommandError(f"reviews takes no argument {rest[0]!r}", 2)
+        found = self.plane.reviews(None if opts.get("--all") else "pending")
+        if not found:
+            self.write("no review requests\n")
+            return
+        now = self.plane.reactor.seconds()
+        rows = [["ID", "STATUS", "USER", "CONNECTION", "RULE", "AGE", "APPROVALS", "STATEMENT"]]
+        for r in found:
+            text = " ".join(r["statement"].split())
+            rows.append([r["id"], r["status"], r["user"] or "-", r["connection"] or "-", r["rule"],
+                         _age(now - r["requested"]), f'{len(r["approvals"])}/{r["min_approvals"]}',
+                         text if len(text) <= 60 else text[:57] + "..."])
+        self.write(_table(rows))
+
+    def cmd_show_review(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise CommandError("usage: show-review ID", 2)
+        r = self.plane.review(args[0])
+        if r is None:
+            raise CommandError(f"no review request {args[0]}")
+        for k, v in r.items():
+            if k in ("requested", "expires", "decided") and v is not None:
+                v = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v))
+            elif k == "approvals":
+                v = ", ".join(f'{a["by"]} ({a["comment"] or "no comment"})' for a in v) or "-"
+            elif isinstance(v, list):
+                v = ", ".join(map(str, v)) or "-"
+            self.write(f"{k + ':':20} {v if v is not None else '-'}\n")
+
+    def cmd_approve(self, args: list[str]) -> None:
+        if not args:
+            raise CommandError("usage: approve ID [COMMENT...]", 2)
+        r = self._decide(args[0], True, " ".join(args[1:]))
+        self.write(f"request {r['id']}: {r['status']}"
+                   + (f" ({len(r['approvals'])} of {r['min_approvals']} approvals)" if r["status"] == "pending"
+                      else "") + "\n")
+
+    def cmd_deny(self, args: list[str]) -> None:
+        if len(args) < 2:
+            raise CommandError("usage: deny ID REASON...", 2)
+        r = self._decide(args[0], False, " ".join(args[1:]))
+        self.write(f"request {r['id']}: {r['status']}\n")
+
+    def _decide(self, rid: str, approve: bool, text: str) -> dict[str, Any]:
+        try:
+            return self.plane.decide(rid, self.plane.reviewer(self.who, self.user), approve, text)
+        except ReviewError as e:
+            raise CommandError(e.message) from None
 
     @defer.inlineCallbacks
     def cmd_tail(self, args: list[str]) -> Any:

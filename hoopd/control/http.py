@@ -32,6 +32,7 @@ from hoopd.control.metrics import CONTENT_TYPE
 from hoopd.control.openapi import DOCUMENT
 from hoopd.control.plane import ControlPlane
 from hoopd.log import get_logger
+from hoopd.review.requests import OUTCOMES, ReviewError
 
 log = get_logger("hoopd.control.http")
 MAX_BODY = 64 * 1024
@@ -138,6 +139,35 @@ class ControlApi:
             raise ApiError(404, "not_found", f"no live session {session_id}")
         return Reply({"killed": session_id, "reason": reason})
 
+    def list_reviews(self, request: Request, who: Principal) -> Reply:
+        status = _arg(request, "status")
+        if status not in (None, "pending", *OUTCOMES):
+            raise ApiError(400, "bad_parameter", f"status must be pending or one of {', '.join(OUTCOMES)}")
+        return Reply({"reviews": self.plane.reviews(status)})
+
+    def get_review(self, request: Request, who: Principal, rid: str) -> Reply:
+        found = self.plane.review(rid)
+        if found is None:
+            raise ApiError(404, "not_found", f"no review request {rid}")
+        return Reply(found)
+
+    def approve_review(self, request: Request, who: Principal, rid: str) -> Reply:
+        return self._decide(request, who, rid, True, "comment")
+
+    def deny_review(self, request: Request, who: Principal, rid: str) -> Reply:
+        return self._decide(request, who, rid, False, "reason")
+
+    def _decide(self, request: Request, who: Principal, rid: str, approve: bool, key: str) -> Reply:
+        text = _body(request).get(key, "")
+        if not isinstance(text, str) or len(text) > 500 or (not approve and not text.strip()):
+            raise ApiError(400, "bad_parameter", f"{key} must be a{' non-empty' if not approve else ''} string"
+                                                 " of at most 500 characters")
+        try:
+            return Reply(self.plane.decide(rid, self.plane.reviewer(who.name, who.user, who.groups), approve, text))
+        except ReviewError as e:
+            raise ApiError(e.status, {403: "forbidden", 404: "not_found"}.get(e.status, "conflict"),
+                           e.message) from None
+
     def reload(self, request: Request, who: Principal) -> Reply:
         err = self.plane.reload(who.name)
         if err is not None:
@@ -160,6 +190,10 @@ ROUTES = (
     Route("GET", ("api", "v1", "sessions", "{id}"), "viewer", ControlApi.get_session),
     Route("POST", ("api", "v1", "sessions", "{id}", "kill"), "admin", ControlApi.kill),
     Route("POST", ("api", "v1", "reload"), "admin", ControlApi.reload),
+    Route("GET", ("api", "v1", "reviews"), "viewer", ControlApi.list_reviews),
+    Route("GET", ("api", "v1", "reviews", "{id}"), "viewer", ControlApi.get_review),
+    Route("POST", ("api", "v1", "reviews", "{id}", "approve"), "viewer", ControlApi.approve_review),
+    Route("POST", ("api", "v1", "reviews", "{id}", "deny"), "viewer", ControlApi.deny_review),
     Route("GET", ("api", "v1", "config"), "viewer", ControlApi.config),
     Route("GET", ("api", "v1", "stats"), "viewer", ControlApi.stats),
 )

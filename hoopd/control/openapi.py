@@ -25,6 +25,7 @@ def _op(summary: str, op_id: str, ok: dict[str, Any], errors: tuple[int, ...] = 
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "session id"}
+_RID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "request id"}
 _SESSION_PROPS: dict[str, Any] = {
     "id": {"type": "string"}, "user": {"type": ["string", "null"]},
     "groups": {"type": "array", "items": {"type": "string"}}, "source": {"type": ["string", "null"]},
@@ -90,6 +91,25 @@ DOCUMENT: dict[str, Any] = {
         "/api/v1/config": {"get": _op("The running config with every secret removed", "getConfig",
                                       _ok("config", {"type": "object"}))},
         "/api/v1/stats": {"get": _op("Counters at a glance", "getStats", _ok("stats", _ref("Stats")))},
+        "/api/v1/reviews": {"get": _op(
+            "Review requests: statements held until reviewers decide", "listReviews",
+            _ok("requests", {"type": "object", "required": ["reviews"],
+                             "properties": {"reviews": {"type": "array", "items": _ref("Review")}}}),
+            (400, 401, 403),
+            parameters=[{"name": "status", "in": "query", "schema": {"type": "string", "enum": [
+                "pending", "approved", "denied", "expired", "withdrawn"]}}])},
+        "/api/v1/reviews/{id}": {"get": _op("One review request", "getReview", _ok("the request", _ref("Review")),
+                                            (401, 403, 404), parameters=[_RID])},
+        "/api/v1/reviews/{id}/approve": {"post": _op(
+            "Approve a held statement; the caller must be in the rule's reviewer groups", "approveReview",
+            _ok("the request", _ref("Review")), (400, 401, 403, 404, 409), parameters=[_RID],
+            requestBody={"required": False, "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"comment": {"type": "string"}}}}}})},
+        "/api/v1/reviews/{id}/deny": {"post": _op(
+            "Deny a held statement (the client gets 42501 with the reason)", "denyReview",
+            _ok("the request", _ref("Review")), (400, 401, 403, 404, 409), parameters=[_RID],
+            requestBody={"required": True, "content": {_JSON: {"schema": {
+                "type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}}}}})},
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -102,6 +122,15 @@ DOCUMENT: dict[str, Any] = {
             "Readiness": {"type": "object", "required": ["ready", "checks"],
                           "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object"}}},
             "Session": {"type": "object", "required": ["id", "active"], "properties": _SESSION_PROPS},
+            "Review": {"type": "object", "required": ["id", "status", "statement"], "properties": {
+                "id": {"type": "string"}, "status": {"type": "string"}, "session": {"type": "string"},
+                "user": {"type": ["string", "null"]}, "connection": {"type": ["string", "null"]},
+                "level": {"type": ["string", "null"]}, "statement": {"type": "string"}, "rule": {"type": "string"},
+                "reviewers": {"type": "array", "items": {"type": "string"}},
+                "approvals": {"type": "array", "items": {"type": "object"}},
+                "requested": {"type": "number"}, "expires": {"type": "number"},
+                "decided": {"type": ["number", "null"]}, "decided_by": {"type": ["string", "null"]},
+                "why": {"type": ["string", "null"]}}},
             "Stats": {"type": "object", "properties": {
                 "node": {"type": "string"}, "uptime": {"type": "number"},
                 "sessions_active": {"type": "integer"}, "sessions_total": {"type": "integer"},

@@ -11,6 +11,8 @@ action = "deny"             # allow | deny | review
 message = "add a WHERE clause"
 kinds = ["update", "delete"]
 without_where = true
+# action = "review" also takes: reviewers (groups), min_approvals, allow_self_approval,
+# timeout ("15m"), in_transaction ("hold" | "refuse")
 # relations, functions, groups, users, applications: globs; levels; text_regex
 ```
 
@@ -23,7 +25,7 @@ import re
 from hoopd.confkit import ConfigError, Table
 from hoopd.levels import LEVELS
 from hoopd.policy.catalog import KINDS
-from hoopd.policy.rules import ACTIONS, Rule
+from hoopd.policy.rules import ACTIONS, ReviewSettings, Rule
 
 UNPARSEABLE = ("none",) + LEVELS
 DEFAULT_UNPARSEABLE = "admin"
@@ -52,6 +54,7 @@ def parse_rule(t: Table) -> Rule:
         except re.error as e:
             raise ConfigError(t.key("text_regex"), f"invalid regular expression: {e}") from None
     without_where = t.bool("without_where")
+    review = _review_settings(t) if action == "review" else None
     t.done()
     return Rule(
         name=name, action=action, message=message,
@@ -59,8 +62,27 @@ def parse_rule(t: Table) -> Rule:
         relations=lists.get("relations"), functions=lists.get("functions"),
         levels=frozenset(lists["levels"]) if "levels" in lists else None,
         groups=lists.get("groups"), users=lists.get("users"), applications=lists.get("applications"),
-        text_regex=regex, without_where=without_where,
+        text_regex=regex, without_where=without_where, review=review,
     )
+
+
+def _review_settings(t: Table) -> ReviewSettings | None:
+    """A review rule's reviewers and limits; None when it names no reviewers (its
+    statements are then refused, saying so)."""
+    if not t.has("reviewers"):
+        for key in ("min_approvals", "allow_self_approval", "timeout", "in_transaction"):
+            if t.has(key):
+                raise ConfigError(t.key(key), "needs reviewers (the groups that decide)")
+        return None
+    reviewers = t.str_list("reviewers")
+    if not reviewers:
+        raise ConfigError(t.key("reviewers"), "is an empty list: nobody could decide")
+    timeout = t.duration("timeout", ReviewSettings.timeout)
+    if timeout < 1:
+        raise ConfigError(t.key("timeout"), "must be at least 1s")
+    return ReviewSettings(tuple(reviewers), t.int("min_approvals", 1, lo=1, hi=10),
+                          t.bool("allow_self_approval", False), timeout,
+                          t.str("in_transaction", "hold", choices=("hold", "refuse")))
 
 
 def parse_rules(t: Table) -> tuple[Rule, ...]:

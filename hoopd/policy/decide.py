@@ -32,7 +32,7 @@ from hoopd.policy.catalog import side_effect_level
 from hoopd.policy.statement import StatementInfo
 from hoopd.policy.config import DEFAULT_UNPARSEABLE
 from hoopd.policy.functions import EMPTY, UserFunctions, read_only_refusal
-from hoopd.policy.rules import Context, Rule, first_match
+from hoopd.policy.rules import Context, ReviewSettings, Rule, first_match
 
 READ_ONLY_KINDS = frozenset({
     "select", "copy_to", "show", "set", "transaction", "discard", "deallocate", "close",
@@ -64,6 +64,7 @@ class Decision(NamedTuple):
     reason: str           # what decided, e.g. "insert", "rule no-drop", "level read_only"
     message: str          # the client's error message when not allowed ("" when allowed)
     statement: StatementInfo
+    review: ReviewSettings | None = None  # action review: how it is decided (None: no reviewers, refused)
 
     def record(self) -> dict[str, Any]:
         """A JSON-friendly view for the journal (next to the statement)."""
@@ -182,8 +183,9 @@ def _by_rule(rule: Rule, info: StatementInfo) -> Decision:
         return Decision(True, "allow", rule.name, f"rule {rule.name}", "", info)
     tail = f": {rule.message}" if rule.message else ""
     if rule.action == "review":
-        msg = (f'hoopd: statement needs approval by rule "{rule.name}" ({info.command}), '
-               f"and approvals are not enabled{tail}")
+        why = "" if rule.review is not None else ", and the rule names no reviewers"
+        msg = f'hoopd: statement needs approval by rule "{rule.name}" ({info.command}){why}{tail}'
+        return Decision(False, "review", rule.name, f"rule {rule.name}", msg, info, rule.review)
     else:
         msg = f'hoopd: statement denied by rule "{rule.name}" ({info.command}){tail}'
     return Decision(False, rule.action, rule.name, f"rule {rule.name}", msg, info)

@@ -34,6 +34,17 @@ class Context:
 
 
 @dataclass(frozen=True)
+class ReviewSettings:
+    """How a ``review`` rule's statements are decided (hoopd.review)."""
+
+    reviewers: tuple[str, ...]  # groups (globs) whose members may decide
+    min_approvals: int = 1
+    allow_self_approval: bool = False
+    timeout: float = 900.0  # seconds a held statement waits before it is denied as expired
+    in_transaction: str = "hold"  # hold | refuse: inside an open transaction (holding keeps its locks)
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     action: str  # allow | deny | review
@@ -47,6 +58,7 @@ class Rule:
     applications: tuple[str, ...] | None = None
     text_regex: re.Pattern[str] | None = None
     without_where: bool | None = None
+    review: "ReviewSettings | None" = None  # action "review": who decides, how long a statement waits
     _globs: dict[str, "_Globs"] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

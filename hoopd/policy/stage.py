@@ -78,6 +78,7 @@ class PolicyStage:
         self.record = record  # journals decisions made by a rule, and every refusal
         self.count = count  # (kind, action) per decided statement, for metrics
         self.functions = functions  # None: read_only may call built-ins only
+        self.reviewing = False  # a review stage holds statements a review rule with reviewers matched
 
     def open(self, session: SessionInfo, conversation: Conversation | None = None) -> "PolicySession":
         return PolicySession(self, session)
@@ -211,7 +212,7 @@ class PolicySession:
 
     def _conclude(self, functions: UserFunctions | None, msg: ClientMessage, infos: list[StatementInfo],
                   prepare_as: str | None) -> Verdict:
-        verdict = self._decide(msg.type, infos, functions)
+        verdict = self._decide(msg.type, infos, functions, msg)
         catalogs = self.stage.functions
         if verdict is None and catalogs is not None and any(
                 i.opaque or not i.kinds.isdisjoint(_CATALOG_KINDS) for i in infos):
@@ -241,7 +242,8 @@ class PolicySession:
             log.failure("policy could not decide; message refused (session {sid})", f, sid=self.info.id)
         return Deny("hoopd: statement could not be classified; refused")
 
-    def _decide(self, mtype: int, infos: list[StatementInfo], functions: UserFunctions | None = EMPTY) -> Verdict:
+    def _decide(self, mtype: int, infos: list[StatementInfo], functions: UserFunctions | None = EMPTY,
+                msg: ClientMessage | None = None) -> Verdict:
         stage = self.stage
         self.decisions = decisions = stage.policy.decide_all(infos, self._context(), functions)
         denied = next((d for d in decisions if not d.allowed), None)
@@ -256,7 +258,16 @@ class PolicySession:
             except Exception:
                 log.failure("policy decision not recorded; message refused (session {sid})", sid=self.info.id)
                 return Deny("hoopd: the policy decision could not be recorded; statement refused")
-        return Deny(denied.message) if denied is not None else None
+        if denied is None:
+            return None
+        held = [d for d in decisions if not d.allowed]
+        if msg is not None and stage.reviewing and all(d.action == "review" and d.review is not None for d in held):
+            if self.info.transaction_status != "I" and any(d.review.in_transaction == "refuse" for d in held):
+                return Deny(f'hoopd: statement needs approval by rule "{denied.rule}", which refuses it inside'
+                            " an open transaction; run it outside one", "25001")
+            msg.review = tuple(held)  # the review stage holds it until reviewers decide
+            return None
+        return Deny(denied.message)
 
     def _close(self, msg: ClientMessage) -> None:
         try:

@@ -186,6 +186,9 @@ class ClientProtocol(TwistedProtocol):
     def cancel_upstream(self) -> Deferred[None]:
         """Cancel what the upstream backend runs; fires (never fails) once the server has
         processed the request, or at once when there is no upstream to cancel."""
+        relay = self.relay
+        if relay is not None and relay.withdraw() and relay.quiet:
+            return succeed(None)  # only the held statement was waiting: nothing runs upstream
         if self.upstream is None or self.upstream.key is None:
             return succeed(None)
         pid, secret = self.upstream.key

@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 
 from hoopd.log import tracing
 from hoopd.pgwire import messages as m
@@ -27,7 +27,7 @@ from hoopd.pgwire.conversation import TRACKED_CLIENT, TRACKED_SERVER, ClientMess
 from hoopd.pgwire.framing import MAX_MESSAGE, Big, Event, Framer, Msg, Raw, Rows
 from hoopd.pgwire.types import BE, FE
 from hoopd.proxy.pipeline import SessionStages
-from hoopd.session import STAGE_BODY_LIMIT, Deny, EndSession, SessionInfo
+from hoopd.session import STAGE_BODY_LIMIT, Deny, EndSession, Hold, SessionInfo
 
 _SYNC_POINTS = frozenset({FE.QUERY, FE.FUNCTION_CALL, FE.SYNC})
 _STATEMENTS = frozenset({FE.QUERY, FE.EXECUTE})  # counted in SessionInfo.statements
@@ -37,6 +37,7 @@ CLIENT_LIMITS = {t: 10_000 for t in range(256) if t not in _BIG_CLIENT}
 DEFAULT_REWRITE_LIMIT = 16 << 20
 _READY, _ERROR, _PARAMETER_STATUS = BE.READY, BE.ERROR, BE.PARAMETER_STATUS  # globals: read faster than BE.X
 _BYTE = [bytes([t]) for t in range(256)]
+HELD_BACKLOG = 64  # framed events (each at most one read) queued behind a held statement before reading pauses
 _I32 = struct.Struct("!i")
 
 
@@ -73,31 +74,33 @@ def send_now(transport: Any, data: bytes) -> None:
 
 class _Gate:
     """The client transport as the upstream's producer, paused while either the upstream's
-    buffer is full (back-pressure) or a statement is held: ending a hold must not resume
-    reading while back-pressure still wants it paused, nor the other way round."""
+    buffer is full (back-pressure) or too much arrived behind a held statement: ending one
+    must not resume reading while the other still wants it paused. A hold alone keeps
+    reading, so a client that leaves while its statement waits is noticed at once."""
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
-        self.full = self.held = False
+        self.full = self.backlog = False
 
-    def _set(self, full: bool, held: bool) -> None:
-        was = self.full or self.held
-        self.full, self.held = full, held
-        if was and not (full or held):
+    def _set(self, full: bool, backlog: bool) -> None:
+        was = self.full or self.backlog
+        self.full, self.backlog = full, backlog
+        if was and not (full or backlog):
             self.transport.resumeProducing()
-        elif (full or held) and not was:
+        elif (full or backlog) and not was:
             self.transport.pauseProducing()
 
     def pauseProducing(self) -> None:
-        self._set(True, self.held)
+        self._set(True, self.backlog)
 
     def resumeProducing(self) -> None:
-        self._set(False, self.held)
+        self._set(False, self.backlog)
 
     def stopProducing(self) -> None:
         self.transport.stopProducing()
 
-    def hold(self, on: bool) -> None:
+    def queued(self, on: bool) -> None:
+        """Too much (or no longer too much) is queued behind a held statement."""
         self._set(self.full, on)
 
 
@@ -175,6 +178,8 @@ class Relay:
         self._pending.extend(self.c2s.feed(data))
         if self.budget is not None:
             self._charge(self.c2s.buffered)
+        if self._held is not None and len(self._pending) > HELD_BACKLOG:
+            self._client_gate.queued(True)
         self._drain_client()
 
     def _charge(self, nbytes: int) -> None:
@@ -257,8 +262,9 @@ class Relay:
         arrives after that forwards nothing. After ``hold_timeout`` the hold is cancelled
         and the statement refused (57014)."""
         self._held = d
-        self._client_gate.hold(True)
         timer = None
+        if isinstance(d, Hold) and d.notice:
+            send_now(self.client, m.error_response("00000", d.notice, "NOTICE", notice=True))
 
         def expire() -> None:
             nonlocal timer
@@ -286,7 +292,7 @@ class Relay:
                 timer = None
 
         def finish(verdict: Deny | None) -> None:
-            self._client_gate.hold(False)
+            self._client_gate.queued(False)
             out: list[bytes] = []
             if verdict is not None:
                 self.stages.denied(msg, verdict, self.stages.client_for[msg.type][index])
@@ -303,6 +309,9 @@ class Relay:
             stop_timer()
             if self._held is not d:
                 return None
+            if f.check(CancelledError):  # withdraw(): the client cancelled
+                release(Deny("canceling statement due to user request", "57014"))
+                return None
             self.log.failure("stage hold failed; statement refused", failure=f)
             release(Deny("hoopd: statement could not be decided; refused"))
             return None
@@ -310,6 +319,16 @@ class Relay:
         if self.clock is not None:
             timer = self.clock.callLater(self.hold_timeout, expire)
         d.addCallbacks(release, failed)
+
+    def withdraw(self) -> bool:
+        """The client cancelled (CancelRequest): a statement held at the gateway is refused
+        as PostgreSQL refuses a cancelled one (57014) and its hold cancelled. True when
+        there was one."""
+        d = self._held
+        if d is None:
+            return False
+        d.cancel()  # the stage withdraws what waits; the hold fails with CancelledError: refused below
+        return True
 
     def _oversize(self, from_client: bool, ev: Big) -> None:
         if not from_client and ev.type in self.stages.rewrites:

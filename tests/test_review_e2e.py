@@ -1,0 +1,186 @@
+"""Approvals through ``twistd hoopd`` with a real PostgreSQL and real clients: a statement
+a review rule matches waits at the gateway (a notice says so; nothing reaches the
+server), runs in the same session once reviewers approve over the HTTP API, and is
+refused on denial, expiry or cancel; reviewers outside the rule's groups and
+self-approval are refused; pipelines keep their order behind a held statement."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from hoopd.control.tokens import hash_token
+from tests.gateway import Gateway, connection_toml, free_port, users_toml
+
+pytestmark = pytest.mark.integration
+
+TOKENS = {"dev": "dev-review-token-0123456789", "writer": "writer-review-token-0123456789",
+          "reader": "reader-review-token-0123456789"}
+
+
+@pytest.fixture(scope="module")
+def gw(pg, tmp_path_factory):
+    pg.psql("DROP TABLE IF EXISTS rv_orders; CREATE TABLE rv_orders (id int PRIMARY KEY, amount int);"
+            "INSERT INTO rv_orders SELECT g, g * 10 FROM generate_series(1, 20) g;"
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON rv_orders TO PUBLIC;", dbname="shop")
+    folder = tmp_path_factory.mktemp("review")
+    r = {role.name: role.password for role in pg.roles}
+    http = free_port()
+    tokens = "".join(f'[[control.tokens]]\nname = "{u}"\nrole = "viewer"\ntoken_hash = "{hash_token(t)}"\n'
+                     f'user = "{u}"\n' for u, t in TOKENS.items())
+    body = (f'http = "tcp:{http}:interface=127.0.0.1"\n'
+            + tokens +
+            '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba", "apps"]\n'
+            'timeout = "60s"\nmessage = "deletes are reviewed"\n'
+            '[[rules]]\nname = "two-eyes"\naction = "review"\nkinds = ["update"]\nreviewers = ["dba", "apps"]\n'
+            'min_approvals = 2\ntimeout = "3s"\n'
+            '[[rules]]\nname = "tx-refused"\naction = "review"\nkinds = ["insert"]\nreviewers = ["dba"]\n'
+            'in_transaction = "refuse"\n'
+            + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]))
+    g = Gateway(folder, body).start()
+    g.http_port = http
+    yield g, pg
+    g.stop()
+    assert "Traceback" not in g.log()
+
+
+def api(g, method: str, path: str, who: str = "dev", body: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{g.http_port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {TOKENS[who]}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def pending(g, n: int = 1) -> list[dict]:
+    for _ in range(200):
+        _, got = api(g, "GET", "/api/v1/reviews?status=pending")
+        if len(got["reviews"]) >= n:
+            return got["reviews"]
+        time.sleep(0.05)
+    raise AssertionError("no pending review request appeared")
+
+
+def count(pg, where: str) -> int:
+    return int(pg.psql(f"SELECT count(*) FROM rv_orders WHERE {where}", dbname="shop").strip())
+
+
+def in_thread(fn):
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except Exception as e:  # (handed to the test thread)
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def test_a_held_delete_runs_after_approval_in_the_same_session(gw):
+    g, pg = gw
+    notices: list[str] = []
+    with psycopg.connect(g.dsn("writer", application_name="agent-x"), autocommit=True) as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        t, out = in_thread(lambda: c.execute("delete from rv_orders where id = 1").rowcount)
+        (req,) = pending(g)
+        assert req["user"] == "writer" and req["rule"] == "deletes" and "rv_orders" in req["statement"]
+        assert req["application"] == "agent-x"
+        assert count(pg, "id = 1") == 1  # nothing reached the server while held
+        code, body = api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "writer", {"comment": "me"})
+        assert code == 403 and "own statements" in body["message"]  # self-approval
+        code, body = api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "reader")
+        assert code == 403 and "reviewer groups" in body["message"]
+        code, body = api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "dev", {"comment": "ok"})
+        assert code == 200 and body["status"] == "approved" and body["decided_by"] == "api:dev"
+        t.join(10)
+        assert out == {"value": 1} and count(pg, "id = 1") == 0
+        assert notices and f"request #{req['id']}" in notices[0] and "dba" in notices[0]
+        assert c.execute("select count(*) from rv_orders where id = 2").fetchone() == (1,)  # session goes on
+    code, body = api(g, "POST", f"/api/v1/reviews/{req['id']}/deny", "dev", {"reason": "late"})
+    assert code == 409
+
+
+def test_denied_and_expired_statements_are_refused_and_never_run(gw):
+    g, pg = gw
+    with psycopg.connect(g.dsn("writer"), autocommit=True) as c:
+        t, out = in_thread(lambda: c.execute("delete from rv_orders where id = 3"))
+        (req,) = pending(g)
+        assert api(g, "POST", f"/api/v1/reviews/{req['id']}/deny", "dev", {})[0] == 400  # a reason is needed
+        assert api(g, "POST", f"/api/v1/reviews/{req['id']}/deny", "dev", {"reason": "not today"})[0] == 200
+        t.join(10)
+        assert isinstance(out["error"], psycopg.errors.InsufficientPrivilege)
+        assert "denied by api:dev: not today" in str(out["error"])
+        assert c.execute("select 1").fetchone() == (1,)  # the session is still usable
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="expired"):
+            c.execute("update rv_orders set amount = 0 where id = 4")  # two-eyes: 3 s, nobody decides
+    assert count(pg, "id = 3") == 1 and count(pg, "id = 4 and amount = 40") == 1
+    _, done = api(g, "GET", "/api/v1/reviews")
+    assert {r["status"] for r in done["reviews"]} >= {"approved", "denied", "expired"}
+
+
+def test_two_approvals_and_a_pipeline_waiting_behind_the_hold(gw):
+    g, pg = gw
+    with psycopg.connect(g.dsn("writer"), autocommit=True) as c:
+        def work():
+            with c.pipeline():
+                a = c.execute("select 1")
+                b = c.execute("update rv_orders set amount = 7 where id = 5")
+                d = c.execute("select amount from rv_orders where id = 5")
+            return a.fetchone(), b.rowcount, d.fetchone()
+
+        t, out = in_thread(work)
+        (req,) = pending(g)
+        code, body = api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "dev")
+        assert code == 200 and body["status"] == "pending" and len(body["approvals"]) == 1
+        assert api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "dev")[0] == 409  # not twice by one
+        assert count(pg, "id = 5 and amount = 50") == 1
+        api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "writer")  # (refused: its own) ...
+        assert api(g, "GET", f"/api/v1/reviews/{req['id']}")[1]["status"] == "pending"
+        t.join(10)  # ... so it expires: the statements after it in the pipeline still answer in order
+    assert isinstance(out.get("error"), psycopg.errors.InsufficientPrivilege), out
+
+
+def test_cancel_and_disconnect_withdraw_the_request(gw):
+    g, pg = gw
+    with psycopg.connect(g.dsn("writer"), autocommit=True) as c:
+        t, out = in_thread(lambda: c.execute("delete from rv_orders where id = 6"))
+        (req,) = pending(g)
+        c.cancel()
+        t.join(10)
+        assert isinstance(out["error"], psycopg.errors.QueryCanceled)
+        assert api(g, "GET", f"/api/v1/reviews/{req['id']}")[1]["status"] == "withdrawn"
+        assert c.execute("select 1").fetchone() == (1,)
+    c = psycopg.connect(g.dsn("writer"), autocommit=True)
+    t, out = in_thread(lambda: c.execute("delete from rv_orders where id = 7"))
+    (req,) = pending(g)
+    with socket.socket(fileno=os.dup(c.pgconn.socket)) as raw:
+        raw.shutdown(socket.SHUT_RDWR)  # the client goes away while its statement waits
+    for _ in range(100):
+        if api(g, "GET", f"/api/v1/reviews/{req['id']}")[1]["status"] == "withdrawn":
+            break
+        time.sleep(0.05)
+    assert api(g, "GET", f"/api/v1/reviews/{req['id']}")[1]["status"] == "withdrawn"
+    assert api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "dev")[0] == 409
+    t.join(10)
+    assert count(pg, "id in (6, 7)") == 2
+
+
+def test_review_inside_a_transaction_can_be_refused(gw):
+    g, _ = gw
+    with psycopg.connect(g.dsn("writer")) as c:
+        c.execute("select 1")  # (psycopg opened a transaction)
+        with pytest.raises(psycopg.errors.ActiveSqlTransaction, match="open transaction"):
+            c.execute("insert into rv_orders values (100, 1)")
