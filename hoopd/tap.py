@@ -104,6 +104,7 @@ class GatewayService(service.MultiService):
                                          max_age=config.masking.catalog_max_age)
             self.masking = MaskingStage(config.masking, record, metrics.masked, relations)
         self.reviews = Reviews(reactor, record, where=review_hint(config))
+        self.reviews.listeners.append(metrics.review)
         self.policy.reviewing = True
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
                                + ([self.masking] if self.masking else []) + [ReviewStage(self.reviews)])

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -36,6 +39,7 @@ def gw(pg, tmp_path_factory):
     tokens = "".join(f'[[control.tokens]]\nname = "{u}"\nrole = "viewer"\ntoken_hash = "{hash_token(t)}"\n'
                      f'user = "{u}"\n' for u, t in TOKENS.items())
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\n'
+            f'[journal]\ndir = "{folder / "journal"}"\n[control]\nopen_metrics = true\n'
             + tokens +
             '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba", "apps"]\n'
             'timeout = "60s"\nmessage = "deletes are reviewed"\n'
@@ -46,6 +50,7 @@ def gw(pg, tmp_path_factory):
             + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]))
     g = Gateway(folder, body).start()
     g.http_port = http
+    g.journal = folder / "journal"
     yield g, pg
     g.stop()
     assert "Traceback" not in g.log()
@@ -184,3 +189,19 @@ def test_review_inside_a_transaction_can_be_refused(gw):
         c.execute("select 1")  # (psycopg opened a transaction)
         with pytest.raises(psycopg.errors.ActiveSqlTransaction, match="open transaction"):
             c.execute("insert into rv_orders values (100, 1)")
+
+
+def test_requests_are_journaled_and_counted(gw):
+    g, _ = gw
+    with psycopg.connect(g.dsn("writer"), autocommit=True) as c:
+        t, out = in_thread(lambda: c.execute("delete from rv_orders where id = 20"))
+        (req,) = pending(g)
+        api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "dev", {"comment": "journal me"})
+        t.join(10)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{g.http_port}/metrics", timeout=10).read().decode()
+    assert 'hoopd_review_requests_total{event="approved"}' in metrics and "hoopd_review_requests_pending 0.0" in metrics
+    exported = subprocess.run([str(Path(".venv/bin/hoopd").resolve()), "journal", "export", "--dir", str(g.journal),
+                               "--format", "jsonl"], capture_output=True, text=True, check=True).stdout
+    mine = [json.loads(line) for line in exported.splitlines() if req["id"] in line]
+    assert [r.get("event") for r in mine if r.get("kind") == "review"] == ["requested", "approved"]
+    assert any(r.get("why") == "journal me" for r in mine)

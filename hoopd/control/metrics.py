@@ -17,6 +17,7 @@ read at scrape time too:
   unknown_connection, too_many_sessions, upstream_failed, login_timeout)
 - ``statement(kind, decision)``: policy, once per decided statement -> hoopd_statements_total
 - ``masked(rule, strategy, spans)``: masking, per masked value -> hoopd_masked_values_total
+- ``review(event, request)``: approvals -> hoopd_review_requests_total, _pending, hoopd_review_decision_seconds
 - ``upstream_connected(connection, seconds)``: after each upstream login -> hoopd_upstream_connect_seconds
 - ``journal_written(seconds, nbytes)`` / ``journal_failed()``: the journal writer's hooks
   -> hoopd_journal_write_seconds, hoopd_journal_bytes_total, hoopd_journal_errors_total;
@@ -150,6 +151,12 @@ class Metrics:
                                   registry=r)
         self._admin = PCounter("hoopd_admin_actions", "Admin actions (kill, reload) by channel", ["action", "via"],
                                registry=r)
+        self._reviews = PCounter("hoopd_review_requests", "Review requests by event (requested, approval,"
+                                 " approved, denied, expired, withdrawn)", ["event"], registry=r)
+        self._review_pending = Gauge("hoopd_review_requests_pending", "Statements held for review now",
+                                     registry=r)
+        self._review_wait = Histogram("hoopd_review_decision_seconds", "Time from request to its end, by outcome",
+                                      ["outcome"], buckets=(5, 30, 60, 300, 900, 1800, 3600), registry=r)
         self._tripwire = PCounter("hoopd_tripwire_sessions_ended",
                                   "Sessions ended because the server reported a setting the checks rely on changed",
                                   ["setting"], registry=r)
@@ -182,6 +189,15 @@ class Metrics:
 
     def admin_action(self, action: str, via: str) -> None:
         self._admin.labels(action, via).inc()
+
+    def review(self, event: str, request: Any) -> None:
+        """A Reviews listener (hoopd.review.requests)."""
+        self._reviews.labels(event).inc()
+        if event == "requested":
+            self._review_pending.inc()
+        elif event != "approval":
+            self._review_pending.dec()
+            self._review_wait.labels(event).observe(max(0.0, (request.decided or 0.0) - request.requested))
 
     def tripwire(self, setting: str) -> None:
         self._tripwire.labels(setting).inc()

@@ -205,8 +205,8 @@ class Reviews:
         info = self._infos.get(req.id)
         if self.record is not None and info is not None:
             try:
-                self.record(info, "review", {"event": event, **{k: v for k, v in req.summary().items()
-                                                                 if k not in ("groups", "reviewers")}})
+                fields = {k: v for k, v in req.summary().items() if k not in ("groups", "reviewers")}
+                self.record(info, "review", {"event": event, **fields})  # (a ``review`` journal record)
             except Exception:  # (the journal logged why; the decision itself stands)
                 pass
         for listener in list(self.listeners):
