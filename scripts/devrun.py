@@ -30,6 +30,7 @@ from tests.pgcluster import SHOP_SQL, Cluster, quote_literal  # noqa: E402
 RUN = ROOT / ".run"
 LISTEN_PORT = 6432
 HTTP_PORT = 6480
+SSH_PORT = 6422
 APP_ROLE = "shop_app"
 READ_ROLE = "shop_ro"  # what read_only logs in as: a role that may only SELECT (the recommended set-up)
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -83,10 +84,28 @@ def start_cluster(cluster: Cluster) -> None:
                  dbname="shop")
 
 
+def ssh_key() -> Path:
+    """.run/ssh/dev.key (made once) and the console's authorized keys file naming it dev."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    folder = RUN / "ssh"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = folder / "dev.key"
+    if not key.exists():
+        private = Ed25519PrivateKey.generate()
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(private.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
+        public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+        (folder / "admins").write_text(f"dev {public} dev@make-run\n")
+    return key
+
+
 def write_config(pg_port: int, dev_password: str, agent_password: str, api_token_hash: str) -> Path:
-    """.run/hoopd.toml: local users dev (admin on shop) and agent (read_only, like an AI
-    coding agent would get, with emails and phone numbers masked), the shop connection,
-    and the control port."""
+    """.run/hoopd.toml: local users dev (admin on shop) and agent (read_write like an AI
+    coding agent might get, every write held until dev approves it, emails and phone
+    numbers masked), the shop connection, the control port and the SSH console."""
     cert, key = tls_files()
     journal, state = RUN / "journal", RUN / "state"
     journal.mkdir(mode=0o700, exist_ok=True)
@@ -101,14 +120,26 @@ state_dir = {q(str(state))}
 [listen]
 postgres = "tcp:{LISTEN_PORT}:interface=127.0.0.1"
 http = "tcp:{HTTP_PORT}:interface=127.0.0.1"
+ssh = "tcp:{SSH_PORT}:interface=127.0.0.1"
 
 [control]
 shutdown_grace = "2s"
+ssh_authorized_keys = {q(str(RUN / "ssh" / "admins"))}
 
 [[control.tokens]]
 name = "dev"
 role = "admin"
 token_hash = {q(api_token_hash)}
+user = "dev"                      # reviews decided with this token count as dev's (group dba)
+
+[[rules]]                         # the agent may write, but every write waits for a human
+name = "agent-writes-need-approval"
+action = "review"
+kinds = ["insert", "update", "delete", "merge", "copy_from"]
+groups = ["ai-agents"]
+reviewers = ["dba"]
+timeout = "15m"
+message = "the agent's writes are approved by a human"
 
 [tls]
 mode = "allow"
@@ -154,7 +185,7 @@ password_file = {q(str(RUN / "secrets" / READ_ROLE))}
 
 [connections.shop.access]
 dba = "admin"
-ai-agents = "read_only"
+ai-agents = "read_write"
 """
     path = RUN / "hoopd.toml"
     path.write_text(text)
@@ -192,13 +223,17 @@ def main() -> int:
     try:
         start_cluster(cluster)
         dev_password, agent_password, api_token = secret("dev"), secret("agent"), secret("api-token")
+        key = ssh_key()
         config = write_config(cluster.port, dev_password, agent_password, hash_token(api_token))
         print(f"devrun: PostgreSQL on 127.0.0.1:{cluster.port}, gateway config {config}\n"
               f"devrun: connect with (Ctrl-C stops the gateway and the cluster):\n\n"
               f'  PGPASSWORD={dev_password} psql "host=127.0.0.1 port={LISTEN_PORT} dbname=shop user=dev"'
               "      # admin\n"
               f'  PGPASSWORD={agent_password} psql "host=127.0.0.1 port={LISTEN_PORT} dbname=shop user=agent"'
-              "  # read_only\n\n"
+              "  # read_write, writes reviewed\n\n"
+              f"devrun: the agent's `delete from orders where id = 1` waits; approve it in the SSH console:\n"
+              f"  ssh -i {key} -p {SSH_PORT} -o StrictHostKeyChecking=no dev@127.0.0.1 reviews\n"
+              f"  ssh -i {key} -p {SSH_PORT} -o StrictHostKeyChecking=no dev@127.0.0.1 approve ID\n\n"
               f"devrun: live sessions: curl -H 'Authorization: Bearer {api_token}' "
               f"http://127.0.0.1:{HTTP_PORT}/api/v1/sessions\n"
               f"devrun: the journal: .venv/bin/hoopd journal tail -f --dir {RUN / 'journal'}\n",

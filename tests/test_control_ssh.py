@@ -28,12 +28,12 @@ def make_key(path: Path) -> str:
 class Console:
     """SSH access to one gateway's console."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, names: tuple[str, ...] = ("alice", "bob", "mallory")) -> None:
         self.folder = folder
         self.port = free_port()
         self.keys_file = folder / "admins"
-        self.pub = {name: make_key(folder / f"{name}.key") for name in ("alice", "bob", "mallory")}
-        self.authorize("alice", "bob")
+        self.pub = {name: make_key(folder / f"{name}.key") for name in names}
+        self.authorize(*names[:2])
 
     def authorize(self, *names: str) -> None:
         self.keys_file.write_text("# NAME KEYTYPE KEY [comment]\n\n"

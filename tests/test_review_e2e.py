@@ -20,7 +20,8 @@ import psycopg
 import pytest
 
 from hoopd.control.tokens import hash_token
-from tests.gateway import Gateway, connection_toml, free_port, users_toml
+from tests.gateway import USERS, Gateway, connection_toml, free_port, users_toml
+from tests.test_control_ssh import Console
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +37,12 @@ def gw(pg, tmp_path_factory):
     folder = tmp_path_factory.mktemp("review")
     r = {role.name: role.password for role in pg.roles}
     http = free_port()
+    console = Console(folder, names=("dev", "writer"))
     tokens = "".join(f'[[control.tokens]]\nname = "{u}"\nrole = "viewer"\ntoken_hash = "{hash_token(t)}"\n'
                      f'user = "{u}"\n' for u, t in TOKENS.items())
-    body = (f'http = "tcp:{http}:interface=127.0.0.1"\n'
+    body = (f'http = "tcp:{http}:interface=127.0.0.1"\nssh = "tcp:{console.port}:interface=127.0.0.1"\n'
             f'[journal]\ndir = "{folder / "journal"}"\n[control]\nopen_metrics = true\n'
+            f'ssh_authorized_keys = "{console.keys_file}"\n'
             + tokens +
             '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba", "apps"]\n'
             'timeout = "60s"\nmessage = "deletes are reviewed"\n'
@@ -51,6 +54,7 @@ def gw(pg, tmp_path_factory):
     g = Gateway(folder, body).start()
     g.http_port = http
     g.journal = folder / "journal"
+    g.console = console
     yield g, pg
     g.stop()
     assert "Traceback" not in g.log()
@@ -205,3 +209,26 @@ def test_requests_are_journaled_and_counted(gw):
     mine = [json.loads(line) for line in exported.splitlines() if req["id"] in line]
     assert [r.get("event") for r in mine if r.get("kind") == "review"] == ["requested", "approved"]
     assert any(r.get("why") == "journal me" for r in mine)
+
+
+def test_psql_waits_with_a_notice_and_is_approved_from_the_ssh_console(gw):
+    g, pg = gw
+    env = {"PGPASSWORD": USERS["writer"][0], "PATH": "/usr/bin:/bin", "PGSSLMODE": "disable"}
+    psql = subprocess.Popen(["psql", "-X", "-h", "127.0.0.1", "-p", str(g.port), "-U", "writer", "-d", "shop",
+                             "-c", "delete from rv_orders where id = 11"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        (req,) = pending(g)
+        status, out, _ = g.console.exec("reviews", "dev")
+        assert status == 0 and req["id"] in out and "delete from rv_orders" in out
+        status, _, err = g.console.exec(f"approve {req['id']} mine", "writer")
+        assert status == 1 and "own statements" in err
+        status, out, _ = g.console.exec(f"show-review {req['id']}", "dev")
+        assert status == 0 and "status:" in out and "pending" in out
+        assert g.console.exec(f"approve {req['id']} looks right", "dev")[:2] == (0, f"request {req['id']}: approved\n")
+        stdout, stderr = psql.communicate(timeout=20)
+    finally:
+        psql.kill()
+    assert psql.returncode == 0 and "DELETE 1" in stdout
+    assert f"waiting for approval of request #{req['id']}" in stderr and "approve" in stderr  # psql shows the notice
+    assert count(pg, "id = 11") == 0
