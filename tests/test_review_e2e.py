@@ -232,3 +232,21 @@ def test_psql_waits_with_a_notice_and_is_approved_from_the_ssh_console(gw):
     assert psql.returncode == 0 and "DELETE 1" in stdout
     assert f"waiting for approval of request #{req['id']}" in stderr and "approve" in stderr  # psql shows the notice
     assert count(pg, "id = 11") == 0
+
+
+def test_a_prepared_statement_is_approved_for_one_execution(gw):
+    g, pg = gw
+    with psycopg.connect(g.dsn("writer"), autocommit=True) as c:
+        sql = "delete from rv_orders where id = %s"
+        t, out = in_thread(lambda: c.execute(sql, (12,), prepare=True).rowcount)  # Parse (named), Bind, Execute
+        (req,) = pending(g)
+        api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "dev")
+        t.join(10)
+        assert out == {"value": 1}
+        t, out = in_thread(lambda: c.execute(sql, (13,), prepare=True).rowcount)  # the prepared one: Bind only
+        (again,) = pending(g)
+        assert again["id"] != req["id"] and "parameters: '13'" in again["statement"]
+        api(g, "POST", f"/api/v1/reviews/{again['id']}/deny", "dev", {"reason": "not 13"})
+        t.join(10)
+        assert isinstance(out["error"], psycopg.errors.InsufficientPrivilege)
+    assert count(pg, "id = 12") == 0 and count(pg, "id = 13") == 1

@@ -1,6 +1,10 @@
 """ReviewStage: holds a Query or Parse the policy sent to review (``msg.review``, the
 policy's review decisions) until reviewers decide (hoopd.review.requests).
 
+A named prepared statement is approved for one execution: every later Bind of it is a
+new request, showing its parameters (an approved ``delete ... where id = $1`` cannot be
+run again with other ids unreviewed).
+
 Nothing of the held message reaches PostgreSQL, and the relay keeps every later client
 message queued behind it (pipelines keep their order). The client gets a notice at
 once; approval forwards the message as if nothing had happened, a denial or expiry
@@ -11,6 +15,8 @@ instead; the policy stage applies it).
 from __future__ import annotations
 
 from hoopd.pgwire.conversation import ClientMessage, Conversation, ServerMessage
+from hoopd.pgwire.encodings import TextError
+from hoopd.pgwire.errors import ProtocolError
 from hoopd.pgwire.types import FE
 from hoopd.review.requests import Reviews
 from hoopd.session import Deny, Hold, SessionInfo
@@ -18,7 +24,7 @@ from hoopd.session import Deny, Hold, SessionInfo
 
 class ReviewStage:
     name = "review"
-    client_types = frozenset({FE.QUERY, FE.PARSE})
+    client_types = frozenset({FE.QUERY, FE.PARSE, FE.BIND})
     server_types: frozenset[int] = frozenset()
     rewrites: frozenset[int] = frozenset()
 
@@ -26,23 +32,62 @@ class ReviewStage:
         self.reviews = reviews
 
     def open(self, session: SessionInfo, conversation: Conversation) -> "ReviewSession":
-        return ReviewSession(self.reviews, session)
+        return ReviewSession(self.reviews, session, conversation)
+
+
+MAX_SHOWN = 200  # characters of one parameter a request shows
 
 
 class ReviewSession:
-    def __init__(self, reviews: Reviews, info: SessionInfo) -> None:
+    def __init__(self, reviews: Reviews, info: SessionInfo, conversation: Conversation) -> None:
         self.reviews = reviews
         self.info = info
+        self.conversation = conversation
+        self.reviewed: dict[str, tuple[str, tuple, int]] = {}  # named statement -> (text, decisions, Binds left)
 
     def client(self, msg: ClientMessage) -> Hold | None:
+        if msg.type == FE.BIND:
+            return self._bind(msg)
         decisions = msg.review
+        name = ""
+        if msg.type == FE.PARSE:
+            try:
+                name = msg.sql(self.info.sql_text).name
+            except (ProtocolError, TextError):
+                pass  # (the server refuses it itself)
         if not decisions:
+            self.reviewed.pop(name, None)
             return None
-        first = decisions[0]
         text = ";\n".join(d.statement.text for d in decisions)
+        if name:
+            self.reviewed[name] = (text, decisions, 1)
+        return self._open(text, decisions)
+
+    def _open(self, text: str, decisions: tuple) -> Hold:
+        first = decisions[0]
         rules = list(dict.fromkeys(d.rule for d in decisions))
         _, hold = self.reviews.open(self.info, text, ", ".join(rules), first.message, first.review)
         return hold
+
+    def _bind(self, msg: ClientMessage) -> Hold | None:
+        if not self.reviewed:
+            return None
+        try:
+            bind = msg.decoded()
+        except ProtocolError:
+            return None  # the server refuses it itself
+        entry = self.reviewed.get(bind.statement)
+        if entry is None:
+            return None
+        text, decisions, left = entry
+        if left:
+            self.reviewed[bind.statement] = (text, decisions, left - 1)  # the execution approved with its Parse
+            return None
+        prepared = self.conversation.prepared.get(bind.statement)
+        types = prepared.param_types if prepared is not None else ()
+        shown = ", ".join(_shown(p, fmt, types[i] if i < len(types) else 0) for i, (p, fmt) in
+                          enumerate(zip(bind.params, _formats(bind.param_formats, len(bind.params)))))
+        return self._open(f"{text}\n-- executed again with parameters: {shown or 'none'}", decisions)
 
     def server(self, msg: ServerMessage) -> None:
         return None
@@ -55,3 +100,23 @@ class ReviewSession:
 
     def close(self, reason: str) -> None:
         pass
+
+
+def _formats(codes: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """Bind's parameter format codes for ``n`` parameters (none: text; one: for all)."""
+    return codes * n if len(codes) == 1 else (codes or (0,) * n)
+
+
+_BINARY_INTS = {21: 2, 23: 4, 20: 8}
+_TEXT_TYPES = frozenset({18, 19, 25, 705, 1042, 1043})
+
+
+def _shown(p: bytes | None, fmt: int, oid: int) -> str:
+    """One Bind parameter as a reviewer reads it."""
+    if p is None:
+        return "NULL"
+    if fmt == 0 or oid in _TEXT_TYPES:
+        return repr(p[:MAX_SHOWN].decode("utf-8", "replace"))
+    if _BINARY_INTS.get(oid) == len(p):
+        return repr(str(int.from_bytes(p, "big", signed=True)))
+    return f"<{len(p)} bytes, binary, type oid {oid}>"
