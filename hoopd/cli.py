@@ -62,8 +62,9 @@ def _part_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     from hoopd.journal import cli as journal
     from hoopd.masking import cli as masking
     from hoopd.policy import cli as policy
+    from hoopd.review import cli as review
 
-    return [tokens.add_commands, journal.add_commands, policy.add_commands, masking.add_commands]
+    return [tokens.add_commands, journal.add_commands, policy.add_commands, masking.add_commands, review.add_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -250,3 +250,26 @@ def test_a_prepared_statement_is_approved_for_one_execution(gw):
         t.join(10)
         assert isinstance(out["error"], psycopg.errors.InsufficientPrivilege)
     assert count(pg, "id = 12") == 0 and count(pg, "id = 13") == 1
+
+
+def test_the_review_cli(gw, tmp_path):
+    g, pg = gw
+    hoopd = str(Path(".venv/bin/hoopd").resolve())
+    token = tmp_path / "token"
+    token.write_text(TOKENS["dev"] + "\n")
+    base = ["--url", f"http://127.0.0.1:{g.http_port}", "--token-file", str(token)]
+    with psycopg.connect(g.dsn("writer"), autocommit=True) as c:
+        t, out = in_thread(lambda: c.execute("delete from rv_orders where id = 14"))
+        (req,) = pending(g)
+        listed = subprocess.run([hoopd, "review", "list", *base], capture_output=True, text=True)
+        assert listed.returncode == 0 and req["id"] in listed.stdout and "delete from rv_orders" in listed.stdout
+        deny = subprocess.run([hoopd, "review", "deny", req["id"], "wrong", "row", *base], capture_output=True,
+                              text=True)
+        assert deny.returncode == 0 and deny.stdout.strip() == f"request {req['id']}: denied"
+        t.join(10)
+    again = subprocess.run([hoopd, "review", "approve", req["id"], *base], capture_output=True, text=True)
+    assert again.returncode == 1 and "already denied" in again.stderr
+    bare = subprocess.run([hoopd, "review", "list"], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "HOOPD_TOKEN"})
+    assert bare.returncode == 2 and "HOOPD_TOKEN" in bare.stderr and "Traceback" not in bare.stderr
+    assert count(pg, "id = 14") == 1
