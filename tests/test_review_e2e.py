@@ -273,3 +273,28 @@ def test_the_review_cli(gw, tmp_path):
                           env={k: v for k, v in os.environ.items() if k != "HOOPD_TOKEN"})
     assert bare.returncode == 2 and "HOOPD_TOKEN" in bare.stderr and "Traceback" not in bare.stderr
     assert count(pg, "id = 14") == 1
+
+
+def test_reviewers_see_requests_live_in_the_ssh_console(gw):
+    g, _ = gw
+    with g.console.client("dev") as ssh:
+        shell = ssh.invoke_shell()
+        shell.settimeout(10)
+
+        def read_until(text: str) -> str:
+            got = ""
+            deadline = time.monotonic() + 10
+            while text not in got and time.monotonic() < deadline:
+                got += shell.recv(4096).decode("utf-8", "replace")
+            return got
+
+        assert "Type help" in read_until("hoopd> ")
+        with psycopg.connect(g.dsn("writer"), autocommit=True) as c:
+            t, out = in_thread(lambda: c.execute("delete from rv_orders where id = 15").rowcount)
+            (req,) = pending(g)
+            seen = read_until(f"(approve {req['id']}")
+            assert f"[review] #{req['id']} from writer on shop" in seen and "delete from rv_orders" in seen
+            shell.send(f"approve {req['id']} seen live\r")
+            assert f"#{req['id']} approved by ssh:dev" in read_until("approved by")
+            t.join(10)
+        assert out == {"value": 1}

@@ -90,6 +90,27 @@ class Console:
         self.finished = False  # `quit` was run
         self._stop_follow: Callable[[], None] | None = None
         self._following: defer.Deferred[int] | None = None
+        self._watching: Callable[[str, Any], None] | None = None  # the review listener of watch_reviews
+
+    def watch_reviews(self, say: Callable[[str], None]) -> None:
+        """Tell an interactive console of new review requests and their ends, as they happen."""
+        def heard(event: str, req: Any) -> None:
+            if event == "requested":
+                text = " ".join(req.statement.split())
+                say(escape(f"[review] #{req.id} from {req.user or '-'} on {req.connection or '-'} needs"
+                           f" {req.settings.min_approvals} approval(s) by {', '.join(req.settings.reviewers)}:"
+                           f" {text[:100]}  (approve {req.id} / deny {req.id} REASON)") + "\n")
+            elif event != "approval":
+                say(escape(f"[review] #{req.id} {event}" + (f" by {req.decided_by}" if req.decided_by else "")) + "\n")
+
+        self.unwatch_reviews()
+        self._watching = heard
+        self.plane.review_listeners.append(heard)
+
+    def unwatch_reviews(self) -> None:
+        heard, self._watching = self._watching, None
+        if heard is not None and heard in self.plane.review_listeners:
+            self.plane.review_listeners.remove(heard)
 
     def run(self, line: str) -> defer.Deferred[int]:
         """Run one command line; fires with its exit status (never fails)."""

@@ -42,6 +42,11 @@ class Gateway(Protocol):
             groups = local.groups if local is not None else frozenset()
         return Reviewer(name, user, groups)
 
+    @property
+    def review_listeners(self) -> list[Any]:
+        """Who hears of review events as they happen (hoopd.review.requests.Listener)."""
+        return self.gateway.reviews.listeners
+
     def reviews(self, status: str | None = None) -> list[dict[str, Any]]:
         return [r.summary() for r in self.gateway.reviews.list(status)]
 
@@ -146,6 +151,11 @@ class ControlPlane:
             local = self.config.users.get(name_key(user))
             groups = local.groups if local is not None else frozenset()
         return Reviewer(name, user, groups)
+
+    @property
+    def review_listeners(self) -> list[Any]:
+        """Who hears of review events as they happen (hoopd.review.requests.Listener)."""
+        return self.gateway.reviews.listeners
 
     def reviews(self, status: str | None = None) -> list[dict[str, Any]]:
         return [r.summary() for r in self.gateway.reviews.list(status)]

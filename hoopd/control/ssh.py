@@ -177,6 +177,19 @@ class ConsoleShell(HistoricRecvLine):
         self._out(f"hoopd console on {node}; you are {self.console.who}. Type help for commands.\n")
         self.terminal.write(self.ps[self.pn])
         self.setInsertMode()
+        self.console.watch_reviews(self._announce)
+
+    def _announce(self, text: str) -> None:
+        """A review event, live: printed above the line being typed, which is then redrawn."""
+        self.terminal.write(b"\r")
+        self.terminal.eraseLine()
+        self._out(text)
+        if not self.busy:
+            self.terminal.write(self.ps[self.pn] + b"".join(self.lineBuffer))
+
+    def connectionLost(self, reason: Any) -> None:
+        self.console.unwatch_reviews()
+        super().connectionLost(reason)
 
     def terminalSize(self, width: int, height: int) -> None:
         self.width, self.height = width, height  # no redraw: it would wipe what is on screen
