@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py --profile DIR [--duration S]   # hoopd hot spots (py-spy)
     .venv/bin/python bench/run.py --seam REV [--rounds N]        # CPU/txn of this checkout vs REV
     .venv/bin/python bench/run.py --masking [--rounds N]         # a 1M-row result with and without masking
+    .venv/bin/python bench/run.py --holds [--rounds N]           # pgbench beside 100 statements held for review
 
 Makes a throwaway PostgreSQL 15 cluster (``pgbench -i -s 10``), starts hoopd in the
 configurations of VARIANTS (no TLS, a local SCRAM user: as configured by default, without
@@ -37,7 +38,7 @@ from typing import Any, Callable, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import masking, measure, report, seam  # noqa: E402
+from bench import holds, masking, measure, report, seam  # noqa: E402
 from bench.report import CONFIGS, STREAMS, config_key  # noqa: E402
 from bench.services import (Hoopd, HoopdVariant, PgBouncer, Target, ensure_pgbouncer, new_password,  # noqa: E402
                             start_postgres, version_of)
@@ -85,6 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         " (bench/seam.py)")
     p.add_argument("--masking", action="store_true",
                    help="only a 1M-row SELECT through hoopd without and with masking rules (bench/masking.py)")
+    p.add_argument("--holds", action="store_true",
+                   help="only pgbench -S through hoopd with and without 100 statements held for review (bench/holds.py)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json",
                    help="where to write the results (default bench/results/latest.json)")
@@ -295,13 +298,15 @@ def run_seam(args: argparse.Namespace, stack: ExitStack) -> int:
     return 1 if args.strict and not ok else 0
 
 
-def run_masking(args: argparse.Namespace, stack: ExitStack) -> int:
+def run_part(name: str, part: Any, args: argparse.Namespace, stack: ExitStack) -> int:
+    """One of the issue benches (bench/masking.py, bench/holds.py): ``part.start`` its
+    gateways in front of a fresh PostgreSQL, ``part.run``, print ``part.report``."""
     base = _scratch(stack)
     password = new_password()
     cluster = _postgres(base, password, args.scale, stack)
-    res = masking.run(masking.start(base, cluster.port, password, stack), args.rounds, args.duration, say)
-    print(masking.report(res))
-    out = args.json.with_name("masking.json") if args.json.name == "latest.json" else args.json
+    res = part.run(part.start(base, cluster.port, password, stack), args.rounds, args.duration, say)
+    print(part.report(res))
+    out = args.json.with_name(f"{name}.json") if args.json.name == "latest.json" else args.json
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rounds": args.rounds, "results": res}, indent=2) + "\n")
     say(f"results written to {out}")
@@ -342,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.seam:
                 return run_seam(args, stack)
             if args.masking:
-                return run_masking(args, stack)
+                return run_part("masking", masking, args, stack)
+            if args.holds:
+                return run_part("holds", holds, args, stack)
             s = setup(args, stack)
             if args.profile:
                 profile_hoopd(s.target("hoopd"), args.profile, args.duration)

@@ -55,7 +55,7 @@ def start_postgres(cluster: Cluster, password: str, scale: int) -> None:
 
     The caller owns stopping it (``cluster.stop()``), also when this raises part-way."""
     cluster.init(["local all all trust", "host all all 127.0.0.1/32 scram-sha-256"],
-                 {"shared_buffers": "'256MB'", "max_connections": "100"})
+                 {"shared_buffers": "'256MB'", "max_connections": "150"})
     cluster.start()
     cluster.psql(f"CREATE ROLE {USER} LOGIN PASSWORD {quote_literal(password)};\n"
                  f"CREATE DATABASE {DBNAME} OWNER {USER};")
