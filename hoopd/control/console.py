@@ -190,12 +190,7 @@ class Console:
         s = self.plane.session(args[0])
         if s is None:
             raise CommandError(f"no session {args[0]}")
-        for k, v in s.items():
-            if k in ("started", "ended"):
-                v = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v))
-            elif isinstance(v, list):
-                v = ", ".join(map(str, v)) or "-"
-            self.write(f"{k + ':':20} {v if v is not None else '-'}\n")
+        self._fields(s, ("started", "ended"))
 
     def cmd_kill(self, args: list[str]) -> None:
         if not args:
@@ -241,11 +236,14 @@ class Console:
         r = self.plane.review(args[0])
         if r is None:
             raise CommandError(f"no review request {args[0]}")
-        for k, v in r.items():
-            if k in ("requested", "expires", "decided") and v is not None:
+        r["approvals"] = [f'{a["by"]} ({a["comment"] or "no comment"})' for a in r["approvals"]]
+        self._fields(r, ("requested", "expires", "decided"))
+
+    def _fields(self, record: dict[str, Any], times: tuple[str, ...]) -> None:
+        """One ``key: value`` line per field; ``times``: epoch seconds shown as UTC."""
+        for k, v in record.items():
+            if k in times and v is not None:
                 v = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v))
-            elif k == "approvals":
-                v = ", ".join(f'{a["by"]} ({a["comment"] or "no comment"})' for a in v) or "-"
             elif isinstance(v, list):
                 v = ", ".join(map(str, v)) or "-"
             self.write(f"{k + ':':20} {v if v is not None else '-'}\n")

@@ -20,7 +20,7 @@ from hoopd.control.tracker import SessionTracker
 from hoopd.names import name_key
 from hoopd.log import get_logger
 from hoopd.names import name_key
-from hoopd.review.requests import Reviewer
+from hoopd.review.requests import Reviewer, Reviews
 from hoopd.proxy.registry import SessionRegistry
 
 log = get_logger("hoopd.control")
@@ -32,34 +32,7 @@ class Gateway(Protocol):
     config: Config
     registry: SessionRegistry
     stopping: bool
-
-    # --- reviews ------------------------------------------------------------------------
-
-    def reviewer(self, name: str, user: str | None, groups: frozenset[str] = frozenset()) -> Reviewer:
-        """Who decides a review: ``groups`` (OIDC) or else the ``[[users]]`` groups of ``user``."""
-        if not groups and user is not None:
-            local = self.config.users.get(name_key(user))
-            groups = local.groups if local is not None else frozenset()
-        return Reviewer(name, user, groups)
-
-    @property
-    def review_listeners(self) -> list[Any]:
-        """Who hears of review events as they happen (hoopd.review.requests.Listener)."""
-        return self.gateway.reviews.listeners
-
-    def reviews(self, status: str | None = None) -> list[dict[str, Any]]:
-        return [r.summary() for r in self.gateway.reviews.list(status)]
-
-    def review(self, rid: str) -> dict[str, Any] | None:
-        r = self.gateway.reviews.get(rid)
-        return r.summary() if r is not None else None
-
-    def decide(self, rid: str, who: Reviewer, approve: bool, text: str) -> dict[str, Any]:
-        """Approve (``text``: a comment) or deny (``text``: the reason); ReviewError says why not."""
-        reviews = self.gateway.reviews
-        req = reviews.approve(rid, who, text) if approve else reviews.deny(rid, who, text)
-        log.info("reviewer {by}: {what} request {rid}", by=who.name, what="approve" if approve else "deny", rid=rid)
-        return req.summary()
+    reviews: Reviews
 
     def reload(self, by: str) -> str | None:
         """Re-read the config file; None when applied, else why it was rejected."""
