@@ -89,6 +89,8 @@ class ConnectionConfig:
     require_auth: tuple[str, ...] = ("scram-sha-256",)  # upstream auth methods answered (libpq's require_auth)
     allow_plaintext_password: bool = False  # md5/password may go over tls = "disable"
     channel_binding: str = "prefer"  # disable | prefer | require (SCRAM-SHA-256-PLUS over TLS)
+    grant_reviewers: tuple[str, ...] = ()  # groups (globs) that approve access grants; none: no grants
+    max_grant: float = 8 * 3600.0  # longest grant, seconds
 
     def credential_for(self, level: str) -> Credential:
         return self.credentials.get(level) or self.credentials["default"]
@@ -186,10 +188,14 @@ def _connection(name: str, t: Table, base: Path) -> ConnectionConfig:
 
     rules, unparseable = parse_connection(t)
     require_auth, allow_plaintext, channel_binding = _upstream_auth(t, tls)
+    grant_reviewers = tuple(t.str_list("grant_reviewers"))
+    max_grant = t.duration("max_grant", ConnectionConfig.max_grant)
+    if max_grant < 60:
+        raise ConfigError(t.key("max_grant"), "must be at least 60s")
     t.done()
     return ConnectionConfig(name, host, port, database, tls, ca_file, connect_timeout, creds, access,
                             rules, unparseable, require_auth=require_auth, allow_plaintext_password=allow_plaintext,
-                            channel_binding=channel_binding)
+                            channel_binding=channel_binding, grant_reviewers=grant_reviewers, max_grant=max_grant)
 
 
 AUTH_METHODS = ("scram-sha-256", "md5", "password", "none")

@@ -45,6 +45,14 @@ _SIZE_UNITS = {None: 1, "B": 1, "k": 1024, "K": 1024, "KiB": 1024, "KB": 1000, "
                "MiB": 1 << 20, "MB": 10**6, "G": 1 << 30, "GiB": 1 << 30, "GB": 10**9}
 
 
+def parse_duration(text: Any) -> float:
+    """Seconds from a string like "90d", "15m", "500ms" (ValueError otherwise)."""
+    m = _DURATION.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f'expected a duration like "30s", "15m", "90d", got {_show(text)}')
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
 class Table:
     """A view of one TOML table at ``path``."""
 
@@ -114,10 +122,10 @@ class Table:
             return v
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
             return float(v)
-        m = _DURATION.match(v) if isinstance(v, str) else None
-        if not m:
-            raise ConfigError(self.key(name), f'expected a duration like "30s", "15m", "90d", got {_show(v)}')
-        return float(m.group(1)) * _UNITS[m.group(2)]
+        try:
+            return parse_duration(v)
+        except ValueError:
+            raise ConfigError(self.key(name), f'expected a duration like "30s", "15m", "90d", got {_show(v)}') from None
 
     def size(self, name: str, default: Any = None, *, required: bool = False) -> Any:
         """Bytes, from an integer or a string like "64MiB"."""

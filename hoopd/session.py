@@ -53,6 +53,7 @@ class SessionInfo:
     settings: dict[str, str] = field(default_factory=dict)  # as the server last reported them (ParameterStatus)
     sql_text: Decoder | None = _utf8  # statement bytes -> the text the server lexes; None: cannot be read
     database: str | None = None  # the upstream database
+    grant: str | None = None  # the access grant that gave the session its level (hoopd.review.grants)
 
     def report(self, name: str, value: str) -> None:
         """A setting the server reported (at login or later); keeps ``sql_text`` in step."""

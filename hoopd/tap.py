@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
+from pathlib import Path
 from dataclasses import replace
 from typing import Any
 
@@ -29,6 +31,7 @@ from hoopd.policy.decide import Policy
 from hoopd.policy.functions import CATALOG_QUERY, FunctionCatalogs
 from hoopd.masking.rules import MaskingConfig
 from hoopd.masking.relations import RELATIONS_QUERY, RelationCatalogs
+from hoopd.review.grants import Grant, Grants, GrantStore
 from hoopd.review.requests import Reviews, review_hint
 from hoopd.review.stage import ReviewStage
 from hoopd.masking.stage import MaskingStage
@@ -108,9 +111,10 @@ class GatewayService(service.MultiService):
         self.policy.reviewing = True
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
                                + ([self.masking] if self.masking else []) + [ReviewStage(self.reviews)])
+        self.grants = self._grants(config, reactor)
         self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker]),
                                       identity=self.identity,
-                                      metrics=metrics, record=record)
+                                      metrics=metrics, record=record, grants=self.grants)
         self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
                                     tracker=tracker, metrics=metrics)
         self._listeners: dict[str, Listener] = {}
@@ -119,6 +123,25 @@ class GatewayService(service.MultiService):
             self._listen("http", config.listen.http, ControlSite(self.control))
         if config.listen.ssh:
             self._listen("ssh", config.listen.ssh, make_ssh_factory(self.control))
+
+    def _grants(self, config: Config, reactor: Any) -> Grants | None:
+        """The access grants, kept in [gateway] state_dir (None, logged, when it cannot be opened:
+        then nobody gets a grant)."""
+        def settings(name: str) -> tuple[tuple[str, ...], float] | None:
+            conn = self.config.connections.get(name)
+            return (conn.grant_reviewers, conn.max_grant) if conn is not None else None
+
+        def end_sessions(grant: Grant, why: str) -> None:
+            for s in list(self.registry):
+                if s.info.grant == grant.id:
+                    self.registry.kill(s.info.id, why, "grants")
+
+        path = Path(config.gateway.state_dir) / "grants.sqlite"
+        try:
+            return Grants(GrantStore(path), reactor, settings, end_sessions)
+        except (OSError, sqlite3.Error) as e:
+            log.error("access grants are off: cannot open {path}: {err}", path=str(path), err=e)
+            return None
 
     def _listen(self, name: str, description: str, factory: Any) -> None:
         svc = Listener(self.reactor, description, factory)
@@ -199,6 +222,8 @@ class GatewayService(service.MultiService):
                 s.kill("the gateway is shutting down", "shutdown")
             yield self._drain(5.0)  # their 57P01 errors get written out
         yield super().stopService()
+        if self.grants is not None:
+            self.grants.store.close()
 
     @defer.inlineCallbacks
     def _drain(self, seconds: float) -> Any:

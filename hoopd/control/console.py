@@ -35,6 +35,10 @@ HELP = [
     ("show-review ID", "one review request in detail"),
     ("approve ID [COMMENT...]", "approve a held statement (your [[users]] groups must be reviewers)"),
     ("deny ID REASON...", "deny a held statement; the client gets the reason"),
+    ("grants [--all]", "access grants pending and active (--all: every one)"),
+    ("approve-grant ID [COMMENT...]", "approve an access grant (your groups must be the connection's grant_reviewers)"),
+    ("deny-grant ID REASON...", "deny an access grant"),
+    ("revoke-grant ID REASON...", "end an active grant; live sessions that use it end too"),
     ("quit", "leave the console"),
 ]
 
@@ -261,6 +265,40 @@ class Console:
             raise CommandError("usage: deny ID REASON...", 2)
         r = self._decide(args[0], False, " ".join(args[1:]))
         self.write(f"request {r['id']}: {r['status']}\n")
+
+    def cmd_grants(self, args: list[str]) -> None:
+        opts, rest = _options(args, {"--all"}, set())
+        if rest:
+            raise CommandError(f"grants takes no argument {rest[0]!r}", 2)
+        found = [g for g in self.plane.grants() if opts.get("--all") or g["status"] in ("pending", "active")]
+        if not found:
+            self.write("no grants\n")
+            return
+        now = self.plane.reactor.seconds()
+        rows = [["ID", "STATUS", "USER", "CONNECTION", "LEVEL", "FOR", "LEFT", "REASON"]]
+        for g in found:
+            left = _age(g["expires"] - now) if g["status"] == "active" and g["expires"] else "-"
+            rows.append([g["id"], g["status"], g["user"], g["connection"], g["level"], _age(g["duration"]), left,
+                         g["reason"][:40]])
+        self.write(_table(rows))
+
+    def cmd_approve_grant(self, args: list[str]) -> None:
+        self._grant("approve", args, 1, "approve-grant ID [COMMENT...]")
+
+    def cmd_deny_grant(self, args: list[str]) -> None:
+        self._grant("deny", args, 2, "deny-grant ID REASON...")
+
+    def cmd_revoke_grant(self, args: list[str]) -> None:
+        self._grant("revoke", args, 2, "revoke-grant ID REASON...")
+
+    def _grant(self, action: str, args: list[str], least: int, usage: str) -> None:
+        if len(args) < least:
+            raise CommandError(f"usage: {usage}", 2)
+        try:
+            g = self.plane.decide_grant(args[0], self.plane.reviewer(self.who, self.user), action, " ".join(args[1:]))
+        except ReviewError as e:
+            raise CommandError(e.message) from None
+        self.write(f"grant {g['id']}: {g['status']}\n")
 
     def _decide(self, rid: str, approve: bool, text: str) -> dict[str, Any]:
         try:

@@ -32,6 +32,8 @@ from hoopd.control.metrics import CONTENT_TYPE
 from hoopd.control.openapi import DOCUMENT
 from hoopd.control.plane import ControlPlane
 from hoopd.log import get_logger
+from hoopd.confkit import parse_duration
+from hoopd.review.grants import GRANT_STATES
 from hoopd.review.requests import OUTCOMES, ReviewError
 
 log = get_logger("hoopd.control.http")
@@ -158,15 +160,62 @@ class ControlApi:
         return self._decide(request, who, rid, False, "reason")
 
     def _decide(self, request: Request, who: Principal, rid: str, approve: bool, key: str) -> Reply:
+        text = self._text(request, key, required=not approve)
+        reviewer = self.plane.reviewer(who.name, who.user, who.groups)
+        return self._reviewed(lambda: self.plane.decide(rid, reviewer, approve, text))
+
+    @staticmethod
+    def _text(request: Request, key: str, required: bool) -> str:
         text = _body(request).get(key, "")
-        if not isinstance(text, str) or len(text) > 500 or (not approve and not text.strip()):
-            raise ApiError(400, "bad_parameter", f"{key} must be a{' non-empty' if not approve else ''} string"
+        if not isinstance(text, str) or len(text) > 500 or (required and not text.strip()):
+            raise ApiError(400, "bad_parameter", f"{key} must be a{' non-empty' if required else ''} string"
                                                  " of at most 500 characters")
+        return text
+
+    @staticmethod
+    def _reviewed(act: Callable[[], dict[str, Any]]) -> Reply:
+        """``act``'s answer, or its ReviewError as an API error."""
         try:
-            return Reply(self.plane.decide(rid, self.plane.reviewer(who.name, who.user, who.groups), approve, text))
+            return Reply(act())
         except ReviewError as e:
-            raise ApiError(e.status, {403: "forbidden", 404: "not_found"}.get(e.status, "conflict"),
-                           e.message) from None
+            code = {400: "bad_parameter", 403: "forbidden", 404: "not_found", 503: "unavailable"}.get(e.status,
+                                                                                                     "conflict")
+            raise ApiError(e.status, code, e.message) from None
+
+    def list_grants(self, request: Request, who: Principal) -> Reply:
+        status = _arg(request, "status")
+        if status not in (None, *GRANT_STATES):
+            raise ApiError(400, "bad_parameter", f"status must be one of {', '.join(GRANT_STATES)}")
+        return Reply({"grants": self.plane.grants(status)})
+
+    def request_grant(self, request: Request, who: Principal) -> Reply:
+        body = _body(request)
+        conn, level, reason, duration = (body.get("connection"), body.get("level"), body.get("reason", ""),
+                                         body.get("duration"))
+        if not all(isinstance(x, str) for x in (conn, level, reason)) or len(reason) > 500:
+            raise ApiError(400, "bad_parameter", "connection, level and reason (at most 500 characters) are strings")
+        if isinstance(duration, str):
+            try:
+                duration = parse_duration(duration)
+            except ValueError as e:
+                raise ApiError(400, "bad_parameter", f"duration: {e}") from None
+        if not isinstance(duration, (int, float)) or isinstance(duration, bool):
+            raise ApiError(400, "bad_parameter", 'duration is seconds or a duration like "30m"')
+        return self._reviewed(lambda: self.plane.request_grant(who.user, conn, level, float(duration), reason))
+
+    def approve_grant(self, request: Request, who: Principal, gid: str) -> Reply:
+        return self._grant(request, who, gid, "approve", "comment")
+
+    def deny_grant(self, request: Request, who: Principal, gid: str) -> Reply:
+        return self._grant(request, who, gid, "deny", "reason")
+
+    def revoke_grant(self, request: Request, who: Principal, gid: str) -> Reply:
+        return self._grant(request, who, gid, "revoke", "reason")
+
+    def _grant(self, request: Request, who: Principal, gid: str, action: str, key: str) -> Reply:
+        text = self._text(request, key, required=action != "approve")
+        reviewer = self.plane.reviewer(who.name, who.user, who.groups)
+        return self._reviewed(lambda: self.plane.decide_grant(gid, reviewer, action, text))
 
     def reload(self, request: Request, who: Principal) -> Reply:
         err = self.plane.reload(who.name)
@@ -194,6 +243,11 @@ ROUTES = (
     Route("GET", ("api", "v1", "reviews", "{id}"), "viewer", ControlApi.get_review),
     Route("POST", ("api", "v1", "reviews", "{id}", "approve"), "viewer", ControlApi.approve_review),
     Route("POST", ("api", "v1", "reviews", "{id}", "deny"), "viewer", ControlApi.deny_review),
+    Route("GET", ("api", "v1", "grants"), "viewer", ControlApi.list_grants),
+    Route("POST", ("api", "v1", "grants"), "viewer", ControlApi.request_grant),
+    Route("POST", ("api", "v1", "grants", "{id}", "approve"), "viewer", ControlApi.approve_grant),
+    Route("POST", ("api", "v1", "grants", "{id}", "deny"), "viewer", ControlApi.deny_grant),
+    Route("POST", ("api", "v1", "grants", "{id}", "revoke"), "viewer", ControlApi.revoke_grant),
     Route("GET", ("api", "v1", "config"), "viewer", ControlApi.config),
     Route("GET", ("api", "v1", "stats"), "viewer", ControlApi.stats),
 )

@@ -110,6 +110,28 @@ DOCUMENT: dict[str, Any] = {
             _ok("the request", _ref("Review")), (400, 401, 403, 404, 409), parameters=[_RID],
             requestBody={"required": True, "content": {_JSON: {"schema": {
                 "type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}}}}})},
+        "/api/v1/grants": {
+            "get": _op("Access grants", "listGrants",
+                       _ok("grants", {"type": "object", "required": ["grants"],
+                                      "properties": {"grants": {"type": "array", "items": _ref("Grant")}}}),
+                       (400, 401, 403), parameters=[{"name": "status", "in": "query", "schema": {
+                           "type": "string", "enum": ["pending", "active", "denied", "expired", "revoked"]}}]),
+            "post": _op("Ask for a higher level on a connection for a while (as the caller's identity)",
+                        "requestGrant", _ok("the pending grant", _ref("Grant")), (400, 401, 403, 404, 503),
+                        requestBody={"required": True, "content": {_JSON: {"schema": {
+                            "type": "object", "required": ["connection", "level", "duration", "reason"],
+                            "properties": {"connection": {"type": "string"}, "level": {"type": "string"},
+                                           "duration": {"type": ["number", "string"],
+                                                        "description": 'seconds, or like "30m"'},
+                                           "reason": {"type": "string"}}}}}})},
+        **{f"/api/v1/grants/{{id}}/{action}": {"post": _op(
+            text, f"{action}Grant", _ok("the grant", _ref("Grant")), (400, 401, 403, 404, 409, 503),
+            parameters=[_RID], requestBody={"required": action != "approve", "content": {_JSON: {"schema": {
+                "type": "object", "properties": {("comment" if action == "approve" else "reason"): {
+                    "type": "string"}}}}}})}
+           for action, text in (("approve", "Approve a grant; the caller must be in the connection's grant_reviewers"),
+                                ("deny", "Deny a grant"),
+                                ("revoke", "End an active grant; its live sessions end too"))},
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -122,6 +144,12 @@ DOCUMENT: dict[str, Any] = {
             "Readiness": {"type": "object", "required": ["ready", "checks"],
                           "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object"}}},
             "Session": {"type": "object", "required": ["id", "active"], "properties": _SESSION_PROPS},
+            "Grant": {"type": "object", "required": ["id", "status"], "properties": {
+                "id": {"type": "string"}, "user": {"type": "string"}, "connection": {"type": "string"},
+                "level": {"type": "string"}, "reason": {"type": "string"}, "duration": {"type": "number"},
+                "status": {"type": "string"}, "requested": {"type": "number"},
+                "decided": {"type": ["number", "null"]}, "decided_by": {"type": ["string", "null"]},
+                "why": {"type": ["string", "null"]}, "expires": {"type": ["number", "null"]}}},
             "Review": {"type": "object", "required": ["id", "status", "statement"], "properties": {
                 "id": {"type": "string"}, "status": {"type": "string"}, "session": {"type": "string"},
                 "user": {"type": ["string", "null"]}, "connection": {"type": ["string", "null"]},

@@ -20,7 +20,8 @@ from hoopd.control.tracker import SessionTracker
 from hoopd.names import name_key
 from hoopd.log import get_logger
 from hoopd.names import name_key
-from hoopd.review.requests import Reviewer, Reviews
+from hoopd.review.grants import Grants
+from hoopd.review.requests import Reviewer, ReviewError, Reviews
 from hoopd.proxy.registry import SessionRegistry
 
 log = get_logger("hoopd.control")
@@ -33,6 +34,7 @@ class Gateway(Protocol):
     registry: SessionRegistry
     stopping: bool
     reviews: Reviews
+    grants: Grants | None
 
     def reload(self, by: str) -> str | None:
         """Re-read the config file; None when applied, else why it was rejected."""
@@ -143,6 +145,29 @@ class ControlPlane:
         req = reviews.approve(rid, who, text) if approve else reviews.deny(rid, who, text)
         log.info("reviewer {by}: {what} request {rid}", by=who.name, what="approve" if approve else "deny", rid=rid)
         return req.summary()
+
+    def grants(self, status: str | None = None) -> list[dict[str, Any]]:
+        grants = self.gateway.grants
+        return [g.summary() for g in grants.list(status)] if grants is not None else []
+
+    def request_grant(self, user: str | None, connection: str, level: str, duration: float,
+                      reason: str) -> dict[str, Any]:
+        """A grant request by ``user`` (ReviewError says why not)."""
+        grants = self.gateway.grants
+        if grants is None:
+            raise ReviewError(503, "access grants are off on this gateway (see its log)")
+        if user is None:
+            raise ReviewError(403, "only an identity (an OIDC token, or a token with a user) can ask for a grant")
+        return grants.request(user, connection, level, duration, reason).summary()
+
+    def decide_grant(self, gid: str, who: Reviewer, action: str, text: str) -> dict[str, Any]:
+        """``action``: approve (``text``: a comment), deny or revoke (``text``: why)."""
+        grants = self.gateway.grants
+        if grants is None:
+            raise ReviewError(503, "access grants are off on this gateway (see its log)")
+        grant = getattr(grants, action)(gid, who, text)
+        log.info("reviewer {by}: {what} grant {gid}", by=who.name, what=action, gid=gid)
+        return grant.summary()
 
     def reload(self, by: str) -> str | None:
         log.info("admin {by}: reload", by=by)

@@ -35,6 +35,8 @@ from hoopd.proxy.registry import SessionRegistry
 from hoopd.proxy.relay import BufferBudget, Relay
 from hoopd.proxy.reported import login_problems, problem
 from hoopd.proxy.tls import ALPN, negotiated_alpn, server_options, tls_version
+from hoopd.levels import LEVEL_RANK
+from hoopd.review.grants import Grants
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream, send_cancel
 from hoopd.session import EndSession, SessionInfo
 
@@ -60,8 +62,10 @@ class GatewayFactory(Factory):
     def __init__(self, config: Config, registry: SessionRegistry, reactor: Any,
                  pipeline: Pipeline | None = None, identity: IdentityChain | None = None,
                  metrics: LoginMetrics | None = None,
-                 record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None) -> None:
+                 record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None,
+                 grants: Grants | None = None) -> None:
         self.registry = registry
+        self.grants = grants  # time-boxed access grants that raise a user's level (None: none)
         self.reactor = reactor
         self.pipeline = pipeline or Pipeline()
         self.identity = identity or IdentityChain(config.identity, reactor)
@@ -415,6 +419,9 @@ class ClientProtocol(TwistedProtocol):
             self._refuse_login(pe.INVALID_CATALOG, f'hoopd: no connection named "{name}"', "unknown_connection")
             return
         level = conn.level_for(identity.groups)
+        granted = self.gw.grants.level(identity.name, conn.name) if self.gw.grants is not None else None
+        if granted is not None and (level is None or LEVEL_RANK[granted[0]] > LEVEL_RANK[level]):
+            level, self.info.grant = granted
         if level is None:
             self._refuse_login(pe.INVALID_AUTHORIZATION,
                                f'hoopd: user "{identity.name}" has no access to connection "{conn.name}"', "no_access")
