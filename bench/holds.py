@@ -48,6 +48,9 @@ def _hold(target: Target, n: int) -> tuple[list[psycopg.Connection], list[thread
     for t in threads:
         t.start()
     time.sleep(2)  # (all of them sent and held)
+    waiting = sum(t.is_alive() for t in threads)
+    if waiting != n:
+        raise RuntimeError(f"only {waiting} of {n} statements are held (is the review rule in force?)")
     return conns, threads
 
 
