@@ -31,6 +31,7 @@ from hoopd.policy.decide import Policy
 from hoopd.policy.functions import CATALOG_QUERY, FunctionCatalogs
 from hoopd.masking.rules import MaskingConfig
 from hoopd.masking.relations import RELATIONS_QUERY, RelationCatalogs
+from hoopd.alerts import Alerts
 from hoopd.review.grants import Grant, Grants, GrantStore
 from hoopd.review.requests import Reviews, review_hint
 from hoopd.review.stage import ReviewStage
@@ -112,9 +113,14 @@ class GatewayService(service.MultiService):
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
                                + ([self.masking] if self.masking else []) + [ReviewStage(self.reviews)])
         self.grants = self._grants(config, reactor)
+        self.alerts = Alerts(config.alerts, reactor, config.gateway.node)
+        self.reviews.listeners.append(lambda event, req: self.alerts.event(f"review.{event}", req.summary()))
+        if self.grants is not None:
+            self.grants.listeners.append(lambda event, g: self.alerts.event(f"grant.{event}", g.summary()))
         self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker]),
                                       identity=self.identity,
-                                      metrics=metrics, record=record, grants=self.grants)
+                                      metrics=metrics, record=record, grants=self.grants,
+                                      alert=self.alerts.event)
         self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
                                     tracker=tracker, metrics=metrics)
         self._listeners: dict[str, Listener] = {}
@@ -199,6 +205,7 @@ class GatewayService(service.MultiService):
         self.config = new
         self.factory.reconfigure(new)
         self.identity.reconfigure(new.identity)
+        self.alerts.configure(new.alerts)
         self.policy.policy = Policy.from_config(new)
         self.policy.max_statement_bytes = new.max_statement_bytes
         if self.policy.functions is not None:

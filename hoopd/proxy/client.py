@@ -63,8 +63,10 @@ class GatewayFactory(Factory):
                  pipeline: Pipeline | None = None, identity: IdentityChain | None = None,
                  metrics: LoginMetrics | None = None,
                  record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None,
-                 grants: Grants | None = None) -> None:
+                 grants: Grants | None = None,
+                 alert: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.registry = registry
+        self.alert = alert  # events for the webhooks (hoopd.alerts): the tripwire
         self.grants = grants  # time-boxed access grants that raise a user's level (None: none)
         self.reactor = reactor
         self.pipeline = pipeline or Pipeline()
@@ -514,6 +516,10 @@ class ClientProtocol(TwistedProtocol):
         log.error("session {sid}: ended by the tripwire: {why}", sid=self.info.id, why=why)
         if self.gw.metrics is not None:
             self.gw.metrics.tripwire(name)
+        if self.gw.alert is not None:
+            self.gw.alert("tripwire", {"session": self.info.id, "user": self.identity.name if self.identity else None,
+                                       "connection": self.info.connection, "level": self.info.level,
+                                       "setting": name, "value": value, "why": why})
         if self.gw.record is not None:
             try:
                 self.gw.record(self.info, "policy", {"action": "end", "allowed": False, "reason": why,
