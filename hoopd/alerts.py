@@ -39,7 +39,7 @@ from hoopd.log import get_logger
 log = get_logger("hoopd.alerts")
 QUEUE_LIMIT = 1000
 EVENTS = ("review.requested", "review.approval", "review.approved", "review.denied", "review.expired",
-          "review.withdrawn", "grant.requested", "grant.approved", "grant.denied", "grant.expired",
+          "review.withdrawn", "review.break_glass", "grant.requested", "grant.approved", "grant.denied", "grant.expired",
           "grant.revoked", "tripwire")
 
 

@@ -45,7 +45,7 @@ def gw(pg, tmp_path_factory):
             f'ssh_authorized_keys = "{console.keys_file}"\n'
             + tokens +
             '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba", "apps"]\n'
-            'timeout = "60s"\nmessage = "deletes are reviewed"\n'
+            'timeout = "60s"\nmessage = "deletes are reviewed"\nbreak_glass = ["dba"]\n'
             '[[rules]]\nname = "two-eyes"\naction = "review"\nkinds = ["update"]\nreviewers = ["dba", "apps"]\n'
             'min_approvals = 2\ntimeout = "3s"\n'
             '[[rules]]\nname = "tx-refused"\naction = "review"\nkinds = ["insert"]\nreviewers = ["dba"]\n'
@@ -298,3 +298,13 @@ def test_reviewers_see_requests_live_in_the_ssh_console(gw):
             assert f"#{req['id']} approved by ssh:dev" in read_until("approved by")
             t.join(10)
         assert out == {"value": 1}
+
+
+def test_break_glass_runs_at_once_and_is_flagged(gw):
+    g, pg = gw
+    with psycopg.connect(g.dsn("dev"), autocommit=True) as c:
+        assert c.execute("delete from rv_orders where id = 16").rowcount == 1  # no wait
+    assert count(pg, "id = 16") == 0
+    _, got = api(g, "GET", "/api/v1/reviews?status=break_glass")
+    (req,) = [r for r in got["reviews"] if "id = 16" in r["statement"]]
+    assert req["user"] == "dev" and req["decided_by"] == "dev" and "break-glass" in req["why"]

@@ -97,7 +97,7 @@ DOCUMENT: dict[str, Any] = {
                              "properties": {"reviews": {"type": "array", "items": _ref("Review")}}}),
             (400, 401, 403),
             parameters=[{"name": "status", "in": "query", "schema": {"type": "string", "enum": [
-                "pending", "approved", "denied", "expired", "withdrawn"]}}])},
+                "pending", "approved", "denied", "expired", "withdrawn", "break_glass"]}}])},
         "/api/v1/reviews/{id}": {"get": _op("One review request", "getReview", _ok("the request", _ref("Review")),
                                             (401, 403, 404), parameters=[_RID])},
         "/api/v1/reviews/{id}/approve": {"post": _op(

@@ -12,7 +12,7 @@ message = "add a WHERE clause"
 kinds = ["update", "delete"]
 without_where = true
 # action = "review" also takes: reviewers (groups), min_approvals, allow_self_approval,
-# timeout ("15m"), in_transaction ("hold" | "refuse")
+# timeout ("15m"), in_transaction ("hold" | "refuse"), break_glass (groups)
 # relations, functions, groups, users, applications: globs; levels; text_regex
 ```
 
@@ -70,7 +70,7 @@ def _review_settings(t: Table) -> ReviewSettings | None:
     """A review rule's reviewers and limits; None when it names no reviewers (its
     statements are then refused, saying so)."""
     if not t.has("reviewers"):
-        for key in ("min_approvals", "allow_self_approval", "timeout", "in_transaction"):
+        for key in ("min_approvals", "allow_self_approval", "timeout", "in_transaction", "break_glass"):
             if t.has(key):
                 raise ConfigError(t.key(key), "needs reviewers (the groups that decide)")
         return None
@@ -82,7 +82,8 @@ def _review_settings(t: Table) -> ReviewSettings | None:
         raise ConfigError(t.key("timeout"), "must be at least 1s")
     return ReviewSettings(tuple(reviewers), t.int("min_approvals", 1, lo=1, hi=10),
                           t.bool("allow_self_approval", False), timeout,
-                          t.str("in_transaction", "hold", choices=("hold", "refuse")))
+                          t.str("in_transaction", "hold", choices=("hold", "refuse")),
+                          tuple(t.str_list("break_glass")))
 
 
 def parse_rules(t: Table) -> tuple[Rule, ...]:

@@ -42,6 +42,7 @@ class ReviewSettings:
     allow_self_approval: bool = False
     timeout: float = 900.0  # seconds a held statement waits before it is denied as expired
     in_transaction: str = "hold"  # hold | refuse: inside an open transaction (holding keeps its locks)
+    break_glass: tuple[str, ...] = ()  # groups (globs) whose statements pass at once, flagged and alerted
 
 
 @dataclass(frozen=True)

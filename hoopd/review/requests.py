@@ -30,7 +30,7 @@ from hoopd.session import Deny, Hold, SessionInfo
 
 log = get_logger("hoopd.review")
 KEEP_DECIDED = 500  # decided requests kept for the console and the API
-OUTCOMES = ("approved", "denied", "expired", "withdrawn")
+OUTCOMES = ("approved", "denied", "expired", "withdrawn", "break_glass")
 
 
 class ReviewError(Exception):
@@ -135,6 +135,15 @@ class Reviews:
         self._event("requested", req)
         return req, hold
 
+    def break_glass(self, info: SessionInfo, statement: str, rule: str, message: str,
+                    settings: ReviewSettings) -> Request:
+        """A statement of a break-glass group: it runs at once; the request is kept, decided
+        ``break_glass`` by the user, recorded and heard like any other (alerts)."""
+        req, hold = self.open(info, statement, rule, message, settings)
+        self._end(req, "break_glass", req.user, "break-glass: ran without waiting for review")
+        hold.callback(None)  # (nobody waits on it)
+        return req
+
     # --- the reviewers' side ----------------------------------------------------------
 
     def get(self, rid: str) -> Request | None:
@@ -187,8 +196,8 @@ class Reviews:
         self._infos.pop(req.id, None)
         waiter, req.waiter = req.waiter, None
         self._trim()
-        if waiter is None or waiter.called or status == "withdrawn":
-            return  # (withdrawn: the waiter is being cancelled)
+        if waiter is None or waiter.called or status in ("withdrawn", "break_glass"):
+            return  # (withdrawn: the waiter is being cancelled; break_glass: its caller releases it)
         if status == "approved":
             waiter.callback(None)
         elif status == "denied":

@@ -14,6 +14,8 @@ instead; the policy stage applies it).
 """
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 from hoopd.pgwire.conversation import ClientMessage, Conversation, ServerMessage
 from hoopd.pgwire.encodings import TextError
 from hoopd.pgwire.errors import ProtocolError
@@ -63,10 +65,15 @@ class ReviewSession:
             self.reviewed[name] = (text, decisions, 1)
         return self._open(text, decisions)
 
-    def _open(self, text: str, decisions: tuple) -> Hold:
+    def _open(self, text: str, decisions: tuple) -> Hold | None:
         first = decisions[0]
-        rules = list(dict.fromkeys(d.rule for d in decisions))
-        _, hold = self.reviews.open(self.info, text, ", ".join(rules), first.message, first.review)
+        rules = ", ".join(dict.fromkeys(d.rule for d in decisions))
+        ident = self.info.identity
+        groups = ident.groups if ident else ()
+        if all(any(fnmatchcase(g, p) for p in d.review.break_glass for g in groups) for d in decisions):
+            self.reviews.break_glass(self.info, text, rules, first.message, first.review)
+            return None
+        _, hold = self.reviews.open(self.info, text, rules, first.message, first.review)
         return hold
 
     def _bind(self, msg: ClientMessage) -> Hold | None:
