@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import asdict, dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Callable
 
 from hoopd.levels import LEVEL_RANK
 from hoopd.log import get_logger
 from hoopd.names import name_key
-from hoopd.review.requests import Reviewer, ReviewError
+from hoopd.review.requests import Reviewer, ReviewError, check_reviewer, in_state
 
 log = get_logger("hoopd.review.grants")
 GRANT_STATES = ("pending", "active", "denied", "expired", "revoked")
@@ -144,32 +143,20 @@ class Grants:
         return g
 
     def revoke(self, gid: str, who: Reviewer, reason: str) -> Grant:
-        g = self._grants.get(gid)
-        if g is None:
-            raise ReviewError(404, f"no grant {gid}")
-        if g.status != "active":
-            raise ReviewError(409, f"grant {gid} is {g.status}, not active")
+        g: Grant = in_state(self._grants.get(gid), "grant", gid, "active")
         self._check_reviewer(g, who, revoking=True)
         self._end(g, "revoked", who.name, reason)
         return g
 
     def _decidable(self, gid: str, who: Reviewer) -> Grant:
-        g = self._grants.get(gid)
-        if g is None:
-            raise ReviewError(404, f"no grant {gid}")
-        if g.status != "pending":
-            raise ReviewError(409, f"grant {gid} is already {g.status}")
+        g: Grant = in_state(self._grants.get(gid), "grant", gid, "pending")
         self._check_reviewer(g, who)
         return g
 
     def _check_reviewer(self, g: Grant, who: Reviewer, revoking: bool = False) -> None:
         found = self.settings(g.connection)
-        reviewers = found[0] if found else ()
-        if not any(fnmatchcase(grp, p) for p in reviewers for grp in who.groups):
-            raise ReviewError(403, f"{who.name} is in none of the grant_reviewers of {g.connection}"
-                                   f" ({', '.join(reviewers) or 'none'})")
-        if not revoking and who.user is not None and name_key(who.user) == name_key(g.user):
-            raise ReviewError(403, f"{who.name} asked for grant {g.id}: nobody approves their own grant")
+        check_reviewer(who, found[0] if found else (), f"grant_reviewers of {g.connection}", g.user,
+                       None if revoking else "nobody approves their own grant")
 
     def _expire(self, g: Grant) -> None:
         self._timers.pop(g.id, None)

@@ -42,6 +42,26 @@ class ReviewError(Exception):
         self.message = message
 
 
+def in_state(item: Any, what: str, ident: str, state: str) -> Any:
+    """``item`` when it exists and is in ``state``, else the ReviewError (404, 409) that says so."""
+    if item is None:
+        raise ReviewError(404, f"no {what} {ident}")
+    if item.status != state:
+        raise ReviewError(409, f"{what} {ident} is already {item.status}" if state == "pending"
+                          else f"{what} {ident} is {item.status}, not {state}")
+    return item
+
+
+def check_reviewer(who: "Reviewer", groups: tuple[str, ...], of: str, requester: str | None,
+                   self_approval: str | None) -> None:
+    """403 unless ``who`` is in ``groups`` (globs; ``of`` names them) and, when
+    ``self_approval`` says why not, is not ``requester``."""
+    if not any(fnmatchcase(g, p) for p in groups for g in who.groups):
+        raise ReviewError(403, f"{who.name} is in none of the {of} ({', '.join(groups) or 'none'})")
+    if self_approval and who.user is not None and requester is not None and name_key(who.user) == name_key(requester):
+        raise ReviewError(403, f"{who.name} asked for it: {self_approval}")
+
+
 @dataclass(frozen=True)
 class Reviewer:
     """Who decides: how actions are attributed, the identity's name and groups."""
@@ -169,18 +189,10 @@ class Reviews:
         return req
 
     def _decidable(self, rid: str, who: Reviewer) -> Request:
-        req = self._requests.get(rid)
-        if req is None:
-            raise ReviewError(404, f"no review request {rid}")
-        if req.status != "pending":
-            raise ReviewError(409, f"request {rid} is already {req.status}")
-        if not any(fnmatchcase(g, p) for p in req.settings.reviewers for g in who.groups):
-            raise ReviewError(403, f"{who.name} is in none of the reviewer groups of rule {req.rule}"
-                                   f" ({', '.join(req.settings.reviewers)})")
-        if (not req.settings.allow_self_approval and who.user is not None and req.user is not None
-                and name_key(who.user) == name_key(req.user)):
-            raise ReviewError(403, f"{who.name} asked for request {rid}: rule {req.rule} does not allow"
-                                   " approving one's own statements")
+        req: Request = in_state(self._requests.get(rid), "request", rid, "pending")
+        check_reviewer(who, req.settings.reviewers, f"reviewer groups of rule {req.rule}", req.user,
+                       None if req.settings.allow_self_approval
+                       else f"rule {req.rule} does not allow approving one's own statements")
         return req
 
     # --- ending ------------------------------------------------------------------------
