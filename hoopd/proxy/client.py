@@ -22,6 +22,7 @@ from hoopd.config import WILDCARD, Config
 from hoopd.identity.base import AuthError, Identity
 from hoopd.names import name_key
 from hoopd.identity.chain import IdentityChain
+from hoopd.levels import LEVEL_RANK
 from hoopd.log import get_logger
 from hoopd.pgwire import errors as pe
 from hoopd.pgwire import messages as m
@@ -35,9 +36,8 @@ from hoopd.proxy.registry import SessionRegistry
 from hoopd.proxy.relay import BufferBudget, Relay
 from hoopd.proxy.reported import login_problems, problem
 from hoopd.proxy.tls import ALPN, negotiated_alpn, server_options, tls_version
-from hoopd.levels import LEVEL_RANK
-from hoopd.review.grants import Grants
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream, send_cancel
+from hoopd.review.grants import Grants
 from hoopd.session import EndSession, SessionInfo
 
 log = get_logger("hoopd.proxy")
