@@ -123,6 +123,8 @@ class GatewayService(service.MultiService):
                                       alert=self.alerts.event)
         self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
                                     tracker=tracker, metrics=metrics)
+        if self.grants is not None:
+            self.grants.listeners.append(self.control.grant_changed)
         self._listeners: dict[str, Listener] = {}
         self._listen("postgres", config.listen.postgres, self.factory)
         if config.listen.http:

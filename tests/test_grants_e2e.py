@@ -31,6 +31,7 @@ def gw(pg, tmp_path_factory):
     tokens = "".join(f'[[control.tokens]]\nname = "{u}"\nrole = "viewer"\ntoken_hash = "{hash_token(t)}"\n'
                      f'user = "{u}"\n' for u, t in TOKENS.items())
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\nssh = "tcp:{console.port}:interface=127.0.0.1"\n'
+            f'[journal]\ndir = "{folder / "journal"}"\n'
             f'[control]\nssh_authorized_keys = "{console.keys_file}"\n' + tokens + users_toml()
             + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"],
                               extra='grant_reviewers = ["dba"]\nmax_grant = "2h"\n'))
@@ -89,3 +90,8 @@ def test_request_approve_use_revoke_and_restart(gw):
     assert read_only_upstream(g) == "on"
     listed = cli(g, "dev", "grant", "list", "--all")
     assert gid in listed.stdout and "revoked" in listed.stdout
+    exported = subprocess.run([HOOPD, "journal", "export", "--dir", str(g.folder / "journal"), "--format", "jsonl"],
+                              capture_output=True, text=True, check=True).stdout
+    steps = [r for r in map(json.loads, exported.splitlines()) if r.get("grant") == gid and r["kind"] == "admin"]
+    assert [(s["action"], s["by"]) for s in steps] == [("grant_requested", "user:reader"),
+                                                       ("grant_approved", "ssh:dev"), ("grant_revoked", "api:dev")]

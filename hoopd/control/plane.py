@@ -169,6 +169,13 @@ class ControlPlane:
         log.info("reviewer {by}: {what} grant {gid}", by=who.name, what=action, gid=gid)
         return grant.summary()
 
+    def grant_changed(self, event: str, grant: Any) -> None:
+        """A Grants listener: every step of a grant is an ``admin`` journal record
+        (``grant_requested``, ``grant_approved`` ...), by whoever took it."""
+        detail = {k: v for k, v in grant.summary().items() if k != "id"}
+        by = {"requested": f"user:{grant.user}", "expired": "gateway:expiry"}.get(event, grant.decided_by)
+        self._record(f"grant_{event}", by or "gateway", grant=grant.id, **detail)
+
     def reload(self, by: str) -> str | None:
         log.info("admin {by}: reload", by=by)
         err = self.gateway.reload(by)
