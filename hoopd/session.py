@@ -81,6 +81,7 @@ class SessionInfo:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "transaction_status": self.transaction_status,
+            "grant": self.grant,
         }
 
 

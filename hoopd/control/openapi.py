@@ -34,6 +34,7 @@ _SESSION_PROPS: dict[str, Any] = {
     "application_name": {"type": "string"}, "started": {"type": "number", "description": "epoch seconds"},
     "statements": {"type": "integer"}, "bytes_in": {"type": "integer"}, "bytes_out": {"type": "integer"},
     "transaction_status": {"type": "string", "enum": ["I", "T", "E"]},
+    "grant": {"type": ["string", "null"], "description": "the access grant that gave the session its level"},
     "active": {"type": "boolean", "description": "live (true) or recently ended (false)"},
     "ended": {"type": "number", "description": "epoch seconds (ended sessions only)"},
     "end_reason": {"type": "string", "description": "ended sessions only"},
