@@ -105,7 +105,8 @@ def test_one_part_globs_also_match_computed_result_names():
     ("update people set note = 'x' where ssn = '1'", False),
     ("create table t as select lower(email) from people", True),
     ("select ssn into t from people", True),
-    ("copy people to stdout", True),
+    ("copy people to stdout", False),  # (masked field by field: hoopd.masking.copyout)
+    ("copy people to '/tmp/x'", True),
     ("copy (select id, note from people) to stdout", False),
     ("copy people from stdin", False),
     ("merge into people p using people q on p.id = q.id when matched then update set note = q.email", True),

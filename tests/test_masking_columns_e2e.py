@@ -173,8 +173,7 @@ def test_sql_cursors_are_masked(gw):
     "update mc_people set note = ssn",
     "create temp table mc_copy as select email from mc_people",
     "select email into temp mc_copy2 from mc_people",
-    "copy (select ssn from mc_people) to stdout",
-    "copy mc_people to stdout",
+    "copy (select ssn from mc_people) to stdout (encoding 'latin1')",
 ])
 def test_copying_masked_values_is_refused(gw, sql):
     g, _ = gw
@@ -205,7 +204,8 @@ def test_explain_sql_asks_the_database(gw):
     got = {c["column"]: (c["source"], c["rule"]) for c in json.loads(out.stdout)["columns"]}
     assert got == {"id": ("public.mc_people.id", None), "lower": (None, "pii"),
                    "contact": ("public.mc_view.contact", "pii"), "note": ("public.mc_people.note", None)}
-    refused = subprocess.run(base + ["--sql", "copy mc_people to stdout"], capture_output=True, text=True)
+    refused = subprocess.run(base + ["--sql", "insert into mc_people (id, note) select 99, ssn from mc_people"],
+                             capture_output=True, text=True)
     assert refused.returncode == 0 and 'refused: it would store or export values masking rule "pii"' in refused.stdout
     clear = subprocess.run(base + ["--sql", "select note from mc_people"], capture_output=True, text=True)
     assert clear.returncode == 1 and "note [public.mc_people.note]: clear" in clear.stdout
@@ -259,3 +259,27 @@ const { Client } = require('pg');
     assert not clear_in(r.stdout)
     assert rows[0]["email"] == "****" and rows[0]["note"] == "hello" and isinstance(rows[0]["score"], int)
     assert rows[2] == {"e": "****", "contact": "****"} and rows[1] == rows[0]
+
+
+@pytest.mark.parametrize("sql, header", [
+    ("copy mc_people to stdout", False),
+    ("copy mc_people (note, email) to stdout", False),
+    ("copy (select id, lower(ssn), note from mc_people order by id) to stdout", False),
+    ("copy mc_people to stdout with (format csv, header)", True),
+    ("copy (select email, note from mc_people order by id) to stdout (format csv, delimiter '|', quote '~')",
+     False),
+    ("copy (select id, contact, note from mc_view order by id) to stdout (format csv, force_quote *)", False),
+])
+def test_copy_out_masks_fields(gw, sql, header):
+    g, _ = gw
+    with psycopg.connect(g.dsn("reader")) as c:
+        with c.cursor().copy(sql) as cp:
+            text = b"".join(bytes(x) for x in cp).decode()
+    assert not clear_in(text) and "****" in text, text
+    lines = text.splitlines()
+    assert len(lines) == 2 + header and "hello" in text
+    if header:
+        assert lines[0].startswith("id,email,ssn")
+    if sql == "copy mc_people to stdout":
+        fields = lines[0].split("\t")
+        assert fields[:3] == ["1", "****", "****"] and fields[6] == "hello"

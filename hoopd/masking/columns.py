@@ -84,6 +84,14 @@ class ColumnMasks:
                     out.setdefault(name, rule)
         return out
 
+    def columns_of(self, schema: str | None, relation: str) -> list[str] | None:
+        """A relation's column names in attnum order (None unless exactly one relation has the name)."""
+        oids = self.relations.named(schema, relation) if self.relations is not None else []
+        if len(oids) != 1:
+            return None
+        cols = self.relations.by_oid[oids[0]].columns  # type: ignore[union-attr]
+        return [cols[a] for a in sorted(cols)]
+
     def function(self, schema: str | None, name: str) -> MaskRule | None:
         builtin = schema in (None, "pg_catalog") and name in BUILTINS and name not in SQL_EXECUTORS
         return None if builtin else self.fallback  # a user function may read a masked table

@@ -22,7 +22,7 @@ one mark for the whole result (``Derived.any``).
 """
 from __future__ import annotations
 
-from typing import Any, Generic, Iterator, NamedTuple, Protocol, TypeVar
+from typing import Any, Callable, Generic, Iterator, NamedTuple, Protocol, TypeVar
 
 M = TypeVar("M")  # whatever marks a masked value (hoopd.masking.columns uses the MaskRule)
 
@@ -278,7 +278,7 @@ def touches(stmt: dict, source: Source[M]) -> M | None:
 
 def copies(stmt: dict, source: Source[M]) -> M | None:
     """A mark when the statement stores or exports values of masked columns: INSERT ...
-    SELECT, UPDATE ... SET, MERGE, CREATE TABLE AS / SELECT INTO, COPY ... TO, anywhere in
+    SELECT, UPDATE ... SET, MERGE, CREATE TABLE AS / SELECT INTO, COPY ... TO a file, anywhere in
     it (a data-modifying CTE, EXPLAIN ANALYZE, PREPARE), counting their source values (a
     WHERE that only filters on a masked column does not count), and calls of STORES with
     a masked argument."""
@@ -299,8 +299,8 @@ def copies(stmt: dict, source: Source[M]) -> M | None:
 
 
 def _copy_out(st: _Statement, body: dict) -> Any:
-    if body.get("is_from"):
-        return None
+    if body.get("is_from") or not (body.get("filename") or body.get("is_program")):
+        return None  # TO STDOUT: the stage masks it field by field (hoopd.masking.copyout)
     if isinstance(body.get("query"), dict):
         return st.outputs(body["query"], None).any
     rel = body.get("relation") or {}
@@ -317,6 +317,22 @@ _COPIERS: dict[str, Any] = {  # statement node -> (statement, its body) -> the m
     "SelectStmt": lambda st, b: st.outputs({"SelectStmt": b}, None).any if b.get("intoClause") else None,
     "CopyStmt": _copy_out,
 }
+
+
+def copy_columns(stmt: dict, source: Source[M], columns: Callable[[str | None, str], list[str] | None],
+                 default: M | None) -> tuple[M | None, ...] | None:
+    """The marks of a ``COPY ... TO``'s fields, in order; None when their order is not
+    known (then every field counts as masked). ``columns(schema, relation)``: the
+    relation's column names in attnum order, None when not exactly one relation has the name."""
+    body = stmt["CopyStmt"]
+    if isinstance(body.get("query"), dict):
+        return derive(body["query"], source, default).columns
+    rel = body.get("relation") or {}
+    schema, name = rel.get("schemaname"), rel.get("relname", "")
+    names = _strings(body.get("attlist", [])) or columns(schema, name)
+    if names is None:
+        return None
+    return tuple(source.column(schema, name, n) if n else default for n in names)
 
 
 def derive(stmt: dict, source: Source[M], default: M | None = None) -> Derived[M]:

@@ -36,7 +36,8 @@ from twisted.internet.defer import Deferred
 
 from hoopd.log import get_logger
 from hoopd.masking.columns import ColumnMasks, Plan
-from hoopd.masking.derive import STORES, Derived, copies, opaque_calls, touches
+from hoopd.masking.copyout import CopyFormat, mask_line
+from hoopd.masking.derive import STORES, Derived, copies, copy_columns, opaque_calls, touches
 from hoopd.masking.jsontext import mask_json
 from hoopd.masking.relations import RelationCatalogs, Relations
 from hoopd.masking.rules import Masker, MaskingConfig, MaskRule
@@ -79,7 +80,7 @@ class MaskingStage:
 
     name = "masking"
     client_types = frozenset({FE.QUERY, FE.PARSE})
-    server_types = frozenset({BE.DATA_ROW, BE.COPY_DATA, BE.ERROR, BE.NOTICE, BE.NOTIFICATION, BE.COPY_OUT,
+    server_types = frozenset({BE.DATA_ROW, BE.COPY_DATA, BE.COPY_DONE, BE.ERROR, BE.NOTICE, BE.NOTIFICATION, BE.COPY_OUT,
                               BE.COPY_BOTH, *_RESULT_ENDS})
     rewrites = frozenset({BE.DATA_ROW, BE.COPY_DATA, BE.ERROR, BE.NOTICE, BE.NOTIFICATION})
 
@@ -115,6 +116,7 @@ class MaskingSession:
         self._plan: Plan | None = ()
         self._cursors: dict[str, tuple[str, int]] = {}  # DECLAREd cursor -> (its Query's text, statement index)
         self._told: set[int] = set()  # unknown table OIDs already logged
+        self._copy: tuple[CopyFormat, tuple | None, bool] | None = None  # COPY TO STDOUT: (format, marks, header next)
 
     # --- client: the catalog before a statement runs; no copies of masked values ------
 
@@ -148,6 +150,8 @@ class MaskingSession:
             if kind == "DeclareCursorStmt" and sql is not None:
                 self._cursors[body.get("portalname", "")] = (sql, i)
             rule = copies(stmt, cm)
+            if (rule is None and kind == "CopyStmt" and not body.get("is_from") and CopyFormat.of(stmt) is None):
+                rule = touches(stmt, cm)  # a COPY TO STDOUT whose fields cannot be told apart
             if rule is not None:
                 return Deny(f'hoopd: this statement would store or export values of columns that masking rule'
                             f' "{rule.name}" masks for this session; read them with SELECT', "42501")
@@ -193,11 +197,15 @@ class MaskingSession:
         if t in _RESULT_ENDS:
             if t == BE.COMMAND_COMPLETE and msg.body.startswith(_DDL_TAGS) and self.stage.relations is not None:
                 self.stage.relations.changed(self.info.connection or "")
+            self._copy = None
             self._summary()
             return None
         if t == BE.COPY_DATA:
             return self._copy_line(msg.body)
+        if t == BE.COPY_DONE:
+            self._copy = None
         if t == BE.ERROR:
+            self._copy = None
             new = self._withheld(msg) or self._fields(msg.body)
             self._summary()
             return new
@@ -205,10 +213,29 @@ class MaskingSession:
             return self._withheld(msg) or self._fields(msg.body)
         if t == BE.NOTIFICATION:
             return self._notification(msg.body)
-        if (t == BE.COPY_OUT or t == BE.COPY_BOTH) and msg.body[:1] == b"\x01":
-            raise EndSession("hoopd: binary COPY cannot be masked for this session; use text or CSV",
-                             "42501", reason="masking: binary COPY")
+        if t == BE.COPY_OUT or t == BE.COPY_BOTH:
+            if msg.body[:1] == b"\x01":
+                raise EndSession("hoopd: binary COPY cannot be masked for this session; use text or CSV",
+                                 "42501", reason="masking: binary COPY")
+            self._copy_starts(msg)
         return None
+
+    def _copy_starts(self, msg: ServerMessage) -> None:
+        """COPY TO STDOUT begins: which of its fields the column rules mask (hoopd.masking.copyout)."""
+        self._copy = None
+        cm = self._columns
+        if not self.masker.column_rules or cm is None:
+            return
+        sql, part = self._answered(cm, msg)
+        stmts = cm.trees(sql) if sql is not None else None
+        stmt = stmts[part] if stmts and part < len(stmts) else None
+        fmt = CopyFormat.of(stmt) if stmt is not None and "CopyStmt" in stmt else None
+        if fmt is None:
+            raise EndSession("hoopd: this COPY's fields cannot be told apart for masking (its statement, or an"
+                             " ENCODING or multi-character option); the session was ended", "42501",
+                             reason="masking: COPY not splittable")
+        marks = copy_columns(stmt, cm, cm.columns_of, cm.fallback)  # type: ignore[arg-type]
+        self._copy = (fmt, marks, fmt.header)
 
     def _summary(self) -> None:
         """At the end of a result: what was masked in it, to the journal and the metrics."""
@@ -435,6 +462,27 @@ class MaskingSession:
                          reason=f"masking: binary value of type {oid}")
 
     def _copy_line(self, body: bytes) -> bytes | None:
+        copy = self._copy
+        if copy is not None:
+            fmt, marks, header = copy
+            if header:
+                self._copy = (fmt, marks, False)  # (the header line: column names)
+            else:
+                codec = self._codec()
+                masker = self.masker
+
+                def replace(rule: object, text: str) -> str | None:
+                    masker.count(rule)  # type: ignore[arg-type]
+                    return None if rule.strategy == "null" else masker.replace(rule, text)  # type: ignore[attr-defined]
+
+                line = body.decode(codec, "surrogateescape")
+                new = mask_line(line, fmt, marks, self.masker.column_rules[0], replace)
+                if new is not None:
+                    body = new.encode(codec, "surrogateescape")
+                    out = self._masked(body) if masker.detecting else body
+                    return out
+        if not self.masker.detecting:
+            return None
         new = self._masked(body)
         return None if new == body else new
 
