@@ -41,3 +41,8 @@ def test_masking_keeps_the_number_of_fields(values):
     line = ",".join('"' + v.replace('"', '""') + '"' for v in values) + "\n"
     out = masked(line, CSV, ("R",) * len(values))
     assert out is not None and len(CSV.spans(out)) == len(values)
+
+
+def test_a_null_string_of_the_clients_choosing_does_not_unmask_a_value():
+    fmt = CopyFormat(null="ada@x")
+    assert masked("1\tada@x\n", fmt, (None, "R")) == "1\t<ada@x>\n"

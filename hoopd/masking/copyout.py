@@ -99,8 +99,8 @@ def mask_line(line: str, fmt: CopyFormat, marks: Sequence[object] | None, fallba
     for i, (a, b) in enumerate(spans):
         rule = fallback if marks is None else (marks[i] if i < len(marks) else fallback)
         raw = line[a:b]
-        if rule is None or raw == fmt.null:
-            continue
+        if rule is None or (raw == fmt.null and fmt.null in ("\\N", "")):
+            continue  # NULL (a NULL string of the client's choosing could equal a value: masked too)
         if fmt.csv and len(raw) >= 2 and raw[0] == fmt.quote:
             raw = raw[1:-1].replace(fmt.escape + fmt.quote, fmt.quote)
         parts += [line[last:a], fmt.field(replace(rule, raw))]
