@@ -42,7 +42,7 @@ from hoopd.proxy.catalog import catalog_loader
 from hoopd.proxy.client import GatewayFactory
 from hoopd.proxy.registry import SessionRegistry
 from hoopd.sdnotify import Notifier, watchdog_service
-from hoopd.session import Stage
+from hoopd.session import SessionInfo, Stage
 
 log = get_logger("hoopd.tap")
 
@@ -107,7 +107,7 @@ class GatewayService(service.MultiService):
                                                         "relation catalog"), reactor,
                                          max_age=config.masking.catalog_max_age)
             self.masking = MaskingStage(config.masking, record, metrics.masked, relations)
-        self.reviews = Reviews(reactor, record, where=review_hint(config))
+        self.reviews = Reviews(reactor, record, where=review_hint(config), redact=self._redact)
         self.reviews.listeners.append(metrics.review)
         self.policy.reviewing = True
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
@@ -131,6 +131,14 @@ class GatewayService(service.MultiService):
             self._listen("http", config.listen.http, ControlSite(self.control))
         if config.listen.ssh:
             self._listen("ssh", config.listen.ssh, make_ssh_factory(self.control))
+
+    def _redact(self, info: SessionInfo, text: str) -> str:
+        """A statement as reviewers see it: what the session's masking detectors find, redacted."""
+        masking = self.masking.config if self.masking is not None else None
+        ident = info.identity
+        masker = masking.masker(info.level, ident.name if ident else None, ident.groups if ident else (),
+                                info.application_name, info.connection) if masking else None
+        return masker.redact(text) if masker is not None and masker.detecting else text
 
     def _grants(self, config: Config, reactor: Any) -> Grants | None:
         """The access grants, kept in [gateway] state_dir (None, logged, when it cannot be opened:

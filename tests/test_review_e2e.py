@@ -50,6 +50,7 @@ def gw(pg, tmp_path_factory):
             'min_approvals = 2\ntimeout = "3s"\n'
             '[[rules]]\nname = "tx-refused"\naction = "review"\nkinds = ["insert"]\nreviewers = ["dba"]\n'
             'in_transaction = "refuse"\n'
+            '[[masking.rules]]\nname = "emails"\ndetectors = ["email"]\ngroups = ["apps"]\n'
             + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]))
     g = Gateway(folder, body).start()
     g.http_port = http
@@ -308,3 +309,13 @@ def test_break_glass_runs_at_once_and_is_flagged(gw):
     _, got = api(g, "GET", "/api/v1/reviews?status=break_glass")
     (req,) = [r for r in got["reviews"] if "id = 16" in r["statement"]]
     assert req["user"] == "dev" and req["decided_by"] == "dev" and "break-glass" in req["why"]
+
+
+def test_reviewers_see_the_statement_with_detected_values_redacted(gw):
+    g, _ = gw
+    with psycopg.connect(g.dsn("writer"), autocommit=True) as c:
+        t, out = in_thread(lambda: c.execute("delete from rv_orders where amount::text = 'ada@example.com'"))
+        (req,) = pending(g)
+        assert "ada@example.com" not in req["statement"] and "****" in req["statement"]
+        api(g, "POST", f"/api/v1/reviews/{req['id']}/deny", "dev", {"reason": "no"})
+        t.join(10)

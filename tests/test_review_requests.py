@@ -96,3 +96,10 @@ def test_decided_requests_are_trimmed_pending_ones_kept():
         req, _ = reviews.open(info, "y", "r", "", ReviewSettings(("dba",)))
         reviews.deny(req.id, DBA, "no")
     assert reviews.get(first.id) is first and len(reviews.list("denied")) == KEEP_DECIDED
+
+
+def test_statements_are_redacted_for_reviewers():
+    reviews = Reviews(Clock(), redact=lambda info, text: text.replace("ada@example.com", "****"))
+    req, _ = reviews.open(SessionInfo("s", "p", 0.0), "delete from t where email = 'ada@example.com'", "r", "",
+                          ReviewSettings(("dba",)))
+    assert req.statement == "delete from t where email = '****'"

@@ -123,9 +123,10 @@ class Reviews:
     """The gateway's review requests (see the module docstring)."""
 
     def __init__(self, clock: Any, record: Callable[[SessionInfo, str, dict], None] | None = None,
-                 where: str = "") -> None:
+                 where: str = "", redact: Callable[[SessionInfo, str], str] | None = None) -> None:
         self.clock = clock
         self.record = record
+        self.redact = redact  # the statement as reviewers and records see it (masking's detectors)
         self.where = where  # how to decide, for the client's notice (e.g. the console command)
         self.listeners: list[Listener] = []
         self._requests: dict[str, Request] = {}
@@ -139,6 +140,8 @@ class Reviews:
         approved, or a Deny; cancelling it withdraws the request)."""
         now = self.clock.seconds()
         ident = info.identity
+        if self.redact is not None:
+            statement = self.redact(info, statement)
         req = Request(os.urandom(4).hex(), info.id, ident.name if ident else None,
                       tuple(sorted(ident.groups)) if ident else (), info.connection, info.level,
                       info.application_name, info.peer, statement, rule, message, settings, now,
