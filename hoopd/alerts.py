@@ -38,7 +38,7 @@ from hoopd.log import get_logger
 
 log = get_logger("hoopd.alerts")
 QUEUE_LIMIT = 1000
-EVENTS = ("review.requested", "review.approval", "review.approved", "review.denied", "review.expired",
+EVENTS = ("denials.burst", "logins.burst", "review.requested", "review.approval", "review.approved", "review.denied", "review.expired",
           "review.withdrawn", "review.break_glass", "grant.requested", "grant.approved", "grant.denied", "grant.expired",
           "grant.revoked", "tripwire")
 
@@ -54,9 +54,21 @@ class Webhook:
     max_attempts: int = 6
 
 
-def parse_alerts(root: Table, base: Path) -> tuple[Webhook, ...]:
-    """``[[alerts.webhooks]]`` from the root table (secret files relative to ``base``)."""
+@dataclass(frozen=True)
+class BurstSettings:
+    """``[alerts]``: how many refusals (per user and connection) or failed logins (per
+    client address) within ``window`` seconds make a ``denials.burst`` / ``logins.burst``."""
+
+    denials: int = 10
+    logins: int = 5
+    window: float = 60.0
+
+
+def parse_alerts(root: Table, base: Path) -> tuple[tuple[Webhook, ...], BurstSettings]:
+    """``[alerts]`` and ``[[alerts.webhooks]]`` from the root table (secret files relative to ``base``)."""
     at = root.table("alerts")
+    bursts = BurstSettings(at.int("denial_burst", 10, lo=2), at.int("login_failure_burst", 5, lo=2),
+                           at.duration("burst_window", 60.0))
     hooks: list[Webhook] = []
     for wt in at.tables("webhooks"):
         name = wt.str("name", required=True)
@@ -77,17 +89,42 @@ def parse_alerts(root: Table, base: Path) -> tuple[Webhook, ...]:
                              wt.duration("timeout", 10.0), wt.int("max_attempts", 6, lo=1, hi=20)))
         wt.done()
     at.done()
-    return tuple(hooks)
+    return tuple(hooks), bursts
 
 
 def signature(secret: bytes, timestamp: int, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-class Alerts:
-    """Queues and delivers events to the webhooks (see the module docstring)."""
+class Bursts:
+    """``hit(key)`` is True once each time ``limit`` hits of ``key`` fall within ``window`` seconds."""
 
-    def __init__(self, hooks: tuple[Webhook, ...], reactor: Any, node: str, agent: Any = None) -> None:
+    def __init__(self, clock: Any, limit: int, window: float) -> None:
+        self.clock, self.limit, self.window = clock, limit, window
+        self._times: dict[Any, deque[float]] = {}
+
+    def hit(self, key: Any) -> bool:
+        now = self.clock.seconds()
+        times = self._times.setdefault(key, deque())
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        times.append(now)
+        if len(times) < self.limit:
+            return False
+        del self._times[key]  # (the next burst counts afresh)
+        if len(self._times) > 10_000:
+            self._times.clear()
+        return True
+
+
+class Alerts:
+    """Queues and delivers events to the webhooks (see the module docstring). Also an
+    Observer of the sessions (hoopd.session): refusals in a burst make ``denials.burst``."""
+
+    def __init__(self, hooks: tuple[Webhook, ...], reactor: Any, node: str, agent: Any = None,
+                 bursts: BurstSettings = BurstSettings()) -> None:
+        self._denials = Bursts(reactor, bursts.denials, bursts.window)
+        self._logins = Bursts(reactor, bursts.logins, bursts.window)
         self.reactor = reactor
         self.node = node
         self.agent = agent or Agent(reactor)
@@ -100,6 +137,27 @@ class Alerts:
         """The webhooks from now on (reload); events queued for one that is gone are dropped."""
         self.hooks = hooks
         self._queues = {h.name: self._queues.get(h.name, deque()) for h in hooks}
+
+    # --- bursts (hoopd.session.Observer, and failed logins) ------------------------------
+
+    def session_started(self, session: Any) -> None:
+        pass
+
+    def session_ended(self, session: Any, reason: str) -> None:
+        pass
+
+    def message_denied(self, session: Any, msg: Any, deny: Any) -> None:
+        user = session.identity.name if session.identity else None
+        if self._denials.hit((user, session.connection)):
+            self.event("denials.burst", {"user": user, "connection": session.connection, "level": session.level,
+                                         "count": self._denials.limit, "window": self._denials.window,
+                                         "last": deny.message})
+
+    def login_failed(self, peer: str, user: str, why: str) -> None:
+        host = peer.rsplit(":", 1)[0]
+        if self._logins.hit(host):
+            self.event("logins.burst", {"peer": host, "user": user, "count": self._logins.limit,
+                                        "window": self._logins.window, "last": why})
 
     def event(self, name: str, data: dict[str, Any]) -> None:
         """Queue ``name`` for every webhook that wants it; never raises."""

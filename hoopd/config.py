@@ -22,7 +22,7 @@ from hoopd.names import name_key
 from hoopd.levels import LEVEL_RANK, LEVELS
 
 if TYPE_CHECKING:
-    from hoopd.alerts import Webhook
+    from hoopd.alerts import BurstSettings, Webhook
     from hoopd.masking.rules import MaskingConfig
     from hoopd.policy.rules import Rule
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
@@ -129,6 +129,7 @@ class Config:
     functions: FunctionSettings = field(default_factory=FunctionSettings)  # [policy] read_only function allowlist
     masking: MaskingConfig | None = None  # [masking] (hoopd.masking.rules); None: no rules, no masking stage
     alerts: tuple[Webhook, ...] = ()  # [[alerts.webhooks]] (hoopd.alerts)
+    bursts: BurstSettings | None = None  # [alerts] burst thresholds (None: the defaults)
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -299,7 +300,7 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     masking = parse_masking(root, base)
     from hoopd.alerts import parse_alerts
 
-    alerts = parse_alerts(root, base)
+    alerts, bursts = parse_alerts(root, base)
     root.done()
     functions = FunctionSettings(vetted, max_age)
     for rule in [*rules, *(r for c in conns.values() for r in c.rules)]:
@@ -308,7 +309,7 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
                               f" of rule {rule.name!r} ({rule.review.timeout:g}s): statements would be refused first")
     return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
                   rules, unparseable, policy_enabled, max_statement_bytes, functions,
-                  masking if masking.rules else None, alerts)
+                  masking if masking.rules else None, alerts, bursts)
 
 
 def read_toml(path: str | os.PathLike) -> dict:

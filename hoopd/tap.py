@@ -31,7 +31,7 @@ from hoopd.policy.decide import Policy
 from hoopd.policy.functions import CATALOG_QUERY, FunctionCatalogs
 from hoopd.masking.rules import MaskingConfig
 from hoopd.masking.relations import RELATIONS_QUERY, RelationCatalogs
-from hoopd.alerts import Alerts
+from hoopd.alerts import Alerts, BurstSettings
 from hoopd.review.grants import Grant, Grants, GrantStore
 from hoopd.review.requests import Reviews, review_hint
 from hoopd.review.stage import ReviewStage
@@ -113,14 +113,14 @@ class GatewayService(service.MultiService):
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
                                + ([self.masking] if self.masking else []) + [ReviewStage(self.reviews)])
         self.grants = self._grants(config, reactor)
-        self.alerts = Alerts(config.alerts, reactor, config.gateway.node)
+        self.alerts = Alerts(config.alerts, reactor, config.gateway.node, bursts=config.bursts or BurstSettings())
         self.reviews.listeners.append(lambda event, req: self.alerts.event(f"review.{event}", req.summary()))
         if self.grants is not None:
             self.grants.listeners.append(lambda event, g: self.alerts.event(f"grant.{event}", g.summary()))
-        self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker]),
+        self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker, self.alerts]),
                                       identity=self.identity,
                                       metrics=metrics, record=record, grants=self.grants,
-                                      alert=self.alerts.event)
+                                      alert=self.alerts.event, on_login_failed=self.alerts.login_failed)
         self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
                                     tracker=tracker, metrics=metrics)
         if self.grants is not None:

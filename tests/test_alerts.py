@@ -56,3 +56,24 @@ def test_config_errors_name_the_key(hook, key):
     with pytest.raises(ConfigError) as e:
         parse({"alerts": {"webhooks": [hook]}})
     assert str(e.value).startswith(key)
+
+
+def test_bursts_of_denials_and_failed_logins():
+    from hoopd.alerts import BurstSettings
+    from hoopd.identity.base import Identity
+    from hoopd.session import Deny, SessionInfo
+
+    clock = Clock()
+    a = Alerts((), clock, "n", Refusing(), BurstSettings(denials=3, logins=2, window=10))
+    seen: list[tuple[str, dict]] = []
+    a.event = lambda name, data: seen.append((name, data))  # type: ignore[method-assign]
+    info = SessionInfo("s", "1.2.3.4:5", 0.0, identity=Identity("bob"), connection="shop", level="read_only")
+    for _ in range(2):
+        a.message_denied(info, None, Deny("no"))
+    clock.advance(11)  # the window passed: counting starts again
+    for _ in range(3):
+        a.message_denied(info, None, Deny("no"))
+    assert [n for n, _ in seen] == ["denials.burst"] and seen[0][1]["user"] == "bob"
+    a.login_failed("10.0.0.1:1000", "eve", "bad password")
+    a.login_failed("10.0.0.1:1001", "mallory", "bad password")  # same host, another port
+    assert seen[-1][0] == "logins.burst" and seen[-1][1]["peer"] == "10.0.0.1"

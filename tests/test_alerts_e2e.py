@@ -65,8 +65,9 @@ def gw(pg, tmp_path_factory):
     http = free_port()
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\n'
             f'[[control.tokens]]\nname = "dev"\nrole = "viewer"\ntoken_hash = "{hash_token(TOKEN)}"\nuser = "dev"\n'
+            '[alerts]\nlogin_failure_burst = 2\n'
             f'[[alerts.webhooks]]\nname = "siem"\nurl = "http://127.0.0.1:{rx.port}/hook"\n'
-            f'secret_file = "{folder / "hook.key"}"\nevents = ["review.*"]\n'
+            f'secret_file = "{folder / "hook.key"}"\nevents = ["review.*", "logins.burst"]\n'
             f'[[alerts.webhooks]]\nname = "chat"\nurl = "http://127.0.0.1:{rx.port}/slack"\nformat = "slack"\n'
             'events = ["review.requested"]\n'
             '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba"]\n'
@@ -113,3 +114,18 @@ def test_signed_events_with_a_retry_and_a_slack_line(gw):
     (chat,) = [json.loads(b) for p, _, b in rx.got if p == "/slack"]
     assert chat["text"].startswith(f"hoopd: review #{rid} requested: writer on shop (deletes): delete from t")
     assert "X-Hoopd-Signature" not in [h for p, h, _ in rx.got if p == "/slack"][0]
+
+
+def test_a_burst_of_failed_logins_is_an_event(gw):
+    g, rx = gw
+    before = len(rx.got)
+    for _ in range(2):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(g.dsn("writer", password="wrong")).close()
+    for _ in range(200):
+        bursts = [json.loads(b) for p, _, b in rx.got[before:] if p == "/hook" and b"logins.burst" in b]
+        if bursts:
+            break
+        time.sleep(0.05)
+    assert bursts and bursts[0]["data"]["peer"] == "127.0.0.1" and bursts[0]["data"]["count"] == 2
+    assert "wrong" not in json.dumps(bursts)  # no password in an event

@@ -64,9 +64,11 @@ class GatewayFactory(Factory):
                  metrics: LoginMetrics | None = None,
                  record: Callable[[SessionInfo, str, dict[str, Any]], None] | None = None,
                  grants: Grants | None = None,
-                 alert: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 alert: Callable[[str, dict[str, Any]], None] | None = None,
+                 on_login_failed: Callable[[str, str, str], None] | None = None) -> None:
         self.registry = registry
         self.alert = alert  # events for the webhooks (hoopd.alerts): the tripwire
+        self.on_login_failed = on_login_failed  # (peer, user, why) of each failed authentication
         self.grants = grants  # time-boxed access grants that raise a user's level (None: none)
         self.reactor = reactor
         self.pipeline = pipeline or Pipeline()
@@ -374,6 +376,8 @@ class ClientProtocol(TwistedProtocol):
         user = self.startup.params["user"]
         log.info("session {sid} from {peer}: authentication failed for {user}: {why}",
                  sid=self.info.id, peer=self.info.peer, user=user, why=err.reason)
+        if self.gw.on_login_failed is not None:
+            self.gw.on_login_failed(self.info.peer, user, err.reason)
         self._fatal(err.sqlstate, err.message, reason=f"auth failed: {err.reason}")
 
     def _password_message(self, body: bytes) -> None:
