@@ -97,14 +97,16 @@ def test_copy_state_and_statement_describe() -> None:
     assert c.copy is None
     c.server(BE.COMMAND_COMPLETE, tag("COPY 1"))
     c.server(BE.READY, b"I")
-    send(c, FE.PARSE, parse("s", "select 1 as one"))
+    send(c, FE.PARSE, parse("s", "select 1 as one where $1 > 0", [0]))
     send(c, FE.DESCRIBE, describe("S", "s"))
     send(c, FE.SYNC, b"")
     c.server(BE.PARSE_COMPLETE, b"")
-    c.server(BE.PARAMETER_DESCRIPTION, b"\0\0")
+    assert c.prepared["s"].param_types == (0,)  # left for the server to choose
+    c.server(BE.PARAMETER_DESCRIPTION, b"\0\1" + INT4.to_bytes(4, "big"))
     c.server(BE.ROW_DESCRIPTION, row_description(("one", INT4)))
     c.server(BE.READY, b"I")
     assert c.prepared["s"].columns.names == ("one",) and not c.queue
+    assert c.prepared["s"].param_types == (INT4,)  # as the server described them
 
 
 def test_messages_decode_once() -> None:

@@ -241,12 +241,13 @@ def test_a_prepared_statement_is_approved_for_one_execution(gw):
         sql = "delete from rv_orders where id = %s"
         t, out = in_thread(lambda: c.execute(sql, (12,), prepare=True).rowcount)  # Parse (named), Bind, Execute
         (req,) = pending(g)
+        assert "with parameters: '12'" in req["statement"]  # the Bind is held: its values are shown
         api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "dev")
         t.join(10)
         assert out == {"value": 1}
         t, out = in_thread(lambda: c.execute(sql, (13,), prepare=True).rowcount)  # the prepared one: Bind only
         (again,) = pending(g)
-        assert again["id"] != req["id"] and "parameters: '13'" in again["statement"]
+        assert again["id"] != req["id"] and "with parameters: '13'" in again["statement"]
         api(g, "POST", f"/api/v1/reviews/{again['id']}/deny", "dev", {"reason": "not 13"})
         t.join(10)
         assert isinstance(out["error"], psycopg.errors.InsufficientPrivilege)
@@ -319,3 +320,28 @@ def test_reviewers_see_the_statement_with_detected_values_redacted(gw):
         assert "ada@example.com" not in req["statement"] and "****" in req["statement"]
         api(g, "POST", f"/api/v1/reviews/{req['id']}/deny", "dev", {"reason": "no"})
         t.join(10)
+
+
+def test_asyncpg_prepared_statement_is_held_at_its_execution(gw):
+    import asyncio
+
+    import asyncpg
+
+    g, pg = gw
+
+    async def run():
+        conn = await asyncpg.connect(host="127.0.0.1", port=g.port, user="writer", password=USERS["writer"][0],
+                                     database="shop", ssl=False)
+        try:
+            stmt = await conn.prepare("delete from rv_orders where id = $1")  # prepared: nothing held yet
+            task = asyncio.ensure_future(stmt.fetch(17))
+            req = await asyncio.get_running_loop().run_in_executor(None, lambda: pending(g)[0])
+            assert "with parameters: '17'" in req["statement"]  # a binary int4, decoded for the reviewer
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: api(g, "POST", f"/api/v1/reviews/{req['id']}/approve", "dev"))
+            await task
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    assert count(pg, "id = 17") == 0

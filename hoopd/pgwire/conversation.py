@@ -41,7 +41,7 @@ TRACKED_CLIENT = frozenset(_OPS)
 """Client message types the conversation must see to keep its queue exact."""
 TRACKED_SERVER = frozenset({BE.PARSE_COMPLETE, BE.BIND_COMPLETE, BE.CLOSE_COMPLETE, BE.COMMAND_COMPLETE, BE.ERROR,
                             BE.COPY_IN, BE.COPY_OUT, BE.COPY_BOTH, BE.EMPTY_QUERY, BE.ROW_DESCRIPTION, BE.NO_DATA,
-                            BE.FUNCTION_RESULT, BE.READY, BE.PORTAL_SUSPENDED})
+                            BE.FUNCTION_RESULT, BE.READY, BE.PORTAL_SUSPENDED, BE.PARAMETER_DESCRIPTION})
 """Server message types the same way (DataRow and CopyData change nothing tracked)."""
 
 
@@ -325,6 +325,12 @@ class Conversation:
         elif mtype in _COMPLETES:
             if head is not None and head.op == _COMPLETES[mtype]:
                 q.popleft()
+        elif mtype == BE.PARAMETER_DESCRIPTION:
+            if head is not None and head.op == "describe" and head.target == "S":
+                entry = self.prepared.get(head.name)
+                if entry is not None:  # the types the server chose for parameters the Parse left open
+                    r = m.Reader(body, "ParameterDescription")
+                    entry.param_types = tuple(r.int32() for _ in range(max(0, r.int16())))
         elif mtype == BE.NO_DATA:
             if head is not None and head.op == "describe":
                 self._describe(head, None)

@@ -1,9 +1,11 @@
 """ReviewStage: holds a Query or Parse the policy sent to review (``msg.review``, the
 policy's review decisions) until reviewers decide (hoopd.review.requests).
 
-A named prepared statement is approved for one execution: every later Bind of it is a
-new request, showing its parameters (an approved ``delete ... where id = $1`` cannot be
-run again with other ids unreviewed).
+In the extended protocol the Parse passes (preparing runs nothing) and each Bind of the
+statement is held instead, as a request that shows its parameters: every execution is
+approved with the values it runs with (an approved ``delete ... where id = $1`` cannot
+run again with another id unreviewed). A refused Bind is answered in protocol order;
+the rest of its batch is skipped to the Sync, as after any error.
 
 Nothing of the held message reaches PostgreSQL, and the relay keeps every later client
 message queued behind it (pipelines keep their order). The client gets a notice at
@@ -45,25 +47,25 @@ class ReviewSession:
         self.reviews = reviews
         self.info = info
         self.conversation = conversation
-        self.reviewed: dict[str, tuple[str, tuple, int]] = {}  # named statement -> (text, decisions, Binds left)
+        self.reviewed: dict[str, tuple[str, tuple]] = {}  # prepared statement needing review -> (text, decisions)
 
     def client(self, msg: ClientMessage) -> Hold | None:
         if msg.type == FE.BIND:
             return self._bind(msg)
         decisions = msg.review
-        name = ""
         if msg.type == FE.PARSE:
             try:
                 name = msg.sql(self.info.sql_text).name
             except (ProtocolError, TextError):
-                pass  # (the server refuses it itself)
-        if not decisions:
-            self.reviewed.pop(name, None)
+                return None  # (the server refuses it itself)
+            if decisions:  # preparing runs nothing: each Bind of it is held, with its parameters
+                self.reviewed[name] = (";\n".join(d.statement.text for d in decisions), decisions)
+            else:
+                self.reviewed.pop(name, None)
             return None
-        text = ";\n".join(d.statement.text for d in decisions)
-        if name:
-            self.reviewed[name] = (text, decisions, 1)
-        return self._open(text, decisions)
+        if not decisions:
+            return None
+        return self._open(";\n".join(d.statement.text for d in decisions), decisions)
 
     def _open(self, text: str, decisions: tuple) -> Hold | None:
         first = decisions[0]
@@ -86,15 +88,12 @@ class ReviewSession:
         entry = self.reviewed.get(bind.statement)
         if entry is None:
             return None
-        text, decisions, left = entry
-        if left:
-            self.reviewed[bind.statement] = (text, decisions, left - 1)  # the execution approved with its Parse
-            return None
+        text, decisions = entry
         prepared = self.conversation.prepared.get(bind.statement)
         types = prepared.param_types if prepared is not None else ()
         shown = ", ".join(_shown(p, fmt, types[i] if i < len(types) else 0) for i, (p, fmt) in
                           enumerate(zip(bind.params, _formats(bind.param_formats, len(bind.params)))))
-        return self._open(f"{text}\n-- executed again with parameters: {shown or 'none'}", decisions)
+        return self._open(f"{text}\n-- with parameters: {shown or 'none'}", decisions)
 
     def server(self, msg: ServerMessage) -> None:
         return None
