@@ -1,5 +1,6 @@
-"""ReviewStage: holds a Query or Parse the policy sent to review (``msg.review``, the
-policy's review decisions) until reviewers decide (hoopd.review.requests).
+"""ReviewStage: holds a Query the policy sent to review (``msg.review``, the policy's
+review decisions), or each Bind of such a Parse, until reviewers decide
+(hoopd.review.requests).
 
 In the extended protocol the Parse passes (preparing runs nothing) and each Bind of the
 statement is held instead, as a request that shows its parameters: every execution is
