@@ -236,3 +236,20 @@ def test_a_run_of_rows_is_masked_exactly_as_row_by_row(rows):
         one_by_one.append(f if new is None else m.frame(b"D", new))
     whole = s.server_rows(RowRun(b"".join(framed), len(rows), first))
     assert (b"".join(framed) if whole is None else whole) == b"".join(one_by_one)
+
+
+_PIECES = st.sampled_from(["ada@example.com", "4111 1111 1111 1111", "4111-1111-1111-1111", "078-05-1120",
+                           "+1 (555) 010-9999", "10.0.0.1", "fe80::1", "DE89370400440532013000",
+                           "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlc2lnbmF0dXJl",
+                           "AKIAABCDEFGHIJKLMNOP", "ghp_" + "a1" * 18, "x" * 40, " ", "-", ".", "7", "\x00\x00\x01"])
+
+
+@given(st.lists(_PIECES, max_size=8))
+def test_every_detector_match_overlaps_a_prefilter_span(pieces):
+    text = "".join(pieces)
+    pf = detect.prefilter(detect.DETECTORS)
+    spans = pf.spans(text.encode())
+    found = [s for d in detect.DETECTORS.values() for s in d(text)]
+    assert bool(found) <= pf.search(text.encode())
+    for a, b in found:  # (ASCII text: character and byte offsets agree)
+        assert any(x < b and a < y for x, y in spans), (text, (a, b), spans)  # overlaps: the same row

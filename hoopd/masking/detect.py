@@ -156,8 +156,56 @@ PREFILTERS: dict[str, bytes] = {
 }
 
 
-def prefilter(detectors: Iterable[str]) -> re.Pattern[bytes]:
-    return re.compile(b"|".join(PREFILTERS[d] for d in dict.fromkeys(detectors)))
+_DIGITS = b"0123456789"
+_ALNUM = _DIGITS + bytes(range(65, 91)) + bytes(range(97, 123))
+RUNS: dict[str, tuple[bytes, int]] = {
+    "card": (_DIGITS + b" -", 13), "phone": (_DIGITS + b"+(). -", 8), "ipv4": (_DIGITS + b".", 7),
+    "secret": (_ALNUM + b"+/_-", 32),
+}
+"""Detectors whose prefilter is a run of bytes of one class at least so long (a superset
+of its PREFILTERS pattern): found by ``bytes.translate`` and ``find`` at C speed, where a
+regex would try its repetition at every digit (measured: 22 ns per byte of a DataRow
+run of md5 text, 1.1 us per row; the run search is a few ns per byte)."""
+
+
+class Prefilter:
+    """The combined prefilter of some detectors: literal-led patterns in one regex, class
+    runs (RUNS) by translate-and-find. ``search`` says whether anything could match;
+    ``spans`` gives where, sorted by start (every true match lies inside one of them)."""
+
+    def __init__(self, detectors: Iterable[str]) -> None:
+        names = list(dict.fromkeys(detectors))
+        others = [PREFILTERS[d] for d in names if d not in RUNS]
+        self.regex = re.compile(b"|".join(others)) if others else None
+        self.runs: list[tuple[bytes, bytes]] = []  # (translate table: class -> "0", others -> "\1"; n zeros)
+        for d in names:
+            if d in RUNS:
+                members, n = RUNS[d]
+                table = bytes(0x30 if b in members else 1 for b in range(256))
+                self.runs.append((table, b"0" * n))
+
+    def search(self, data: bytes) -> bool:
+        if self.regex is not None and self.regex.search(data) is not None:
+            return True
+        return any(data.translate(table).find(zeros) >= 0 for table, zeros in self.runs)
+
+    def spans(self, data: bytes) -> list[tuple[int, int]]:
+        out = [mt.span() for mt in self.regex.finditer(data)] if self.regex is not None else []
+        for table, zeros in self.runs:
+            t = data.translate(table)
+            pos = t.find(zeros)
+            while pos >= 0:
+                end = t.find(b"\1", pos)
+                end = len(t) if end < 0 else end
+                out.append((pos, end))
+                pos = t.find(zeros, end)
+        if len(self.runs) + (self.regex is not None) > 1:
+            out.sort()
+        return out
+
+
+def prefilter(detectors: Iterable[str]) -> Prefilter:
+    return Prefilter(detectors)
 
 
 def regex(pattern: re.Pattern[str]) -> Detector:

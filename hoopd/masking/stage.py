@@ -264,7 +264,7 @@ class MaskingSession:
         quick = masker.prefilter
         plain = self._plain(cols)
         if (plan is not None and not any(plan)
-                and (not detect or (plain and quick is not None and quick.search(msg.body) is None))):
+                and (not detect or (plain and quick is not None and not quick.search(msg.body)))):
             return None  # no column rule here, nothing in the row's bytes any detector could find
         values = m.decode_data_row(msg.body)
         if plan is None:  # rows no RowDescription described: every value masked (fail closed)
@@ -284,7 +284,7 @@ class MaskingSession:
                 continue
             if not detect or oid in NON_TEXT:
                 continue
-            if plain and quick is not None and quick.search(v) is None:
+            if plain and quick is not None and not quick.search(v):
                 continue  # (as for the whole row, value by value)
             new, null = self._value(v, oid, fmt, codec, i)
             if new is None and not null:
@@ -310,7 +310,7 @@ class MaskingSession:
             if not masker.detecting:
                 return None
             if quick is not None and self._plain(first.columns):
-                hits = [mt.span() for mt in quick.finditer(data)]
+                hits = quick.spans(data)
                 if not hits:
                     return None
         out: list[bytes] = []
