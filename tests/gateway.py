@@ -32,6 +32,14 @@ def users_toml() -> str:
                    for n, (_, g) in USERS.items())
 
 
+def tokens_toml(tokens: dict[str, str], role: str = "viewer") -> str:
+    """``[[control.tokens]]`` for each user -> bearer token, bound to that user (reviews, grants)."""
+    from hoopd.control.tokens import hash_token
+
+    return "".join(f'[[control.tokens]]\nname = "{u}"\nrole = "{role}"\ntoken_hash = "{hash_token(t)}"\n'
+                   f'user = "{u}"\n' for u, t in tokens.items())
+
+
 def connection_toml(name: str, host: str, port: int, database: str, user: str, password: str | None,
                     tls: str = "disable", ca_file: str | None = None, extra: str = "") -> str:
     cred = f'password = "{password}"\n' if password is not None else ""

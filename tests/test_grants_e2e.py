@@ -12,8 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from hoopd.control.tokens import hash_token
-from tests.gateway import Gateway, connection_toml, free_port, users_toml
+from tests.gateway import Gateway, connection_toml, free_port, tokens_toml, users_toml
 from tests.test_control_ssh import Console
 
 pytestmark = pytest.mark.integration
@@ -28,8 +27,7 @@ def gw(pg, tmp_path_factory):
     r = {role.name: role.password for role in pg.roles}
     http = free_port()
     console = Console(folder, names=("dev", "reader"))
-    tokens = "".join(f'[[control.tokens]]\nname = "{u}"\nrole = "viewer"\ntoken_hash = "{hash_token(t)}"\n'
-                     f'user = "{u}"\n' for u, t in TOKENS.items())
+    tokens = tokens_toml(TOKENS)
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\nssh = "tcp:{console.port}:interface=127.0.0.1"\n'
             f'[journal]\ndir = "{folder / "journal"}"\n'
             f'[control]\nssh_authorized_keys = "{console.keys_file}"\n' + tokens + users_toml()

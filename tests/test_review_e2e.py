@@ -19,8 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from hoopd.control.tokens import hash_token
-from tests.gateway import USERS, Gateway, connection_toml, free_port, users_toml
+from tests.gateway import USERS, Gateway, connection_toml, free_port, tokens_toml, users_toml
 from tests.test_control_ssh import Console
 
 pytestmark = pytest.mark.integration
@@ -38,8 +37,7 @@ def gw(pg, tmp_path_factory):
     r = {role.name: role.password for role in pg.roles}
     http = free_port()
     console = Console(folder, names=("dev", "writer"))
-    tokens = "".join(f'[[control.tokens]]\nname = "{u}"\nrole = "viewer"\ntoken_hash = "{hash_token(t)}"\n'
-                     f'user = "{u}"\n' for u, t in TOKENS.items())
+    tokens = tokens_toml(TOKENS)
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\nssh = "tcp:{console.port}:interface=127.0.0.1"\n'
             f'[journal]\ndir = "{folder / "journal"}"\n[control]\nopen_metrics = true\n'
             f'ssh_authorized_keys = "{console.keys_file}"\n'
