@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hoopd.confkit import ConfigError
 
@@ -63,3 +63,36 @@ def asked_identity(args: argparse.Namespace) -> Asked | None:
         print(f'hoopd: give --level, or --groups that have access to "{args.connection}"', file=sys.stderr)
         return None
     return Asked(cfg, args.connection, level, args.user, groups, args.application)
+
+
+def ask_upstream(asked: Asked, purpose: str, *asks: tuple[str, str]) -> list[Any] | None:
+    """Run each ``(what, sql)`` on the asked connection's PostgreSQL, one short session each
+    (the read_only credential), and answer their results in order: ``"rows"`` the rows of
+    a query, ``"describe"`` the columns a statement would return (nothing runs). None
+    after saying on stderr why it could not (the command then exits 2)."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import react
+
+    from hoopd.proxy.catalog import describe_columns, on_upstream, query_rows
+    from hoopd.textsafe import escape
+
+    got: list[Any] = []
+    failed: list[str] = []
+
+    async def run(reactor: Any) -> None:
+        conn = asked.config.connections[asked.connection]
+        try:
+            for what, sql in asks:
+                call = query_rows if what == "rows" else describe_columns
+                got.append(await on_upstream(reactor, conn, purpose, lambda up, c=call, q=sql: c(up, q)))
+        except Exception as e:  # (UpstreamError, timeouts, refused connections)
+            failed.append(str(e) or type(e).__name__)
+
+    try:
+        react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+    except SystemExit:
+        pass
+    if failed:
+        print(escape(f"hoopd: {asked.connection}: {failed[0]}"), file=sys.stderr)
+        return None
+    return got

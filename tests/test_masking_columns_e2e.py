@@ -211,6 +211,11 @@ def test_explain_sql_asks_the_database(gw):
     assert clear.returncode == 1 and "note [public.mc_people.note]: clear" in clear.stdout
     bad = subprocess.run(base + ["--sql", "select nope from mc_people"], capture_output=True, text=True)
     assert bad.returncode == 2 and "42703" in bad.stderr and "Traceback" not in bad.stderr
+    policy = [hoopd, "policy", "explain", "--config", str(g.config), "--connection", "shop", "--groups", "analysts"]
+    offline = subprocess.run(policy + ["select mc_first()"], capture_output=True, text=True)
+    assert offline.returncode == 1 and "not found" in offline.stdout  # built-ins only
+    live = subprocess.run(policy + ["--catalog", "select mc_first()"], capture_output=True, text=True)
+    assert live.returncode == 0 and "ALLOW" in live.stdout, live.stdout + live.stderr  # a stable user function
 
 
 def test_errors_and_notices_that_could_quote_masked_values_are_withheld(gw):

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from hoopd.cliargs import Asked, add_identity_arguments, asked_identity
+from hoopd.cliargs import Asked, add_identity_arguments, ask_upstream, asked_identity
 from hoopd.masking.rules import Masker
 from hoopd.textsafe import escape
 
@@ -63,29 +62,10 @@ def _explain_sql(args: argparse.Namespace, asked: Asked, masker: Masker | None) 
     from hoopd.masking.relations import RELATIONS_QUERY, Relations
     from hoopd.masking.stage import NON_TEXT
 
-    got: dict[str, Any] = {}
-
-    async def ask(reactor: Any) -> None:
-        from hoopd.proxy.catalog import describe_columns, on_upstream, query_rows
-
-        conn = asked.config.connections[asked.connection]
-        try:
-            got["rows"] = await on_upstream(reactor, conn, "masking explain", lambda up: query_rows(up, RELATIONS_QUERY))
-            got["columns"] = await on_upstream(reactor, conn, "masking explain",
-                                               lambda up: describe_columns(up, args.sql))
-        except Exception as e:  # (UpstreamError, timeouts, refused connections)
-            got["error"] = str(e) or type(e).__name__
-
-    from twisted.internet.defer import Deferred
-    from twisted.internet.task import react
-
-    try:
-        react(lambda reactor: Deferred.fromCoroutine(ask(reactor)))
-    except SystemExit:
-        pass
-    if "error" in got:
-        print(escape(f"hoopd: {asked.connection}: {got['error']}"), file=sys.stderr)
+    answers = ask_upstream(asked, "masking explain", ("rows", RELATIONS_QUERY), ("describe", args.sql))
+    if answers is None:
         return 2
+    got = {"rows": answers[0], "columns": answers[1]}
     column_rules = masker.column_rules if masker else ()
     cm = ColumnMasks(column_rules, Relations.from_rows(got["rows"])) if column_rules else None
     cols = got["columns"]

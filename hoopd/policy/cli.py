@@ -1,4 +1,7 @@
-"""``hoopd policy explain``: how the gateway classifies SQL and what it decides, offline.
+"""``hoopd policy explain``: how the gateway classifies SQL and what it decides: offline
+(user-defined functions unknown, so read_only calls of them are refused as "not found"),
+or with ``--catalog`` against the connection's database function catalog, as the
+gateway decides.
 
 Exit status: 0 when every statement is allowed, 1 when one is refused, 2 on a usage or
 config error.
@@ -9,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from hoopd.cliargs import add_identity_arguments, asked_identity
+from hoopd.cliargs import add_identity_arguments, ask_upstream, asked_identity
 
 _FIELDS = (  # (summary key, label) in display order
     ("kinds", "kinds"), ("relations", "relations"), ("functions", "functions"),
@@ -27,12 +30,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e = psub.add_parser("explain", help="classify SQL and show the decision with the rule that made it")
     add_identity_arguments(e)
     e.add_argument("sql", help="the SQL text (several statements allowed; PREPARE is remembered for EXECUTE)")
+    e.add_argument("--catalog", action="store_true",
+                   help="read the database's own functions (as the gateway does) instead of knowing only built-ins")
     e.set_defaults(func=explain)
 
 
 def explain(args: argparse.Namespace) -> int:
     from hoopd.policy.classify import classify
     from hoopd.policy.decide import Policy
+    from hoopd.policy.functions import CATALOG_QUERY, EMPTY, UserFunctions
     from hoopd.policy.prepared import PreparedRegistry
     from hoopd.policy.rules import Context
 
@@ -40,7 +46,13 @@ def explain(args: argparse.Namespace) -> int:
     if asked is None:
         return 2
     ctx = Context(asked.connection, asked.level, asked.user, asked.groups, asked.application)
-    decisions = Policy.from_config(asked.config).decide_all(classify(args.sql, PreparedRegistry()), ctx)
+    functions = EMPTY
+    if args.catalog:
+        answers = ask_upstream(asked, "policy explain", ("rows", CATALOG_QUERY))
+        if answers is None:
+            return 2
+        functions = UserFunctions.from_rows(answers[0])
+    decisions = Policy.from_config(asked.config).decide_all(classify(args.sql, PreparedRegistry()), ctx, functions)
     if args.json:
         print(json.dumps({"context": _context(ctx), "statements": [d.record() | {"text": d.statement.text}
                                                                    for d in decisions]}, indent=2))
