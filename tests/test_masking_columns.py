@@ -65,6 +65,9 @@ def outputs(sql: str, cm: ColumnMasks | None = None) -> tuple:
     ("select now()::text, current_user", (None, None)),
     ("insert into people (id) values (1) returning email || ''", ("pii",)),
     ("select lower(contact), upper(id::text) from v", ("pii", None)),
+    ('with x as (select email || \'\' from people) select lower(x."?column?") from x', ("pii",)),
+    ('with x as (select email || \'\' from people) select "?column?" || \'\' from x', ("pii",)),
+    ("with x as (select lower(note) n from people) select n || '' from x", (None,)),  # nothing masked in x
 ])
 def test_computed_columns_derive_from_masked_columns(sql, expected):
     assert outputs(sql) == expected

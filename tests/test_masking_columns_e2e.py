@@ -92,6 +92,8 @@ LEAKS = [
     "with x as (select upper(email) u from mc_people) select u from x",
     "with x(a) as (select ssn || '' from mc_people) select a from x",
     "with x as (select * from mc_people) select lower(x.ssn) from x",
+    'with x as (select email || \'\' from mc_people) select "?column?" from x',
+    'select s."?column?" from (select ssn || \'\' from mc_people) s',
     "select email from mc_people union all select 'a'",
     "select 'a' union select lower(ssn) from mc_people",
     "select id::text from mc_people union all select ssn from mc_people",

@@ -84,6 +84,10 @@ class ColumnMasks:
                     out.setdefault(name, rule)
         return out
 
+    def has_column(self, schema: str | None, relation: str, column: str) -> bool:
+        rels = self.relations
+        return rels is not None and any(column in rels.by_oid[o].columns.values() for o in rels.named(schema, relation))
+
     def columns_of(self, schema: str | None, relation: str) -> list[str] | None:
         """A relation's column names in attnum order (None unless exactly one relation has the name)."""
         oids = self.relations.named(schema, relation) if self.relations is not None else []

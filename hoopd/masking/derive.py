@@ -41,6 +41,9 @@ class Source(Protocol[M]):
     def function(self, schema: str | None, name: str) -> M | None:
         """A mark when a call's result may carry masked values."""
 
+    def has_column(self, schema: str | None, relation: str, column: str) -> bool:
+        """Whether a relation of that name (any schema when None) has the column."""
+
 
 class Derived(NamedTuple, Generic[M]):
     columns: tuple[M | None, ...] | None  # per result position; None: positions unknown
@@ -168,15 +171,22 @@ class _Statement(Generic[M]):
                     mark = self.source.column(rel[0], rel[1], last)
                     if mark is not None:
                         break
+            if mark is None and self.tainted and not self._real_column(last):
+                mark = next(iter(self.tainted.values()))  # a column of a tainted subquery or CTE, unnamed there
             return mark
         qualifier = fields[-2] or ""
         rel = self.aliases.get(qualifier, (fields[-3] if len(fields) > 2 else None, qualifier))
         mark = self.names.get(last)
         if mark is None and rel is not None:
             mark = self.source.column(rel[0], rel[1], last)
-        if mark is None and qualifier in self.tainted and rel is None:
-            mark = self.tainted[qualifier]
+        if mark is None and qualifier in self.tainted and not self._real_column(last):
+            mark = self.tainted[qualifier]  # a column of a tainted subquery or CTE, unnamed there
         return mark
+
+    def _real_column(self, name: str) -> bool:
+        """Whether a relation the statement names has a column ``name`` (then its own
+        mark, already asked, is the answer)."""
+        return any(self.source.has_column(rel[0], rel[1], name) for rel in self.relations)
 
     def taint(self, node: Any) -> M | None:
         """The first mark anything in ``node`` carries."""
