@@ -48,6 +48,7 @@ class ColumnMasks:
         self._table: dict[tuple[int, int], MaskRule | None] = {}
         self._views: dict[int, Derived[MaskRule]] = {}
         self._parsed: dict[str, list[dict] | None] = {}
+        self._plans: dict[int, tuple[Columns, Plan]] = {}  # id(Columns) -> (it, its plan), for sourced results
 
     # --- hoopd.masking.derive.Source ---------------------------------------------------
 
@@ -156,7 +157,14 @@ class ColumnMasks:
 
     def plan(self, cols: Columns, derived: Derived[MaskRule] | None) -> Plan:
         """The rule masking each result column (None: clear). ``derived``: the statement's
-        marks, needed only when a column is computed (None: not known)."""
+        marks, needed only when a column is computed (None: not known). Results whose
+        columns all have a source table are planned once per Columns (the same object
+        serves every result with that RowDescription)."""
+        sourced = 0 not in cols.tables and len(cols.tables) == len(cols.names)
+        if sourced:
+            hit = self._plans.get(id(cols))
+            if hit is not None and hit[0] is cols:
+                return hit[1]
         out: list[MaskRule | None] = []
         tables = cols.tables
         for i in range(len(cols.names)):
@@ -169,5 +177,10 @@ class ColumnMasks:
             if rule is None:
                 rule = next((r for r in self.rules if r.names_result(cols.names[i])), None)
             out.append(rule)
-        return tuple(out)
+        plan = tuple(out)
+        if sourced:
+            if len(self._plans) >= _PARSED_KEPT:
+                self._plans.clear()
+            self._plans[id(cols)] = (cols, plan)
+        return plan
 
