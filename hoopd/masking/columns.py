@@ -48,6 +48,7 @@ class ColumnMasks:
         self._table: dict[tuple[int, int], MaskRule | None] = {}
         self._views: dict[int, Derived[MaskRule]] = {}
         self._parsed: dict[str, list[dict] | None] = {}
+        self._derived: dict[tuple[str | None, int], Derived[MaskRule]] = {}  # per statement, like _parsed
         self._plans: dict[int, tuple[Columns, Plan]] = {}  # id(Columns) -> (it, its plan), for sourced results
 
     # --- hoopd.masking.derive.Source ---------------------------------------------------
@@ -147,13 +148,24 @@ class ColumnMasks:
         stmts = self._parsed[sql] = parse(sql)
         return stmts
 
+    def tree(self, sql: str | None, part: int) -> dict | None:
+        """Statement ``part`` of ``sql`` as a tree; None when the text is unknown, does not
+        parse or has no such statement."""
+        stmts = self.trees(sql) if sql is not None else None
+        return stmts[part] if stmts is not None and part < len(stmts) else None
+
     def statement(self, sql: str | None, part: int) -> Derived[MaskRule]:
         """What statement ``part`` of ``sql`` derives from masked columns (unknown text:
-        every computed column is masked)."""
-        stmts = self.trees(sql) if sql is not None else None
-        if stmts is None or part >= len(stmts):
-            return Derived(None, self.fallback)
-        return derive(stmts[part], self, self.fallback)
+        every computed column is masked). Derived once per statement text and snapshot."""
+        key = (sql, part)
+        found = self._derived.get(key)
+        if found is None:
+            stmt = self.tree(sql, part)
+            found = Derived(None, self.fallback) if stmt is None else derive(stmt, self, self.fallback)
+            if len(self._derived) >= _PARSED_KEPT:
+                self._derived.clear()
+            self._derived[key] = found
+        return found
 
     def plan(self, cols: Columns, derived: Derived[MaskRule] | None) -> Plan:
         """The rule masking each result column (None: clear). ``derived``: the statement's

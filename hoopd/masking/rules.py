@@ -124,6 +124,11 @@ class Masker:
         """One whole value masked by a column rule."""
         self.counts[rule.name] = self.counts.get(rule.name, 0) + 1
 
+    def whole(self, rule: MaskRule, text: str) -> str | None:
+        """A whole text value as column rule ``rule`` masks it, counted; None: NULL."""
+        self.count(rule)
+        return None if rule.strategy == "null" else self.replace(rule, text)
+
     def replace(self, rule: MaskRule, value: str) -> str:
         """``value`` as ``rule``'s strategy replaces it (``null``: its token)."""
         if rule.strategy == "partial":

@@ -226,9 +226,7 @@ class MaskingSession:
         cm = self._columns
         if not self.masker.column_rules or cm is None:
             return
-        sql, part = self._answered(cm, msg)
-        stmts = cm.trees(sql) if sql is not None else None
-        stmt = stmts[part] if stmts and part < len(stmts) else None
+        stmt = cm.tree(*self._answered(cm, msg))
         fmt = CopyFormat.of(stmt) if stmt is not None and "CopyStmt" in stmt else None
         if fmt is None:
             raise EndSession("hoopd: this COPY's fields cannot be told apart for masking (its statement, or an"
@@ -382,9 +380,9 @@ class MaskingSession:
             sql, part = (portal.text if portal is not None else None), 0
         else:
             return None, 0
-        stmts = cm.trees(sql) if sql is not None and "fetch" in sql.lower() else None  # (a keyword: never quoted)
-        if stmts and part < len(stmts) and "FetchStmt" in stmts[part]:
-            return self._cursors.get(stmts[part]["FetchStmt"].get("portalname", ""), (None, 0))
+        stmt = cm.tree(sql, part) if sql is not None and "fetch" in sql.lower() else None  # (a keyword: never quoted)
+        if stmt is not None and "FetchStmt" in stmt:
+            return self._cursors.get(stmt["FetchStmt"].get("portalname", ""), (None, 0))
         return sql, part
 
     def _derived(self, cm: ColumnMasks, msg: ServerMessage) -> Derived[MaskRule]:
@@ -400,10 +398,9 @@ class MaskingSession:
         if cm is None or not self.masker.column_rules or msg.answers is None:
             return None
         sql, part = self._answered(cm, msg)
-        stmts = cm.trees(sql) if sql is not None else None
-        if sql is not None and stmts is None:
+        if sql is not None and cm.trees(sql) is None:
             return None  # a syntax error quotes what the client typed, not a value
-        stmt = stmts[part] if stmts is not None and part < len(stmts) else None
+        stmt = cm.tree(sql, part)
         rule = cm.fallback if stmt is None else touches(stmt, cm)
         if rule is None or (_CLASS_42 in msg.body and stmt is not None and opaque_calls(stmt, cm) is None):
             return None  # (class 42, syntax and name errors, come from analysing the statement: no values read)
@@ -462,29 +459,24 @@ class MaskingSession:
                          reason=f"masking: binary value of type {oid}")
 
     def _copy_line(self, body: bytes) -> bytes | None:
-        copy = self._copy
-        if copy is not None:
-            fmt, marks, header = copy
+        """A COPY line: the fields column rules name (hoopd.masking.copyout), then detectors."""
+        masker = self.masker
+        changed = False
+        if self._copy is not None:
+            fmt, marks, header = self._copy
             if header:
                 self._copy = (fmt, marks, False)  # (the header line: column names)
             else:
                 codec = self._codec()
-                masker = self.masker
-
-                def replace(rule: object, text: str) -> str | None:
-                    masker.count(rule)  # type: ignore[arg-type]
-                    return None if rule.strategy == "null" else masker.replace(rule, text)  # type: ignore[attr-defined]
-
-                line = body.decode(codec, "surrogateescape")
-                new = mask_line(line, fmt, marks, self.masker.column_rules[0], replace)
+                new = mask_line(body.decode(codec, "surrogateescape"), fmt, marks, masker.column_rules[0],
+                                masker.whole)  # type: ignore[arg-type]
                 if new is not None:
-                    body = new.encode(codec, "surrogateescape")
-                    out = self._masked(body) if masker.detecting else body
-                    return out
-        if not self.masker.detecting:
-            return None
-        new = self._masked(body)
-        return None if new == body else new
+                    body, changed = new.encode(codec, "surrogateescape"), True
+        if masker.detecting:
+            new_body = self._masked(body)
+            changed = changed or new_body != body
+            body = new_body
+        return body if changed else None
 
     def _masked(self, raw: bytes) -> bytes:
         """A text with no NULL (a message field, a COPY line, a payload), masked."""
