@@ -10,11 +10,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bench.services import DBNAME, USER, Target
 from hoopd.pgwire import messages as m
 from tests.rawclient import RawClient, error_of
 
+T = TypeVar("T")
 _TPS = re.compile(r"^tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)", re.M)
 PIPELINE = ("\\set aid random(1, 100000 * :scale)\n\\startpipeline\n"
             + "select abalance from pgbench_accounts where aid = :aid;\n" * 10 + "\\endpipeline\n")
@@ -49,6 +51,12 @@ def pgbench(target: Target, mode: str, clients: int, seconds: float) -> PgbenchR
     if proc.returncode or not tps or not lat or not done or (failed and int(failed.group(1))):
         raise RuntimeError(f"pgbench against {target.name} failed ({proc.returncode}):\n{proc.stderr.strip()}\n{out}")
     return PgbenchResult(float(tps.group(1)), float(lat.group(1)), int(done.group(1)))
+
+
+def rotated(items: "tuple[T, ...] | list[T]", by: int) -> list[T]:
+    """``items`` rotated left by ``by`` (the order of targets in round ``by``)."""
+    by %= len(items)
+    return list(items[by:]) + list(items[:by])
 
 
 def psql_seconds(target: Target, sql: str) -> float:

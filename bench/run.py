@@ -5,6 +5,7 @@
     .venv/bin/python bench/run.py --seam REV [--rounds N]        # CPU/txn of this checkout vs REV
     .venv/bin/python bench/run.py --masking [--rounds N]         # a 1M-row result with and without masking
     .venv/bin/python bench/run.py --holds [--rounds N]           # pgbench beside 100 statements held for review
+    .venv/bin/python bench/run.py --journal [--rounds N]         # what recording costs (fsync modes, all rows)
 
 Makes a throwaway PostgreSQL 15 cluster (``pgbench -i -s 10``), starts hoopd in the
 configurations of VARIANTS (no TLS, a local SCRAM user: as configured by default, without
@@ -38,7 +39,7 @@ from typing import Any, Callable, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import holds, masking, measure, report, seam  # noqa: E402
+from bench import holds, journal, masking, measure, report, seam  # noqa: E402
 from bench.report import CONFIGS, STREAMS, config_key  # noqa: E402
 from bench.services import (Hoopd, HoopdVariant, PgBouncer, Target, ensure_pgbouncer, new_password,  # noqa: E402
                             start_postgres, version_of)
@@ -86,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         " (bench/seam.py)")
     p.add_argument("--masking", action="store_true",
                    help="only a 1M-row SELECT through hoopd without and with masking rules (bench/masking.py)")
+    p.add_argument("--journal", action="store_true",
+                   help="only what recording costs: pgbench -S c=8 and a 1M-row SELECT without and with a journal"
+                        " (bench/journal.py)")
     p.add_argument("--holds", action="store_true",
                    help="only pgbench -S through hoopd with and without 100 statements held for review (bench/holds.py)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -100,11 +104,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(a.rounds, a.duration, a.scale, a.slow_mib) < 1 or a.slow_rate <= 0:
         p.error("--rounds, --duration, --scale, --slow-mib and --slow-rate must be positive")
     return a
-
-
-def _rotated(items: tuple[Any, ...] | list[Any], by: int) -> list[Any]:
-    by %= len(items)
-    return list(items[by:]) + list(items[:by])
 
 
 def _quietly(what: str, fn: Callable[[], object]) -> Callable[[], None]:
@@ -149,7 +148,7 @@ def run_pgbench(targets: list[Target], hoopds: dict[str, Hoopd], rounds: int, du
     for r in range(rounds):
         for mode, c in CONFIGS:
             key = config_key(mode, c)
-            for t in _rotated(plan[key], r):
+            for t in measure.rotated(plan[key], r):
                 h = hoopds.get(t.name)
                 counted = h is not None and h.variant.policy
                 before = h.policy_cache() if counted else None
@@ -187,7 +186,7 @@ def run_streams(targets: list[Target], hoopds: dict[str, Hoopd], rounds: int) ->
     cpu: dict[str, dict[str, list[float]]] = {k: {t.name: [] for t in targets if t.pid} for k in STREAMS}
     for r in range(rounds):
         for kind in STREAMS:
-            for t in _rotated(targets, r):
+            for t in measure.rotated(targets, r):
                 sec, used = _with_cpu(t, lambda: measure.psql_seconds(t, STREAM_SQL[kind]))
                 runs[kind][t.name].append(sec)
                 extra = ""
@@ -220,7 +219,7 @@ def run_copy_cancel(targets: list[Target], rounds: int) -> dict[str, Any]:
     """Median bytes read after cancelling a large COPY TO STDOUT, per target."""
     got: dict[str, list[int]] = {t.name: [] for t in targets}
     for r in range(rounds):
-        for t in _rotated(targets, r):
+        for t in measure.rotated(targets, r):
             got[t.name].append(measure.copy_cancel_overread(t))
             say(f"round {r + 1}/{rounds} copy cancel {t.name:17} {got[t.name][-1] / MiB:7.2f} MiB read after cancel")
     return report.summarize_copy_cancel(got)
@@ -350,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                 return run_part("masking", masking, args, stack)
             if args.holds:
                 return run_part("holds", holds, args, stack)
+            if args.journal:
+                return run_part("journal", journal, args, stack)
             s = setup(args, stack)
             if args.profile:
                 profile_hoopd(s.target("hoopd"), args.profile, args.duration)

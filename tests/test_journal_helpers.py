@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
 from hoopd.journal import records as r
@@ -35,6 +36,10 @@ class Talk:
         this one refuses it."""
         msg = self.conv.client(t[0], body)
         verdict = self.stage.client(msg)
+        if isinstance(verdict, Deferred):  # fsync = "always": synced at once here (make_writer)
+            got: list[Any] = []
+            verdict.addBoth(got.append)
+            (verdict,) = got
         if verdict is None and denied_after is not None:
             self.stage.denied(msg, denied_after)
             verdict = denied_after
@@ -111,7 +116,28 @@ def make_writer(folder: Path, clock: Clock | None = None, ops: Any = os, log: An
         clock.advance(T0)
     node = cfg.pop("node", "gw-1")
     anchor = cfg.pop("anchor", None)
-    return JournalWriter(JournalConfig(dir=str(folder), **cfg), node, clock, ops=ops, log=log or Log(), anchor=anchor)
+    in_thread = cfg.pop("in_thread", maybeDeferred)  # default: syncs run at once, on this thread
+    return JournalWriter(JournalConfig(dir=str(folder), **cfg), node, clock, ops=ops, log=log or Log(), anchor=anchor,
+                         in_thread=in_thread)
+
+
+class ManualThread:
+    """A writer's ``in_thread`` that runs each call only when the test says so."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, fn: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((fn, args, d))
+        return d
+
+    def run(self) -> int:
+        """Run the calls made so far (not those they cause); how many ran."""
+        now, self.calls = self.calls, []
+        for fn, args, d in now:
+            maybeDeferred(fn, *args).chainDeferred(d)
+        return len(now)
 
 
 def records(folder: Path) -> list[dict[str, Any]]:

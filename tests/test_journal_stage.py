@@ -15,7 +15,7 @@ from hoopd.journal import stage as stage_mod
 from hoopd.journal.stage import JournalStage, split_statements
 from hoopd.pgwire import messages as m
 from hoopd.session import Deny, SessionInfo
-from tests.test_journal_helpers import (FlakyOS, Talk, bind, copy_response, describe, error, execute, make_writer, parse,
+from tests.test_journal_helpers import (FlakyOS, ManualThread, Talk, bind, copy_response, describe, error, execute, make_writer, parse,
                                         records, row, row_description, session_records, tag)
 
 INT4, TEXT, BYTEA = 23, 25, 17
@@ -180,6 +180,43 @@ def test_max_result_rows(tmp_path: Path, cap: int, kept: int) -> None:
     (res,) = by_kind(h.end(), "result")
     assert len(res["rows"]) == kept and res["rows_total"] == 5 and res["truncated"] == (kept < 5)
     assert res["rows"] == [[str(i)] for i in range(1, kept + 1)]
+
+
+@pytest.mark.parametrize("cap, kept", [(3, 3), (0, 0), (-1, 5)])
+def test_rows_through_the_relay_are_kept_as_runs(tmp_path: Path, cap: int, kept: int) -> None:
+    h = Harness(tmp_path, relay=True, max_result_rows=cap)
+    relay, client, upstream = relay_for(h, [h.stage])
+    assert h.opened.row_runs  # the journal takes DataRows as runs
+    relay.client_data(m.query("select g, b from t"))
+    rows = [(str(i).encode(), None if i == 2 else b"\xff" * i) for i in range(1, 6)]
+    wire = (m.frame(b"T", row_description(("g", INT4), ("b", TEXT)))
+            + b"".join(m.frame(b"D", row(*x)) for x in rows) + m.frame(b"C", tag("SELECT 5")) + m.ready_for_query(b"I"))
+    relay.server_data(wire)
+    assert client.value() == wire  # the client gets every byte as it was sent
+    (res,) = by_kind(h.end(), "result")
+    assert res["rows_total"] == 5 and res["truncated"] == (kept < 5) and res["columns"] == ["g", "b"]
+    assert res["rows"] == [[g.decode(), b] for g, b in rows][:kept]  # not UTF-8: kept as bytes
+
+
+def test_rows_records_of_an_older_format_are_read_as_they_were(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from hoopd.journal.verify import verify
+    monkeypatch.setattr(stage_mod.r, "VERSION", 1)
+    w = make_writer(tmp_path)
+    w.startService()
+    w.write({"session": "s1", "seq": 1, "kind": "result", "stmt": 1, "columns": ["a"], "types": [TEXT],
+             "rows": [["x"], [None]], "rows_total": 2, "truncated": False, "tag": "SELECT 2"})
+    w.stopService()
+    monkeypatch.undo()
+    assert stage_mod.r.VERSION == 2 and verify(stage_mod.r.list_segments(tmp_path), None, whole_dir=True).ok
+    (res,) = by_kind(session_records(tmp_path), "result")
+    assert res["rows"] == [["x"], [None]]
+
+
+def test_undecodable_row_bytes_are_named_not_raised() -> None:
+    rec = {"kind": "result", "formats": [0], "wire": m.frame(b"D", row(b"ok")) + b"D\x00\x00\x00\x09\x00\x01\x00"}
+    got = stage_mod.r.expand(rec)
+    assert got["rows"] == [["ok"]] and "after row 1" in got["rows_error"] and "wire" not in got
 
 
 def test_big_results_go_out_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -384,10 +421,16 @@ def relay_for(h: Harness, stages: list) -> tuple[Any, StringTransport, CheckingU
 
 
 def test_relay_forwards_only_what_is_journaled_and_synced(tmp_path: Path) -> None:
-    h = Harness(tmp_path, fsync="always", relay=True)
+    ops, thread = FlakyOS(), ManualThread()
+    h = Harness(tmp_path, ops=ops, fsync="always", relay=True, in_thread=thread)
     relay, client, upstream = relay_for(h, [Policy(), h.stage])
-    relay.client_data(m.query("select 42"))
-    assert upstream.seen == [(m.query("select 42"), True)]
+    synced = ops.fsyncs
+    relay.client_data(m.query("select 42") + m.query("select 43"))
+    assert upstream.seen == [] and ops.fsyncs == synced  # written, syncing in the thread: held
+    thread.run()
+    assert upstream.seen == [(m.query("select 42"), True)] and ops.fsyncs == synced + 1  # 43 waits behind it
+    thread.run()
+    assert upstream.seen[1] == (m.query("select 43"), True) and ops.fsyncs == synced + 2
     relay.client_data(m.query("drop table t"))  # denied by policy before the journal saw it
     assert b"drop" not in upstream.value()
     h.end()

@@ -6,6 +6,7 @@ import fcntl
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -14,7 +15,7 @@ from twisted.internet.task import Clock
 from hoopd.journal import records as r
 from hoopd.journal.verify import verify
 from hoopd.journal.writer import JournalUnavailable
-from tests.test_journal_helpers import T0, FlakyOS, Log, make_writer, records, segment_files
+from tests.test_journal_helpers import T0, FlakyOS, Log, ManualThread, make_writer, records, segment_files
 
 
 def rec(i: int, **kw) -> dict:
@@ -199,16 +200,70 @@ def test_retention_deletes_old_finished_segments_only(tmp_path: Path) -> None:
     assert rep.ok and any("deleted by retention" in n for n in rep.notes)
 
 
-@pytest.mark.parametrize("mode, expect", [("always", 5), ("never", 0)])
-def test_fsync_always_and_never(tmp_path: Path, mode: str, expect: int) -> None:
+def test_fsync_never_syncs_nothing(tmp_path: Path) -> None:
     ops = FlakyOS()
-    w = make_writer(tmp_path, ops=ops, fsync=mode)
+    w = make_writer(tmp_path, ops=ops, fsync="never")
     w.startService()
-    before = ops.fsyncs
     for i in range(5):
         w.write(rec(i))
-    assert ops.fsyncs - before == expect
+    assert ops.fsyncs == 0
     w.stopService()
+
+
+def test_group_commit_one_sync_for_what_arrived_while_one_ran(tmp_path: Path) -> None:
+    ops, thread = FlakyOS(), ManualThread()
+    w = make_writer(tmp_path, ops=ops, fsync="always", in_thread=thread)
+    w.startService()
+    assert w.durable() is None  # the header was synced on open
+    before = ops.fsyncs
+    fired: list[int] = []
+    w.write(rec(1))
+    w.durable().addCallback(lambda _: fired.append(1))
+    assert len(thread.calls) == 1 and ops.fsyncs == before  # started in the thread, nothing on this one
+    for i in (2, 3, 4):  # arrive while that sync runs: they share the next one
+        w.write(rec(i))
+        w.durable().addCallback(lambda _, i=i: fired.append(i))
+    assert len(thread.calls) == 1
+    thread.run()
+    assert fired == [1] and ops.fsyncs == before + 1 and len(thread.calls) == 1  # the next one started
+    thread.run()
+    assert fired == [1, 2, 3, 4] and ops.fsyncs == before + 2 and not thread.calls
+    assert w.durable() is None
+    w.stopService()
+
+
+def test_a_failed_sync_refuses_its_waiters_and_recording_resumes(tmp_path: Path) -> None:
+    ops, thread, log = FlakyOS(), ManualThread(), Log()
+    w = make_writer(tmp_path, ops=ops, fsync="always", in_thread=thread, log=log)
+    w.startService()
+    w.write(rec(1))
+    got: list[Any] = []
+    w.durable().addBoth(got.append)
+    ops.broken = errno.EIO
+    thread.run()
+    assert isinstance(got[0].value, JournalUnavailable) and "Input/output error" in str(got[0].value)
+    assert not w.healthy and w.segment is None and len(log.levels("error")) == 1
+    ops.broken = None
+    w.write(rec(2))  # a new segment
+    assert w.healthy and w.segment is not None
+    w.durable().addBoth(got.append)
+    thread.run()
+    assert got[1] is None
+    w.stopService()
+    assert chain_ok(tmp_path)
+
+
+def test_stop_syncs_and_releases_what_waits(tmp_path: Path) -> None:
+    thread = ManualThread()
+    w = make_writer(tmp_path, fsync="always", in_thread=thread)
+    w.startService()
+    w.write(rec(1))
+    got: list[Any] = []
+    w.durable().addBoth(got.append)
+    w.stopService()  # the segment is synced and closed on this thread
+    assert got == [None]
+    thread.run()  # the sync that was in flight ends after the stop: nothing more happens
+    assert got == [None]
 
 
 def test_fsync_interval_runs_on_the_clock_only_when_dirty(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ class Journal:
                 for off, _, obj in r.iter_raw(f, scan, start):
                     if isinstance(obj, dict) and "ts" in obj:
                         self._note(obj)
-                        yield Entry(seg, off, obj)
+                        yield Entry(seg, off, r.expand(obj))
             except r.BadRecord as e:
                 self.warnings.append(f"{seg.path.name}: unreadable from offset {e.offset} ({e.problem}); "
                                      "run `hoopd journal verify`")
@@ -261,7 +261,7 @@ class _Cursor:
                 self.offset = self.origin + self.up.tell()
                 if isinstance(obj, dict) and "ts" in obj:
                     self.journal._note(obj)
-                    yield Entry(self.seg, here, obj)
+                    yield Entry(self.seg, here, r.expand(obj))
 
     def close(self) -> None:
         if self.f is not None:

@@ -21,6 +21,7 @@ import calendar
 import hashlib
 import hmac
 import re
+import struct
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,7 +30,11 @@ from typing import Any, BinaryIO, Iterator
 
 import msgpack
 
-VERSION = 1
+from hoopd.pgwire.errors import ProtocolError
+from hoopd.pgwire.framing import split_rows
+from hoopd.pgwire.messages import decode_data_row
+
+VERSION = 2  # 2: rows as the DataRow messages received (``wire`` + ``formats``); 1: rows as lists
 HASH_LEN = 32
 GENESIS = bytes(HASH_LEN)
 _TAIL = b"\xa1h\xc4\x20"  # msgpack: fixstr "h", bin8 of 32 bytes
@@ -77,6 +82,38 @@ def record_hash(raw: bytes) -> bytes | None:
     if len(raw) < HASH_LEN + 4 or raw[-HASH_LEN - 4:-HASH_LEN] != _TAIL:
         return None
     return raw[-HASH_LEN:]
+
+
+def text_value(v: bytes) -> str | bytes:
+    """A text-format value: str when it is UTF-8, else the bytes as they were."""
+    try:
+        return v.decode()
+    except UnicodeDecodeError:
+        return v
+
+
+def expand(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record as readers see it, whatever the format version: the rows of a ``result``
+    or ``rows`` record kept as DataRow messages (``wire``, format 2) become ``rows``, lists
+    of values (text format: str, or bytes when not UTF-8; binary: bytes; NULL: None), as
+    format 1 wrote them. Changes ``rec`` in place."""
+    wire = rec.pop("wire", None)
+    if wire is None:
+        return rec
+    formats = rec.pop("formats", None) or ()
+    rows: list[list[Any]] = []
+    try:
+        for body in split_rows(wire):
+            vals = decode_data_row(body)
+            if 1 in formats:
+                rows.append([None if v is None else (v if i < len(formats) and formats[i] == 1 else text_value(v))
+                             for i, v in enumerate(vals)])
+            else:
+                rows.append([None if v is None else text_value(v) for v in vals])
+    except (ProtocolError, IndexError, struct.error) as e:
+        rec["rows_error"] = f"rows after row {len(rows)} cannot be decoded: {e}"
+    rec["rows"] = rows
+    return rec
 
 
 def timestamp(seconds: float) -> datetime:

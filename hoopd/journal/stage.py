@@ -1,37 +1,47 @@
 """JournalStage: records a session's conversation from the wire into the journal.
 
 Client statements (Query, Parse, Bind, Execute, Close, FunctionCall) are written
-(and synced with fsync = "always") before ``client`` returns; when that fails the
-statement is refused with SQLSTATE 58030 and never reaches PostgreSQL.
+before ``client`` returns, and with fsync = "always" ``client`` answers a Deferred that
+fires once they are on disk (JournalWriter.durable: one sync in the writer's thread for
+every statement that arrived meanwhile); when either fails the statement is refused
+with SQLSTATE 58030 and never reaches PostgreSQL.
 
 Which client message a response answers, which statement a portal runs and which
 columns a DataRow has come from the session's Conversation (hoopd.pgwire.conversation).
 Results are written as ``result`` records at CommandComplete; a result larger than
 ROWS_CHUNK bytes goes out in ``rows`` records first, so memory stays bounded with
-``max_result_rows = -1``.
+``max_result_rows = -1``. Rows are kept as the DataRow messages the client received
+(``wire``, framed, with the columns' ``formats``): appending bytes is all a row costs
+here, a run of rows costs one append (``server_rows``), and readers decode them
+(hoopd.journal.records.expand).
 
 The journal is last in both stage orders (hoopd.session): it records what the other
 stages let through, and results as the client receives them.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from pglast.parser import ParseError, split
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from hoopd.journal import records as r
 from hoopd.journal.config import JournalConfig
 from hoopd.journal.writer import JournalUnavailable, JournalWriter
 from hoopd.log import get_logger
 from hoopd.pgwire import messages as m
-from hoopd.pgwire.conversation import COPY_DIRECTION, ClientMessage, Columns, Conversation, Pending, ServerMessage, \
-    read_sql
+from hoopd.pgwire.conversation import COPY_DIRECTION, ClientMessage, Columns, Conversation, Pending, RowRun, \
+    ServerMessage, read_sql
 from hoopd.pgwire.errors import ProtocolError
+from hoopd.pgwire.framing import rows_end
 from hoopd.pgwire.types import BE, FE
 from hoopd.session import Deny, SessionInfo
 
 ROWS_CHUNK = 1 << 20  # bytes of buffered row data that make a ``rows`` record
+_HEAD = struct.Struct("!cI")
 UNAVAILABLE = Deny(message="hoopd: the audit journal is unavailable; statement refused", sqlstate="58030")
 _FIELDS = {"S": "severity", "C": "sqlstate", "M": "message", "D": "detail", "H": "hint", "P": "position",
            "W": "where", "s": "schema", "t": "table", "c": "column", "n": "constraint"}
@@ -54,14 +64,6 @@ def split_statements(text: str) -> list[str]:
         return [text]
 
 
-def _text(v: bytes) -> str | bytes:
-    """A text-format value: str when it is UTF-8, else the bytes as they were."""
-    try:
-        return v.decode()
-    except UnicodeDecodeError:
-        return v
-
-
 def _values(vals: tuple[bytes | None, ...], formats: tuple[int, ...], cap: int) -> tuple[list[Any], list[list[int]]]:
     """Parameter values (text as str, binary as bytes, NULL as None) capped at ``cap``
     bytes each, and [index, full size] of each value that was cut."""
@@ -75,7 +77,7 @@ def _values(vals: tuple[bytes | None, ...], formats: tuple[int, ...], cap: int) 
             cut.append([i, len(v)])
             v = v[:cap]
         fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
-        out.append(v if fmt == 1 else _text(v))
+        out.append(v if fmt == 1 else r.text_value(v))
     return out, cut
 
 
@@ -85,11 +87,14 @@ class _Result:
     part: int | None
     columns: Columns | None
     started: float | None
-    rows: list[list[Any]] = field(default_factory=list)
+    wire: bytearray = field(default_factory=bytearray)  # DataRows kept since the last chunk, framed
+    buffered: int = 0  # rows in ``wire``
     count: int = 0
     kept: int = 0
-    size: int = 0  # bytes of row data buffered since the last chunk
     chunks: int = 0
+
+    def formats(self) -> list[int]:
+        return list(self.columns.formats) if self.columns is not None else []
 
 
 @dataclass
@@ -218,7 +223,7 @@ class JournalSession:
 
     # --- client -> server -------------------------------------------------------------
 
-    def client(self, msg: ClientMessage) -> Deny | None:
+    def client(self, msg: ClientMessage) -> "Deny | None | Deferred[Deny | None]":
         t = msg.type
         if t in _CLIENT_COPY:
             self._client_copy(msg)
@@ -237,7 +242,16 @@ class JournalSession:
             if t in _COUNTED:
                 self.statements += 1
         self.sent[msg.seq] = _Sent(stmt, now, len(fields.get("parts", "_")) if fields else 1)
+        if stmt is not None and self.stage.writer.config.fsync == "always":
+            d = self.stage.writer.durable()
+            if d is not None:
+                return d.addCallbacks(lambda _: None, self._unsynced)
         return None
+
+    def _unsynced(self, f: Failure) -> Deny:
+        f.trap(JournalUnavailable)
+        self.denied_count += 1
+        return UNAVAILABLE
 
     def denied(self, msg: ClientMessage, deny: Deny) -> None:
         if msg.type not in _TRACKED:
@@ -395,22 +409,34 @@ class JournalSession:
         max_rows = self.stage.max_rows
         if max_rows >= 0 and res.kept >= max_rows:
             return
-        vals = m.decode_data_row(msg.body)
-        fmts = res.columns.formats if res.columns else ()
-        if 1 not in fmts:  # all text (the common case): one decode per value, no call
-            try:
-                res.rows.append([None if v is None else v.decode() for v in vals])
-            except UnicodeDecodeError:
-                res.rows.append([None if v is None else _text(v) for v in vals])
+        body = msg.body
+        res.wire += _HEAD.pack(b"D", len(body) + 4)
+        res.wire += body
+        self._kept(res, 1)
+
+    def server_rows(self, run: RowRun) -> None:
+        """Consecutive DataRows of one result (SessionStage.server_rows): kept as they are."""
+        res = self._result_for(run.first)
+        n = run.count
+        res.count += n
+        max_rows = self.stage.max_rows
+        room = n if max_rows < 0 else max_rows - res.kept
+        if room <= 0:
+            return
+        if room >= n:
+            res.wire += run.data
         else:
-            res.rows.append([None if v is None else (v if i < len(fmts) and fmts[i] == 1 else _text(v))
-                             for i, v in enumerate(vals)])
-        res.kept += 1
-        res.size += len(msg.body)
-        if res.size >= ROWS_CHUNK:
-            self._try(r.ROWS, {"stmt": res.stmt, "part": res.part, "first": res.kept - len(res.rows),
-                               "rows": res.rows})
-            res.rows, res.size = [], 0
+            res.wire += run.data[:rows_end(run.data, room)]
+            n = room
+        self._kept(res, n)
+
+    def _kept(self, res: _Result, n: int) -> None:
+        res.kept += n
+        res.buffered += n
+        if len(res.wire) >= ROWS_CHUNK:
+            self._try(r.ROWS, {"stmt": res.stmt, "part": res.part, "first": res.kept - res.buffered,
+                               "formats": res.formats(), "wire": bytes(res.wire)})
+            res.wire, res.buffered = bytearray(), 0
             res.chunks += 1
 
     def _complete(self, msg: ServerMessage, fields: dict[str, Any]) -> None:
@@ -431,7 +457,7 @@ class JournalSession:
         if res.columns is not None:
             rec["columns"] = list(res.columns.names)
             rec["types"] = list(res.columns.types)
-        rec.update(rows=res.rows, rows_total=res.count, truncated=res.kept < res.count)
+        rec.update(formats=res.formats(), wire=bytes(res.wire), rows_total=res.count, truncated=res.kept < res.count)
         if res.chunks:
             rec["chunks"] = res.chunks
         rec.update(fields)

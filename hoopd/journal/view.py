@@ -96,7 +96,7 @@ class LiveJournal:
             self._remember(rec["session"], rec.get("user"))
         if not self._followers or rec.get("session") is None:
             return
-        event = render.jsonable(rec)
+        event = render.jsonable(r.expand(dict(rec)) if "wire" in rec else rec)
         for entry in list(self._followers):
             on_event, session, user = entry
             if self._matches(rec, session, user):

@@ -8,6 +8,14 @@ segment is closed at its last complete record and the next write opens a new one
 recording resumes by itself when the disk recovers, and nothing is ever appended after
 a torn record.
 
+fsync never runs on the reactor's thread while sessions run: a sync runs in the
+writer's own thread (``in_thread``) on a duplicate of the segment's descriptor, and
+``durable()`` answers a Deferred that fires once a sync that began after everything
+written so far has finished. With fsync = "always" every statement waits for that before
+it is forwarded (JournalStage); statements of all sessions that arrive while a sync is in
+flight share the next one (group commit), other records are synced within
+``fsync_interval``. Rotation and stop sync on the reactor (once per segment).
+
 All time comes from the injected ``clock`` (an IReactorTime); all file system calls go
 through ``ops`` (the ``os`` module by default), so tests can make the disk fail.
 ``anchor`` (journal/anchor.py) receives the chain's head at every new segment, every
@@ -24,8 +32,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from hoopd.journal import records as r
 from hoopd.journal.anchor import Anchor, fsync_dir
@@ -39,13 +51,43 @@ class JournalUnavailable(Exception):
     """A record could not be written; whatever it describes must not happen."""
 
 
+InThread = Callable[..., "Deferred[Any]"]  # (function, *args) -> Deferred of its result
+
+
+class SyncThread:
+    """The writer's one thread for fsync (a ThreadPool of one, started with the writer)."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.pool = ThreadPool(1, 1, "hoopd-journal-sync")
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        if not self.pool.started:
+            self.pool.start()
+        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    def stop(self) -> None:
+        if self.pool.started:
+            self.pool.stop()
+
+
+def _sync_copy(ops: Any, fd: int) -> None:
+    """fsync a duplicate of ``fd`` (rotation may close the original meanwhile)."""
+    dup = ops.dup(fd)
+    try:
+        ops.fsync(dup)
+    finally:
+        ops.close(dup)
+
+
 class JournalWriter(Service):
     """Appends records to the segments of one node under ``config.dir``."""
 
     name = "journal"
 
     def __init__(self, config: JournalConfig, node: str, clock: IReactorTime, *, ops: Any = os,
-                 log: Any = None, anchor: Callable[[Anchor], None] | None = None) -> None:
+                 log: Any = None, anchor: Callable[[Anchor], None] | None = None,
+                 in_thread: InThread | None = None) -> None:
         if not config.dir:
             raise ValueError("journal.dir is not set")
         self.config = config
@@ -65,6 +107,12 @@ class JournalWriter(Service):
         self._last = r.GENESIS  # hash of the last record written
         self._counter = 1
         self._dirty = False
+        self._written = 0  # records appended since start
+        self._synced = 0  # of those, how many a finished sync covers
+        self._syncing = False  # a sync runs in the thread
+        self._waiters: list[tuple[int, Deferred[None]]] = []  # durable(): (records it needs synced, its Deferred)
+        self._thread = SyncThread(clock) if in_thread is None else None
+        self._in_thread: InThread = in_thread or self._thread  # type: ignore[assignment]
         self._failing = 0  # failed writes in the current episode (0: healthy)
         self._gap: str | None = None  # why the previous segment ended early (for the next header)
         self._unfinished: list[tuple[r.SegmentName, int]] = []  # abandoned .open files to close later
@@ -93,7 +141,7 @@ class JournalWriter(Service):
         self._start_loops()
 
     def _start_loops(self) -> None:
-        if self.config.fsync == "interval":
+        if self.config.fsync != "never":
             self._sync_loop = LoopingCall(self._sync_tick)
             self._sync_loop.clock = self.clock
             self._sync_loop.start(self.config.fsync_interval, now=False)
@@ -137,6 +185,9 @@ class JournalWriter(Service):
                 self._abandon()
         self._retry_unfinished()
         self.anchor()
+        self._release(None if self._synced >= self._written else JournalUnavailable("the journal stopped"))
+        if self._thread is not None:
+            self._thread.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -169,8 +220,6 @@ class JournalWriter(Service):
                 self._rotate(now)
             size = self._size
             self._append(full)
-            if self.config.fsync == "always":
-                self.ops.fsync(self._fd)
         except OSError as e:
             self._failed(e)
             raise JournalUnavailable(f"the audit journal cannot be written: {e.strerror or e}") from None
@@ -208,10 +257,65 @@ class JournalWriter(Service):
                 self.log.failure("journal: an anchored hook failed")
 
     def sync(self) -> None:
-        """fsync the open segment if anything is unsynced. Raises OSError."""
+        """fsync the open segment now, on this thread, if anything is unsynced. Raises OSError."""
         if self._fd is not None and self._dirty:
             self.ops.fsync(self._fd)
             self._dirty = False
+            self._synced = self._written
+            self._release(None)
+
+    def durable(self) -> "Deferred[None] | None":
+        """None when every record written so far is synced; else a Deferred that fires when it
+        is (after a sync in the writer's thread), or fails with JournalUnavailable."""
+        if self._synced >= self._written:
+            return None
+        d: Deferred[None] = Deferred()
+        self._waiters.append((self._written, d))
+        self._sync_later()
+        return d
+
+    def _sync_later(self) -> None:
+        """Start a sync in the thread unless one runs (its end starts the next if needed)."""
+        if self._fd is None:  # abandoned after a failure: what was not synced may be lost
+            self._release(JournalUnavailable("the audit journal cannot be written"))
+            return
+        if self._syncing or not self._dirty:
+            return
+        self._syncing = True
+        self._dirty = False
+        covers = self._written
+        seg = self._seg
+        d = self._in_thread(_sync_copy, self.ops, self._fd)
+
+        def done(_: Any) -> None:
+            self._syncing = False
+            self._synced = max(self._synced, covers)
+            self._release(None)
+            if self._waiters:
+                self._sync_later()
+
+        def failed(f: Failure) -> None:
+            self._syncing = False
+            err = f.value if isinstance(f.value, OSError) else OSError(errno.EIO, str(f.value))
+            if seg is self._seg and self._fd is not None:
+                self._failed(err)
+            self._release(JournalUnavailable(f"the audit journal cannot be synced: {err.strerror or err}"))
+        d.addCallbacks(done, failed)
+
+    def _release(self, error: JournalUnavailable | None) -> None:
+        """Fire the durable() Deferreds a finished sync covers (with ``error``: all of them)."""
+        if not self._waiters:
+            return
+        if error is not None:
+            ready, self._waiters = self._waiters, []
+        else:
+            ready = [w for w in self._waiters if w[0] <= self._synced]
+            self._waiters = [w for w in self._waiters if w[0] > self._synced]
+        for _, d in ready:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error)
 
     def _append(self, record: dict[str, Any]) -> None:
         try:
@@ -226,6 +330,7 @@ class JournalWriter(Service):
         self._last = h
         self._size += len(raw)
         self._records += 1
+        self._written += 1
         self._dirty = True
 
     def _failed(self, e: OSError) -> None:
@@ -241,6 +346,7 @@ class JournalWriter(Service):
                 self.log.failure("journal: a failed hook failed")
         self._gap = f"previous segment ended early: {e}"
         self._abandon()
+        self._release(JournalUnavailable(f"the audit journal cannot be written: {e.strerror or e}"))
 
     # --- segments ---------------------------------------------------------------------
 
@@ -270,6 +376,8 @@ class JournalWriter(Service):
             raise
         self._gap = None
         self._dirty = False
+        if self.config.fsync != "never":
+            self._synced = self._written
         self._schedule_age()
         self._retry_unfinished()
         self.anchor()  # the new header chains to the last segment's end: this anchors both
@@ -288,6 +396,8 @@ class JournalWriter(Service):
         fd, seg = self._fd, self._seg
         if self.config.fsync != "never":
             self.ops.fsync(fd)
+            self._synced = self._written
+            self._release(None)
         self._fd = None
         self._prev_seg = seg.base
         self._close_quietly(fd)
@@ -374,10 +484,7 @@ class JournalWriter(Service):
             self._failed(e)
 
     def _sync_tick(self) -> None:
-        try:
-            self.sync()
-        except OSError as e:
-            self._failed(e)
+        self._sync_later()
 
     # --- start-up and retention -------------------------------------------------------
 

@@ -58,6 +58,16 @@ def split_rows(data: bytes) -> list[bytes]:
     return out
 
 
+def rows_end(data: bytes, count: int) -> int:
+    """The offset just after the first ``count`` framed messages of ``data``."""
+    pos = 0
+    unpack = _I32.unpack_from
+    for _ in range(count):
+        (ln,) = unpack(data, pos + 1)
+        pos += 1 + ln
+    return pos
+
+
 def read_packet(buf: bytes | bytearray, limit: int = MAX_STARTUP) -> tuple[int, bytes] | None:
     """An untyped packet at the start of buf: (total length, body) or None if incomplete.
 

@@ -233,6 +233,10 @@ class Relay:
         for i in range(start, len(stages)):
             verdict = stages[i].client(msg)
             if isinstance(verdict, Deferred):
+                if out:  # what was decided before goes first (also when the verdict is there already)
+                    self.quiet = False
+                    send_now(self.upstream, b"".join(out))
+                    out.clear()
                 self._hold(verdict, msg, i)
                 return
             if verdict is not None:
