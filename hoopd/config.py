@@ -38,6 +38,7 @@ class GatewayConfig:
     max_buffered_bytes: int = 512 << 20  # partly received client messages held, all sessions together
     hold_timeout: float = 3600.0  # longest a stage may hold a statement (an approval) before it is refused
     max_rewrite_bytes: int = 16 << 20  # largest server message a rewriting stage (masking) buffers; larger: FATAL 54000
+    workers: int = 1  # reactor processes serving the postgres listener (hoopd.workers); "auto": one per core
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,19 @@ def _upstream_auth(t: Table, tls: str) -> tuple[tuple[str, ...], bool, str]:
     return methods, allow_plaintext, channel_binding
 
 
+MAX_WORKERS = 64
+
+
+def _workers(g: Table) -> int:
+    """[gateway] workers: a number of processes, or "auto" (one per core)."""
+    raw = g.raw("workers", 1)
+    if raw == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_WORKERS:
+        raise ConfigError(g.key("workers"), f'must be a number from 1 to {MAX_WORKERS}, or "auto"')
+    return raw
+
+
 def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     """Validate a decoded TOML document."""
     root = Table(data, "")
@@ -240,6 +254,7 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
         max_buffered_bytes=g.int("max_buffered_bytes", GatewayConfig.max_buffered_bytes, lo=1 << 20),
         hold_timeout=g.duration("hold_timeout", GatewayConfig.hold_timeout),
         max_rewrite_bytes=g.int("max_rewrite_bytes", GatewayConfig.max_rewrite_bytes, lo=1 << 20, hi=(1 << 30) - 5),
+        workers=_workers(g),
     )
     if gateway.hold_timeout < 1:
         raise ConfigError("gateway.hold_timeout", "must be at least 1s")

@@ -15,12 +15,15 @@ log = get_logger("hoopd.listener")
 class Listener(service.Service):
     """Listens on a strports ``description`` while running (from privilegedStartService, so
     twistd binds before it drops privileges). ``bound`` fires with the port once listening;
-    ``port`` is it, or None while not listening. A port that cannot be bound is logged."""
+    ``port`` is it, or None while not listening. A port that cannot be bound is logged.
+    ``accept=False``: bind and listen but never accept (the supervisor of workers holds
+    the socket for them)."""
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+    def __init__(self, reactor: Any, description: str, factory: Any, accept: bool = True) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
+        self.accept = accept
         self.port: Any = None
         self.bound: Deferred | None = None
 
@@ -36,6 +39,8 @@ class Listener(service.Service):
 
     def _listening(self, port: Any) -> Any:
         self.port = port
+        if not self.accept:
+            port.stopReading()
         return port
 
     def _failed(self, f: Any) -> Any:
@@ -53,3 +58,17 @@ class Listener(service.Service):
             bound.addErrback(lambda f: None)
             bound.cancel()
         return None
+
+
+class AdoptedListener(Listener):
+    """A worker's postgres listener: the socket the supervisor bound, inherited as a file
+    descriptor (hoopd.workers.child.WorkerRole)."""
+
+    def __init__(self, reactor: Any, role: Any, factory: Any) -> None:
+        super().__init__(reactor, f"inherited fd {role.fd}", factory)
+        self.role = role
+
+    def privilegedStartService(self) -> None:
+        service.Service.privilegedStartService(self)
+        self.bound = defer.succeed(self.reactor.adoptStreamPort(self.role.fd, self.role.family, self.factory))
+        self.bound.addCallbacks(self._listening, self._failed)

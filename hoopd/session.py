@@ -54,6 +54,7 @@ class SessionInfo:
     sql_text: Decoder | None = _utf8  # statement bytes -> the text the server lexes; None: cannot be read
     database: str | None = None  # the upstream database
     grant: str | None = None  # the access grant that gave the session its level (hoopd.review.grants)
+    worker: int | None = None  # the worker process serving it ([gateway] workers > 1)
 
     def report(self, name: str, value: str) -> None:
         """A setting the server reported (at login or later); keeps ``sql_text`` in step."""
@@ -82,7 +83,18 @@ class SessionInfo:
             "bytes_out": self.bytes_out,
             "transaction_status": self.transaction_status,
             "grant": self.grant,
+            **({"worker": self.worker} if self.worker is not None else {}),
         }
+
+    @classmethod
+    def from_summary(cls, s: dict[str, Any]) -> "SessionInfo":
+        """A session as ``summary()`` described it (a worker's session, in the supervisor)."""
+        ident = Identity(s["user"], frozenset(s["groups"]), s["source"] or "") if s.get("user") is not None else None
+        major, minor = (int(x) for x in s["protocol"].split("."))
+        return cls(id=s["id"], peer=s["peer"], started=s["started"], identity=ident, connection=s["connection"],
+                   level=s["level"], tls=s["tls"], protocol=(major, minor), application_name=s["application_name"],
+                   statements=s["statements"], bytes_in=s["bytes_in"], bytes_out=s["bytes_out"],
+                   transaction_status=s["transaction_status"], grant=s["grant"], worker=s.get("worker"))
 
 
 @dataclass(frozen=True)

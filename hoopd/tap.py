@@ -24,7 +24,7 @@ from hoopd.journal.stage import JournalStage
 from hoopd.journal.view import LiveJournal
 from hoopd.journal.anchor import AnchorSink, anchor_file
 from hoopd.journal.writer import JournalWriter
-from hoopd.listener import Listener
+from hoopd.listener import AdoptedListener, Listener
 from hoopd.log import configure, get_logger
 from hoopd.policy.classify import default_classifier
 from hoopd.policy.decide import Policy
@@ -32,7 +32,7 @@ from hoopd.policy.functions import CATALOG_QUERY, FunctionCatalogs
 from hoopd.masking.rules import MaskingConfig
 from hoopd.masking.relations import RELATIONS_QUERY, RelationCatalogs
 from hoopd.alerts import Alerts, BurstSettings
-from hoopd.review.grants import Grant, Grants, GrantStore
+from hoopd.review.grants import Grant, Grants, GrantStore, GrantsView
 from hoopd.review.requests import Reviews, review_hint
 from hoopd.review.stage import ReviewStage
 from hoopd.masking.stage import MaskingStage
@@ -43,6 +43,9 @@ from hoopd.proxy.client import GatewayFactory
 from hoopd.proxy.registry import SessionRegistry
 from hoopd.sdnotify import Notifier, watchdog_service
 from hoopd.session import SessionInfo, Stage
+from hoopd.workers import protocol as p
+from hoopd.workers.child import RemoteReviews, WorkerRole, worker_node
+from hoopd.workers.supervisor import Refuse, WorkerPool
 
 log = get_logger("hoopd.tap")
 
@@ -68,32 +71,78 @@ class GatewayService(service.MultiService):
     the rest with 57P01, then stops every child (journal last to first).
     """
 
-    def __init__(self, config: Config, reactor: Any, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, reactor: Any, notifier: Notifier | None = None,
+                 worker: WorkerRole | None = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.notifier = notifier or Notifier(None)
         self.stopping = False
+        self.worker = worker  # this process is one of [gateway] workers (hoopd.workers.child)
+        supervising = worker is None and config.gateway.workers > 1
+        node = worker_node(config.gateway.node, worker.index) if worker else config.gateway.node
         self.registry = SessionRegistry()
         self.identity = IdentityChain(config.identity, reactor)
         self.identity.setServiceParent(self)  # before the listeners: it owns the LDAP pool
         tracker = SessionTracker(reactor)
-        metrics = Metrics(self.registry, tracker, identity_failures=lambda: self.identity.failures,
-                          policy_cache_stats=default_classifier.stats)
+        self.metrics = metrics = Metrics(self.registry, tracker, identity_failures=lambda: self.identity.failures,
+                                         policy_cache_stats=default_classifier.stats)
         self.journal: JournalStage | None = None
+        self.writer: JournalWriter | None = None
         view = None
         if config.journal.dir:  # the writer starts before the listeners and stops after them
-            sink = AnchorSink(anchor_file(config.gateway.state_dir, config.gateway.node), config.journal.anchor_syslog)
-            writer = JournalWriter(config.journal, config.gateway.node, reactor, anchor=sink)
+            sink = AnchorSink(anchor_file(config.gateway.state_dir, node), config.journal.anchor_syslog)
+            self.writer = writer = JournalWriter(config.journal, node, reactor, anchor=sink)
             writer.anchored_hooks.append(metrics.journal_anchored)
             writer.written_hooks.append(lambda rec, nbytes, seconds: metrics.journal_written(seconds, nbytes))
             writer.failed_hooks.append(lambda err: metrics.journal_failed())
             writer.setServiceParent(self)
-            self.journal = JournalStage(writer, config.journal)
+            if not supervising:  # (the supervisor's own stream has only its admin records)
+                self.journal = JournalStage(writer, config.journal)
             view = LiveJournal(writer, reactor)
+        self.pool: WorkerPool | None = None
+        if worker is not None:
+            worker.link.reviews.where = review_hint(config)
+            self.reviews: Reviews | RemoteReviews = worker.link.reviews
+        else:
+            self.reviews = Reviews(reactor, self._session_record, where=review_hint(config), redact=self._redact)
+            self.reviews.listeners.append(metrics.review)
+        self.alerts = Alerts(config.alerts, reactor, config.gateway.node, bursts=config.bursts or BurstSettings())
+        self.grants = self._grants(config, reactor)
+        self._listeners: dict[str, Listener] = {}
+        if supervising:
+            self.pool = WorkerPool(reactor, config.gateway.workers, config.source,
+                                   lambda: self._listeners["postgres"].port, self.registry, self.reviews, [tracker],
+                                   lambda: self.config.control.shutdown_grace, self._workers_ready)
+            self.pool.setServiceParent(self)
+            self._listen("postgres", config.listen.postgres, Refuse(), accept=False)
+        else:
+            self._data_path(config, reactor, metrics, tracker, worker)
+        if worker is not None:
+            return
+        if isinstance(self.reviews, Reviews):
+            self.reviews.listeners.append(lambda event, req: self.alerts.event(f"review.{event}", req.summary()))
+        if isinstance(self.grants, Grants):
+            self.grants.listeners.append(lambda event, g: self.alerts.event(f"grant.{event}", g.summary()))
+        self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
+                                    tracker=tracker, metrics=metrics,
+                                    worker_metrics=self.pool.metrics if self.pool is not None else None)
+        if self.pool is not None and view is not None:
+            self.pool.on_event = view.publish
+            view.following_hooks.append(lambda on: self.pool.broadcast(p.Follow, on=on))  # type: ignore[union-attr]
+        if isinstance(self.grants, Grants):
+            self.grants.listeners.append(self.control.grant_changed)
+        if config.listen.http:
+            self._listen("http", config.listen.http, ControlSite(self.control))
+        if config.listen.ssh:
+            self._listen("ssh", config.listen.ssh, make_ssh_factory(self.control))
+
+    def _data_path(self, config: Config, reactor: Any, metrics: Metrics, tracker: SessionTracker,
+                   worker: WorkerRole | None) -> None:
+        """Policy, masking, review and journal stages, and the postgres listener."""
         record = self.journal.record if self.journal else None  # policy decisions and tripwire ends, in sequence
-        functions = FunctionCatalogs(catalog_loader(reactor, lambda: self.config, CATALOG_QUERY, "function catalog"), reactor,
-                                     max_age=config.functions.catalog_max_age)
+        functions = FunctionCatalogs(catalog_loader(reactor, lambda: self.config, CATALOG_QUERY, "function catalog"),
+                                     reactor, max_age=config.functions.catalog_max_age)
         self.policy = PolicyStage(Policy.from_config(config), default_classifier, record=record,
                                   count=metrics.statement, max_statement_bytes=config.max_statement_bytes,
                                   functions=functions)
@@ -107,42 +156,52 @@ class GatewayService(service.MultiService):
                                                         "relation catalog"), reactor,
                                          max_age=config.masking.catalog_max_age)
             self.masking = MaskingStage(config.masking, record, metrics.masked, relations)
-        self.reviews = Reviews(reactor, record, where=review_hint(config), redact=self._redact)
-        self.reviews.listeners.append(metrics.review)
         self.policy.reviewing = True
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
                                + ([self.masking] if self.masking else []) + [ReviewStage(self.reviews)])
-        self.grants = self._grants(config, reactor)
-        self.alerts = Alerts(config.alerts, reactor, config.gateway.node, bursts=config.bursts or BurstSettings())
-        self.reviews.listeners.append(lambda event, req: self.alerts.event(f"review.{event}", req.summary()))
-        if self.grants is not None:
-            self.grants.listeners.append(lambda event, g: self.alerts.event(f"grant.{event}", g.summary()))
-        self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, [tracker, self.alerts]),
+        observers: list[Any] = [tracker, self.alerts] + ([worker.link] if worker else [])
+        self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, observers),
                                       identity=self.identity,
                                       metrics=metrics, record=record, grants=self.grants,
                                       alert=self.alerts.event, on_login_failed=self.alerts.login_failed)
-        self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
-                                    tracker=tracker, metrics=metrics)
-        if self.grants is not None:
-            self.grants.listeners.append(self.control.grant_changed)
-        self._listeners: dict[str, Listener] = {}
-        self._listen("postgres", config.listen.postgres, self.factory)
-        if config.listen.http:
-            self._listen("http", config.listen.http, ControlSite(self.control))
-        if config.listen.ssh:
-            self._listen("ssh", config.listen.ssh, make_ssh_factory(self.control))
+        if worker is None:
+            self._listen("postgres", config.listen.postgres, self.factory)
+            return
+        link = worker.link
+        self.factory.worker = worker.index
+        self.factory.live_sessions = lambda: len(self.registry) + link.others
+        self.factory.cancel_elsewhere = link.cancel_elsewhere
+        self.identity.outcome_hooks.append(link.login_outcome)
+        if self.writer is not None:
+            self.writer.written_hooks.append(link.journal_written)
+        svc = AdoptedListener(reactor, worker, self.factory)
+        svc.setName("postgres")
+        svc.setServiceParent(self)
+        self._listeners["postgres"] = svc
+
+    def _session_record(self, info: SessionInfo, kind: str, fields: dict[str, Any]) -> None:
+        """A record of another part (a review step) into a session's journal sequence:
+        this process's journal, or the stream of the worker that serves the session."""
+        if self.pool is not None:
+            self.pool.record(info, kind, fields)
+        elif self.journal is not None:
+            self.journal.record(info, kind, fields)
+
+    def _workers_ready(self) -> None:
+        self.notifier.ready("serving " + ", ".join(f"{k} on {v}" for k, v in self.listeners().items())
+                            + f" with {self.config.gateway.workers} workers")
 
     def _redact(self, info: SessionInfo, text: str) -> str:
         """A statement as reviewers see it: what the session's masking detectors find, redacted."""
-        masking = self.masking.config if self.masking is not None else None
+        masking = self.config.masking
         ident = info.identity
         masker = masking.masker(info.level, ident.name if ident else None, ident.groups if ident else (),
                                 info.application_name, info.connection) if masking else None
         return masker.redact(text) if masker is not None and masker.detecting else text
 
-    def _grants(self, config: Config, reactor: Any) -> Grants | None:
+    def _grants(self, config: Config, reactor: Any) -> Grants | GrantsView | None:
         """The access grants, kept in [gateway] state_dir (None, logged, when it cannot be opened:
-        then nobody gets a grant)."""
+        then nobody gets a grant); a worker only reads them."""
         def settings(name: str) -> tuple[tuple[str, ...], float] | None:
             conn = self.config.connections.get(name)
             return (conn.grant_reviewers, conn.max_grant) if conn is not None else None
@@ -154,13 +213,15 @@ class GatewayService(service.MultiService):
 
         path = Path(config.gateway.state_dir) / "grants.sqlite"
         try:
+            if self.worker is not None:
+                return GrantsView(GrantStore(path), reactor)
             return Grants(GrantStore(path), reactor, settings, end_sessions)
         except (OSError, sqlite3.Error) as e:
             log.error("access grants are off: cannot open {path}: {err}", path=str(path), err=e)
             return None
 
-    def _listen(self, name: str, description: str, factory: Any) -> None:
-        svc = Listener(self.reactor, description, factory)
+    def _listen(self, name: str, description: str, factory: Any, accept: bool = True) -> None:
+        svc = Listener(self.reactor, description, factory, accept=accept)
         svc.setName(name)
         svc.setServiceParent(self)
         self._listeners[name] = svc
@@ -176,6 +237,8 @@ class GatewayService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.pool is not None:
+            return  # ready once every worker serves (_workers_ready)
         bound = defer.gatherResults([svc.bound for svc in self._listeners.values()], consumeErrors=True)
         bound.addCallbacks(lambda _: self.notifier.ready(
             "serving " + ", ".join(f"{k} on {v}" for k, v in self.listeners().items())), lambda f: None)
@@ -193,7 +256,9 @@ class GatewayService(service.MultiService):
                  if getattr(new.listen, k) != getattr(self.config.listen, k)]
         if new.policy_enabled != self.config.policy_enabled:
             moved.append("policy.enabled")
-        if new.masking is not None and self.masking is None:
+        if new.gateway.workers != self.config.gateway.workers:
+            moved.append("gateway.workers")
+        if new.masking is not None and self.config.masking is None:
             moved.append("masking.rules (the first ones)")
         if moved:
             log.warn("reload: {keys} changed; that takes a restart", keys=", ".join(moved))
@@ -205,6 +270,8 @@ class GatewayService(service.MultiService):
             return f"applying the new config failed: {e}"
         log.info("config reloaded ({by}) from {src}: {n} connections, {u} local users", by=by, src=new.source,
                  n=len(new.connections), u=len(new.users))
+        if self.pool is not None:
+            self.pool.broadcast(p.Reload, by=by)
         _warn(new)
         self.notifier.ready("config reloaded")
         return None
@@ -213,9 +280,13 @@ class GatewayService(service.MultiService):
         """Hand a validated config to every part that keeps one (new sessions use it)."""
         configure(new.logging.level, new.logging.levels)
         self.config = new
-        self.factory.reconfigure(new)
         self.identity.reconfigure(new.identity)
         self.alerts.configure(new.alerts)
+        if self.pool is not None:  # the supervisor: the workers apply the rest themselves
+            if self.writer is not None:
+                self.writer.reconfigure(new.journal)
+            return
+        self.factory.reconfigure(new)
         self.policy.policy = Policy.from_config(new)
         self.policy.max_statement_bytes = new.max_statement_bytes
         if self.policy.functions is not None:
@@ -231,6 +302,11 @@ class GatewayService(service.MultiService):
     def stopService(self) -> Any:
         self.stopping = True
         self.notifier.stopping()
+        if self.pool is not None:  # the workers drain their sessions themselves
+            yield super().stopService()
+            if self.grants is not None:
+                self.grants.store.close()
+            return
         yield self._listeners["postgres"].stopService()  # stop accepting clients
         yield self._drain(self.config.control.shutdown_grace)
         if len(self.registry):

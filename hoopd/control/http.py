@@ -109,8 +109,8 @@ class ControlApi:
         ready, checks = yield self.plane.readiness()
         return Reply({"ready": ready, "checks": checks}, 200 if ready else 503)
 
-    def metrics(self, request: Request, who: Principal | None) -> Reply:
-        return Reply(self.plane.metrics.render(), content_type=CONTENT_TYPE)
+    def metrics(self, request: Request, who: Principal | None) -> Any:
+        return self.plane.metrics_text().addCallback(lambda text: Reply(text, content_type=CONTENT_TYPE))
 
     def openapi(self, request: Request, who: Principal | None) -> Reply:
         return Reply(DOCUMENT)

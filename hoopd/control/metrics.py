@@ -211,3 +211,45 @@ class Metrics:
         if self.identity_failures is not None:
             total.update(self.identity_failures())
         return dict(total)
+
+
+SESSION_FAMILIES = ("hoopd_sessions_active", "hoopd_sessions", "hoopd_client_bytes_received",
+                    "hoopd_client_bytes_sent", "hoopd_session_statements")  # the supervisor counts these itself
+
+
+def merge_metrics(own: bytes, workers: list[tuple[int, bytes]]) -> bytes:
+    """One exposition of the supervisor's metrics and its workers' (their samples get a
+    ``worker`` label; families the supervisor counts itself from its registry are
+    taken from it alone)."""
+    families: dict[str, tuple[list[str], list[str]]] = {}  # name -> (HELP/TYPE lines, samples)
+
+    def add(text: bytes, label: str | None) -> None:
+        name = None
+        for line in text.decode().splitlines():
+            if line.startswith("# "):
+                parts = line.split(" ", 3)
+                name = parts[2]
+                head, _ = families.setdefault(name, ([], []))
+                if line not in head:
+                    head.append(line)
+                continue
+            if not line or name is None:
+                continue
+            if label is not None and name in SESSION_FAMILIES:
+                continue
+            if label is not None:
+                brace = line.find("{")
+                space = line.find(" ")
+                if brace != -1 and brace < space:
+                    line = f'{line[:brace + 1]}worker="{label}",{line[brace + 1:]}'
+                else:
+                    line = f'{line[:space]}{{worker="{label}"}}{line[space:]}'
+            families[name][1].append(line)
+
+    add(own, None)
+    for index, text in workers:
+        add(text, str(index))
+    out = []
+    for head, samples in families.values():
+        out += head + samples
+    return ("\n".join(out) + "\n").encode()

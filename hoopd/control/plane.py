@@ -6,14 +6,15 @@ journal is wired, journaled the same way whichever door it came through.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol as TxProtocol
 
 from hoopd.config import Config
-from hoopd.control.metrics import Metrics
+from hoopd.control.metrics import Metrics, merge_metrics
 from hoopd.control.providers import JournalView, TokenVerifier
 from hoopd.control.summary import config_summary
 from hoopd.control.tracker import SessionTracker
@@ -57,8 +58,10 @@ def _who(by: str) -> str:
 class ControlPlane:
     def __init__(self, gateway: Gateway, reactor: Any, journal: JournalView | None = None,
                  token_verifier: TokenVerifier | None = None, tracker: SessionTracker | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 worker_metrics: Callable[[], Deferred[list[tuple[int, bytes]]]] | None = None) -> None:
         self.gateway = gateway
+        self.worker_metrics = worker_metrics  # [gateway] workers: each worker's /metrics text
         self.reactor = reactor
         self.journal = journal
         self.token_verifier = token_verifier
@@ -103,6 +106,13 @@ class ControlPlane:
             "login_failures": self.metrics.login_failures(),
             "connections": sorted(self.config.connections),
         }
+
+    def metrics_text(self) -> Deferred[bytes]:
+        """The /metrics exposition: this process's, and its workers' (labelled by worker)."""
+        own = self.metrics.render()
+        if self.worker_metrics is None:
+            return defer.succeed(own)
+        return self.worker_metrics().addCallback(lambda got: merge_metrics(own, got))
 
     def config_summary(self) -> dict[str, Any]:
         return config_summary(self.config)

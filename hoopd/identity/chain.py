@@ -10,7 +10,7 @@ limiter. The secret never reaches a log line or an error.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
@@ -43,6 +43,7 @@ class IdentityChain(service.MultiService):
         self.clock = clock or reactor
         self.failures: Counter[str] = Counter()  # refusal reason -> count
         self.logins: Counter[str] = Counter()  # identity source -> successful logins
+        self.outcome_hooks: list[Callable[[str, str, bool], None]] = []  # (user, peer, ok) of counted logins
         self.limiter = FailedLoginLimiter(cfg.max_failed_logins_per_user, cfg.max_failed_logins_per_address,
                                           cfg.failed_login_window, self.clock, cfg.max_failed_logins_per_user_total)
         self.oidc: OIDCAuthenticator | None = None
@@ -92,6 +93,7 @@ class IdentityChain(service.MultiService):
         self.failures[err.reason] += 1
         if err.reason not in NOT_COUNTED:
             self.limiter.failed(username, peer)
+            self._outcome(username, peer, False)
         emit = log.warn if err.reason in NOT_COUNTED - {"rate_limited"} else log.info
         emit("login refused for {user!r} from {peer}: {reason}{detail}", user=username, peer=peer,
              reason=err.reason, detail=f" ({err.detail})" if err.detail else "")
@@ -99,9 +101,14 @@ class IdentityChain(service.MultiService):
     def succeeded(self, identity: Identity, peer: str) -> None:
         self.logins[identity.source] += 1
         self.limiter.succeeded(identity.name, peer)
+        self._outcome(identity.name, peer, True)
         log.debug("login of {user!r} ({source}) from {peer}", user=identity.name, source=identity.source, peer=peer)
 
     # --- PasswordAuthenticator -------------------------------------------------------------
+
+    def _outcome(self, username: str, peer: str, ok: bool) -> None:
+        for hook in self.outcome_hooks:
+            hook(username, peer, ok)
 
     def authenticate(self, username: str, password: str, peer: str) -> Deferred[Identity]:
         """Fires with the Identity of the first source that accepts the password; fails with

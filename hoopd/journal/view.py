@@ -30,6 +30,7 @@ class LiveJournal:
         self.reactor = reactor
         self._users: OrderedDict[str, str | None] = OrderedDict()  # session -> user, most recent last
         self._followers: list[tuple[Callable[[Event], None], str | None, str | None]] = []
+        self.following_hooks: list[Callable[[bool], None]] = []  # told when the first follower comes, the last goes
         writer.written_hooks.append(self._written)
 
     def problem(self) -> str | None:
@@ -85,26 +86,42 @@ class LiveJournal:
                user: str | None = None) -> Callable[[], None]:
         entry = (on_event, session, user)
         self._followers.append(entry)
+        if len(self._followers) == 1:
+            self._following(True)
 
         def stop() -> None:
             if entry in self._followers:
                 self._followers.remove(entry)
+                if not self._followers:
+                    self._following(False)
         return stop
 
+    def _following(self, on: bool) -> None:
+        for hook in self.following_hooks:
+            hook(on)
+
     def _written(self, rec: dict[str, Any], nbytes: int, seconds: float) -> None:
-        if rec.get("kind") == r.SESSION_START:
-            self._remember(rec["session"], rec.get("user"))
         if not self._followers or rec.get("session") is None:
+            if rec.get("kind") == r.SESSION_START:
+                self._remember(rec["session"], rec.get("user"))
             return
-        event = render.jsonable(r.expand(dict(rec)) if "wire" in rec else rec)
+        self.publish(render.jsonable(r.expand(dict(rec)) if "wire" in rec else rec))
+
+    def publish(self, event: Event) -> None:
+        """Hand an event (a record as ``render.jsonable`` makes it: this writer's, or a
+        worker's) to the followers it matches."""
+        if event.get("kind") == r.SESSION_START:
+            self._remember(event["session"], event.get("user"))
         for entry in list(self._followers):
             on_event, session, user = entry
-            if self._matches(rec, session, user):
+            if self._matches(event, session, user):
                 try:
                     on_event(event)
                 except Exception:
                     log.failure("journal: a follower failed; it is stopped")
                     self._followers.remove(entry)
+                    if not self._followers:
+                        self._following(False)
 
     def format(self, event: Event) -> str:
         ts = event.get("ts")

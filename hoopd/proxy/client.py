@@ -76,6 +76,11 @@ class GatewayFactory(Factory):
         self.metrics = metrics
         self.record = record  # journals tripwire ends
         self.budget = BufferBudget(config.gateway.max_buffered_bytes)
+        # as one of [gateway] workers (hoopd.workers.child): its index, the live sessions of all
+        # workers, and who else may know a cancel key
+        self.worker: int | None = None
+        self.live_sessions: Callable[[], int] = lambda: len(registry)
+        self.cancel_elsewhere: Callable[[int, bytes], Deferred[bool]] | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -128,7 +133,7 @@ class ClientProtocol(TwistedProtocol):
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", "?")
         self.info = SessionInfo(id=uuid.uuid4().hex[:16], peer=f"{self.peer_host}:{getattr(peer, 'port', '')}",
-                                started=self.gw.reactor.seconds())
+                                started=self.gw.reactor.seconds(), worker=self.gw.worker)
         self._timeout = self.gw.reactor.callLater(self.config.gateway.login_timeout, self._login_timeout)
 
     def _login_timeout(self) -> None:
@@ -312,6 +317,12 @@ class ClientProtocol(TwistedProtocol):
         if 8 <= len(body) <= 260:
             (pid,) = _I32.unpack_from(body, 0)
             target = self.gw.registry.by_cancel_key(pid, body[4:])
+            if target is None and self.gw.cancel_elsewhere is not None:  # another worker's session?
+                d = self.gw.cancel_elsewhere(pid, body[4:])
+                d.addCallback(lambda found: found or log.debug("cancel request with an unknown key from {peer}",
+                                                               peer=self.info.peer))
+                d.addBoth(lambda _: self.transport.loseConnection())
+                return
         if target is None:
             log.debug("cancel request with an unknown key from {peer}", peer=self.info.peer)
             self.transport.loseConnection()
@@ -432,7 +443,7 @@ class ClientProtocol(TwistedProtocol):
             self._refuse_login(pe.INVALID_AUTHORIZATION,
                                f'hoopd: user "{identity.name}" has no access to connection "{conn.name}"', "no_access")
             return
-        if len(self.gw.registry) >= self.config.gateway.max_sessions:
+        if self.gw.live_sessions() >= self.config.gateway.max_sessions:
             self._refuse_login(pe.TOO_MANY_CONNECTIONS, "hoopd: too many sessions", "too_many_sessions")
             return
         self.connection_config = conn

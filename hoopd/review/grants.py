@@ -15,7 +15,7 @@ import os
 import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from hoopd.levels import LEVEL_RANK
 from hoopd.log import get_logger
@@ -72,6 +72,30 @@ class GrantStore:
         self.db.close()
 
 
+def best_grant(grants: Iterable[Grant], user: str, connection: str, now: float) -> tuple[str, str] | None:
+    """(level, grant id) of the highest of ``grants`` active for ``user`` on ``connection`` at ``now``."""
+    best: Grant | None = None
+    for g in grants:
+        if (g.status == "active" and g.connection == connection and name_key(g.user) == name_key(user)
+                and (g.expires or 0) > now and (best is None or LEVEL_RANK[g.level] > LEVEL_RANK[best.level])):
+            best = g
+    return (best.level, best.id) if best is not None else None
+
+
+class GrantsView:
+    """The grants as a worker process reads them (``[gateway] workers``): straight from
+    the store the supervisor's Grants keep, at each login, so an approval or a revoke
+    there counts here at once. (Ending the sessions of a revoked or expired grant is
+    the supervisor's.)"""
+
+    def __init__(self, store: GrantStore, clock: Any) -> None:
+        self.store = store
+        self.clock = clock
+
+    def level(self, user: str, connection: str) -> tuple[str, str] | None:
+        return best_grant(self.store.all(), user, connection, self.clock.seconds())
+
+
 class Grants:
     """See the module docstring. ``settings(connection)`` gives (grant_reviewers,
     max_grant) of a configured connection, or None when it is not configured."""
@@ -102,13 +126,7 @@ class Grants:
 
     def level(self, user: str, connection: str) -> tuple[str, str] | None:
         """(level, grant id) of the highest active grant of ``user`` on ``connection``."""
-        now = self.clock.seconds()
-        best: Grant | None = None
-        for g in self._grants.values():
-            if (g.status == "active" and g.connection == connection and name_key(g.user) == name_key(user)
-                    and (g.expires or 0) > now and (best is None or LEVEL_RANK[g.level] > LEVEL_RANK[best.level])):
-                best = g
-        return (best.level, best.id) if best is not None else None
+        return best_grant(self._grants.values(), user, connection, self.clock.seconds())
 
     def request(self, user: str, connection: str, level: str, duration: float, reason: str) -> Grant:
         found = self.settings(connection)

@@ -116,6 +116,13 @@ def review_hint(config: Any) -> str:
     return "reviewers decide with " + " or ".join(ways) if ways else ""
 
 
+def notice(rid: str, rule: str, settings: ReviewSettings, where: str) -> str:
+    """What the client of a held statement is told at once."""
+    hint = f"; {where.format(id=rid)}" if where else ""
+    return (f"hoopd: waiting for approval of request #{rid} by {', '.join(settings.reviewers)}"
+            f" (rule {rule}, up to {settings.timeout:g}s){hint}")
+
+
 Listener = Callable[[str, Request], None]  # (event: requested | approval | an OUTCOME, request)
 
 
@@ -135,20 +142,19 @@ class Reviews:
     # --- the session's side -----------------------------------------------------------
 
     def open(self, info: SessionInfo, statement: str, rule: str, message: str,
-             settings: ReviewSettings) -> tuple[Request, Hold]:
-        """A new pending request and the Hold its session waits on (fires with None:
-        approved, or a Deny; cancelling it withdraws the request)."""
+             settings: ReviewSettings, rid: str | None = None) -> tuple[Request, Hold]:
+        """A new pending request (``rid``: its id, when a worker minted it) and the Hold its
+        session waits on (fires with None: approved, or a Deny; cancelling it withdraws
+        the request)."""
         now = self.clock.seconds()
         ident = info.identity
         if self.redact is not None:
             statement = self.redact(info, statement)
-        req = Request(os.urandom(4).hex(), info.id, ident.name if ident else None,
+        req = Request(rid or os.urandom(4).hex(), info.id, ident.name if ident else None,
                       tuple(sorted(ident.groups)) if ident else (), info.connection, info.level,
                       info.application_name, info.peer, statement, rule, message, settings, now,
                       now + settings.timeout)
-        where = f"; {self.where.format(id=req.id)}" if self.where else ""
-        hold = Hold(f"hoopd: waiting for approval of request #{req.id} by {', '.join(settings.reviewers)}"
-                    f" (rule {rule}, up to {settings.timeout:g}s){where}",
+        hold = Hold(notice(req.id, rule, settings, self.where),
                     lambda _: self._end(req, "withdrawn", None, "the client cancelled or left"))
         req.waiter = hold
         req.timer = self.clock.callLater(settings.timeout, self._end, req, "expired", None,

@@ -1,0 +1,138 @@
+"""What the supervisor and its workers say to each other: AMP commands over each
+worker's stdin/stdout (hoopd.workers.supervisor, hoopd.workers.child).
+
+Structured values travel as JSON in a ``Json`` argument (AMP caps one value at 64 KiB:
+callers keep them small, see ``MAX_EVENT``).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.protocols import amp
+
+MAX_EVENT = 60_000  # bytes of one live journal event; larger ones lose their rows
+
+
+class Json(amp.Argument):
+    """Any JSON value, as UTF-8 text."""
+
+    def toString(self, inObject: Any) -> bytes:
+        return json.dumps(inObject, separators=(",", ":"), default=str).encode()
+
+    def fromString(self, inString: bytes) -> Any:
+        return json.loads(inString)
+
+
+# --- worker -> supervisor ------------------------------------------------------------
+
+class Hello(amp.Command):
+    """The worker's first words: it serves (its listener is adopted, its journal open)."""
+    arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer())]
+    response: list = []
+
+
+class SessionStarted(amp.Command):
+    arguments = [(b"summary", Json())]
+    response: list = []
+    requiresAnswer = False
+
+
+class SessionEnded(amp.Command):
+    arguments = [(b"summary", Json()), (b"reason", amp.Unicode())]
+    response: list = []
+    requiresAnswer = False
+
+
+class SessionCounters(amp.Command):
+    """Live sessions whose counters moved since the last report: [summary, ...]."""
+    arguments = [(b"summaries", Json())]
+    response: list = []
+    requiresAnswer = False
+
+
+class LoginOutcome(amp.Command):
+    """A login that failed or succeeded, for every other worker's failed-login limiter
+    (the supervisor passes it on)."""
+    arguments = [(b"user", amp.Unicode()), (b"peer", amp.Unicode()), (b"ok", amp.Boolean())]
+    response: list = []
+    requiresAnswer = False
+
+
+class CancelElsewhere(amp.Command):
+    """A CancelRequest whose key no session of this worker has: try the others."""
+    arguments = [(b"pid", amp.Integer()), (b"secret", amp.String())]
+    response = [(b"found", amp.Boolean())]
+
+
+class OpenReview(amp.Command):
+    """A statement held for review in a worker: the supervisor keeps the request."""
+    arguments = [(b"rid", amp.Unicode()), (b"session", Json()), (b"statement", amp.Unicode()),
+                 (b"rule", amp.Unicode()), (b"message", amp.Unicode()), (b"settings", Json()),
+                 (b"break_glass", amp.Boolean())]
+    response: list = []
+
+
+class WithdrawReview(amp.Command):
+    arguments = [(b"rid", amp.Unicode())]
+    response: list = []
+    requiresAnswer = False
+
+
+class JournalEvent(amp.Command):
+    """A journal record as the live tail shows it (sent while the supervisor has followers)."""
+    arguments = [(b"event", Json())]
+    response: list = []
+    requiresAnswer = False
+
+
+# --- supervisor -> worker ------------------------------------------------------------
+
+class Kill(amp.Command):
+    arguments = [(b"session", amp.Unicode()), (b"reason", amp.Unicode()), (b"by", amp.Unicode())]
+    response = [(b"found", amp.Boolean())]
+
+
+class Cancel(amp.Command):
+    arguments = [(b"pid", amp.Integer()), (b"secret", amp.String())]
+    response = [(b"found", amp.Boolean())]
+
+
+class Reload(amp.Command):
+    arguments = [(b"by", amp.Unicode())]
+    response = [(b"error", amp.Unicode(optional=True))]
+
+
+class Metrics(amp.Command):
+    """The worker's /metrics text from ``offset`` on (rendered when offset is 0), in pieces."""
+    arguments = [(b"offset", amp.Integer())]
+    response = [(b"text", amp.String()), (b"total", amp.Integer())]
+
+
+class OthersSessions(amp.Command):
+    """How many live sessions the other workers have (for [gateway] max_sessions)."""
+    arguments = [(b"count", amp.Integer())]
+    response: list = []
+    requiresAnswer = False
+
+
+class ReviewDecided(amp.Command):
+    """The end of a request: approved (no sqlstate) or a refusal to answer the client with."""
+    arguments = [(b"rid", amp.Unicode()), (b"sqlstate", amp.Unicode(optional=True)),
+                 (b"message", amp.Unicode(optional=True))]
+    response: list = []
+    requiresAnswer = False
+
+
+class Record(amp.Command):
+    """A record of the supervisor's (a review step) for a session's journal sequence."""
+    arguments = [(b"session", amp.Unicode()), (b"kind", amp.Unicode()), (b"fields", Json())]
+    response: list = []
+    requiresAnswer = False
+
+
+class Follow(amp.Command):
+    """Start or stop sending JournalEvents."""
+    arguments = [(b"on", amp.Boolean())]
+    response: list = []
+    requiresAnswer = False
