@@ -70,5 +70,19 @@ class AdoptedListener(Listener):
 
     def privilegedStartService(self) -> None:
         service.Service.privilegedStartService(self)
-        self.bound = defer.succeed(self.reactor.adoptStreamPort(self.role.fd, self.role.family, self.factory))
+        port = self.reactor.adoptStreamPort(self.role.fd, self.role.family, self.factory)
+        _one_accept_per_wakeup(port)
+        self.bound = defer.succeed(port)
         self.bound.addCallbacks(self._listening, self._failed)
+
+
+def _one_accept_per_wakeup(port: Any) -> None:
+    """Every worker's reactor wakes for a new connection on the shared socket; Twisted's
+    Port would then accept up to 100 in a row, so the first one awake takes a whole burst.
+    One per wake-up lets the least busy worker take each connection."""
+    read = port.doRead
+
+    def doRead() -> Any:
+        port.numberAccepts = 1
+        return read()
+    port.doRead = doRead

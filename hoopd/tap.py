@@ -43,7 +43,6 @@ from hoopd.proxy.client import GatewayFactory
 from hoopd.proxy.registry import SessionRegistry
 from hoopd.sdnotify import Notifier, watchdog_service
 from hoopd.session import SessionInfo, Stage
-from hoopd.workers import protocol as p
 from hoopd.workers.child import RemoteReviews, WorkerRole, worker_node
 from hoopd.workers.supervisor import Refuse, WorkerPool
 
@@ -129,7 +128,7 @@ class GatewayService(service.MultiService):
                                     worker_metrics=self.pool.metrics if self.pool is not None else None)
         if self.pool is not None and view is not None:
             self.pool.on_event = view.publish
-            view.following_hooks.append(lambda on: self.pool.broadcast(p.Follow, on=on))  # type: ignore[union-attr]
+            view.following_hooks.append(self.pool.follow)
         if isinstance(self.grants, Grants):
             self.grants.listeners.append(self.control.grant_changed)
         if config.listen.http:
@@ -233,7 +232,10 @@ class GatewayService(service.MultiService):
                 return None
             a = port.getHost()
             return f"{a.host}:{a.port}" if hasattr(a, "port") else str(a)
-        return {name: show(svc.port) for name, svc in self._listeners.items()}
+        found = {name: show(svc.port) for name, svc in self._listeners.items()}
+        if self.pool is not None and not self.pool.serving:  # postgres serves once every worker does
+            found["postgres"] = None
+        return found
 
     def startService(self) -> None:
         super().startService()
@@ -271,7 +273,7 @@ class GatewayService(service.MultiService):
         log.info("config reloaded ({by}) from {src}: {n} connections, {u} local users", by=by, src=new.source,
                  n=len(new.connections), u=len(new.users))
         if self.pool is not None:
-            self.pool.broadcast(p.Reload, by=by)
+            self.pool.reload(by)
         _warn(new)
         self.notifier.ready("config reloaded")
         return None

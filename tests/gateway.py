@@ -52,11 +52,11 @@ def connection_toml(name: str, host: str, port: int, database: str, user: str, p
 class Gateway:
     """A ``twistd -n hoopd`` process with a config written into ``folder``."""
 
-    def __init__(self, folder: Path, body: str, *, port: int | None = None) -> None:
+    def __init__(self, folder: Path, body: str, *, port: int | None = None, gateway: str = "") -> None:
         self.folder = folder
         self.port = port or free_port()
         self.config = folder / "hoopd.toml"
-        self.config.write_text(f'[gateway]\nnode = "test"\nstate_dir = "{folder}"\n'
+        self.config.write_text(f'[gateway]\nnode = "test"\nstate_dir = "{folder}"\n{gateway}'
                                f'[listen]\npostgres = "tcp:{self.port}:interface=127.0.0.1"\n' + body)
         self.log_path = folder / "gateway.log"
         self.proc: subprocess.Popen | None = None

@@ -306,7 +306,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for b in rep.broken:
         print(f"BROKEN: {b}")
     if rep.ok:
-        print(f"OK: {rep.segments} segments, {rep.records} records, hash chain intact" + (" (HMAC)" if key else "")
+        nodes = sorted({s.node for s in segs})
+        streams = f" of {len(nodes)} streams ({', '.join(nodes)})" if len(nodes) > 1 else ""
+        print(f"OK: {rep.segments} segments{streams}, {rep.records} records, hash chain intact"
+              + (" (HMAC)" if key else "")
               + ("" if anchors else "; no chain anchor given (--anchor FILE, or --config for the gateway's"
                  " state_dir), so records cut from the end would not show"))
         return 0

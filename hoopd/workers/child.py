@@ -30,6 +30,7 @@ from hoopd.policy.rules import ReviewSettings
 from hoopd.review.requests import notice
 from hoopd.session import Deny, Hold, SessionInfo
 from hoopd.workers import protocol as p
+from hoopd.workers.protocol import send
 
 log = get_logger("hoopd.workers")
 FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "unix": socket.AF_UNIX}
@@ -71,11 +72,9 @@ class WorkerLink(amp.AMP):
             log.warn("worker {i}: the supervisor is gone; stopping", i=self.index)
             self.reactor.stop()
 
-    def send(self, command: type[amp.Command], **kw: Any) -> Deferred[Any]:
+    def send(self, command: type[amp.Command], **kw: Any) -> None:
         """callRemote whose failure (the supervisor gone) is logged, not raised."""
-        d = self.callRemote(command, **kw)
-        return d.addErrback(lambda f: log.warn("worker {i}: {cmd} to the supervisor failed: {err}", i=self.index,
-                                               cmd=command.__name__, err=f.getErrorMessage()))
+        send(self, f"worker {self.index}", command, kw)
 
     # --- what the worker tells ----------------------------------------------------------
 

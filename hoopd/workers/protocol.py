@@ -10,7 +10,11 @@ import json
 from typing import Any
 
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
+from hoopd.log import get_logger
+
+log = get_logger("hoopd.workers")
 MAX_EVENT = 60_000  # bytes of one live journal event; larger ones lose their rows
 
 
@@ -22,6 +26,19 @@ class Json(amp.Argument):
 
     def fromString(self, inString: bytes) -> Any:
         return json.loads(inString)
+
+
+def send(link: amp.AMP, peer: str, command: type[amp.Command], kw: dict[str, Any]) -> None:
+    """callRemote without raising: a failure (the other end gone) is logged."""
+    def failed(f: Failure) -> None:
+        log.warn("{peer}: {cmd} failed: {err}", peer=peer, cmd=command.__name__, err=f.getErrorMessage())
+    try:
+        d = link.callRemote(command, **kw)
+    except Exception:
+        failed(Failure())
+        return
+    if d is not None:  # (None: a command that wants no answer)
+        d.addErrback(failed)
 
 
 # --- worker -> supervisor ------------------------------------------------------------

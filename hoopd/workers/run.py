@@ -12,7 +12,7 @@ import signal
 import sys
 
 from twisted.internet import stdio
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
 
 from hoopd.config import load
 from hoopd.confkit import ConfigError
@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     from twisted.internet import reactor
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    def line(event: dict) -> str | None:  # "<time> [w<N> namespace#level] text": which worker said it
+        text = formatEventAsClassicLogText(event)
+        return text.replace(" [", f" [w{args.index} ", 1) if text else None
+    globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stderr, line)], redirectStandardIO=False)
     try:
         config = load(args.config)
     except ConfigError as e:

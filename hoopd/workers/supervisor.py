@@ -39,6 +39,7 @@ from hoopd.proxy.registry import SessionRegistry
 from hoopd.review.requests import Reviews
 from hoopd.session import Deny, Hold, SessionInfo
 from hoopd.workers import protocol as p
+from hoopd.workers.protocol import send
 
 log = get_logger("hoopd.workers")
 RESTART_FIRST, RESTART_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0  # seconds
@@ -189,8 +190,7 @@ class Worker(ProcessProtocol):
 
     def send(self, command: type[amp.Command], **kw: Any) -> None:
         """callRemote whose failure (the worker gone) is logged, not raised."""
-        self.call(command, **kw).addErrback(lambda f: log.warn(
-            "worker {i}: {cmd} failed: {err}", i=self.index, cmd=command.__name__, err=f.getErrorMessage()))
+        send(self.link, f"worker {self.index}", command, kw)
 
     def signal(self, sig: int) -> None:
         try:
@@ -221,6 +221,7 @@ class WorkerPool(service.Service):
         self._backoff: dict[int, float] = {}
         self._holds: dict[str, tuple[Hold, Worker]] = {}
         self._announced = False
+        self.following = False  # the live journal has followers
         self.stopping = False
 
     # --- processes ----------------------------------------------------------------------
@@ -245,8 +246,10 @@ class WorkerPool(service.Service):
     def worker_ready(self, w: Worker) -> None:
         w.ready = True
         log.info("worker {i} serving (pid {pid})", i=w.index, pid=w.transport.pid)  # type: ignore[union-attr]
+        if self.following:
+            w.send(p.Follow, on=True)
         self._counts()
-        if not self._announced and all(x.ready for x in self.workers.values()) and len(self.workers) == self.count:
+        if not self._announced and self.serving:
             self._announced = True
             self.on_ready()
 
@@ -268,6 +271,11 @@ class WorkerPool(service.Service):
         log.error("worker {i} exited ({why}); its sessions ended; restarting it in {d:g}s", i=w.index,
                   why="cleanly" if clean else reason.getErrorMessage(), d=delay)
         self.reactor.callLater(delay, self._spawn, w.index)
+
+    @property
+    def serving(self) -> bool:
+        """Every worker is up and serves."""
+        return len(self.workers) == self.count and all(w.ready for w in self.workers.values())
 
     def others(self, w: Worker) -> list[Worker]:
         return [x for x in self.workers.values() if x is not w and x.ready]
@@ -316,10 +324,21 @@ class WorkerPool(service.Service):
             if w.ready:
                 w.send(p.OthersSessions, count=total - per.get(w, 0))
 
-    def broadcast(self, command: type[amp.Command], **kw: Any) -> Deferred[list[Any]]:
-        """Ask every ready worker; a failed answer is None."""
-        asked = [w.call(command, **kw).addErrback(lambda f: None) for w in self.workers.values() if w.ready]
-        return defer.gatherResults(asked)
+    def follow(self, on: bool) -> None:
+        """Someone follows the live journal (or the last one stopped): workers send events."""
+        self.following = on
+        for w in self.workers.values():
+            if w.ready:
+                w.send(p.Follow, on=on)
+
+    def reload(self, by: str) -> None:
+        """Every worker re-reads the config file (a worker that rejects it logs why, and so does this)."""
+        for w in self.workers.values():
+            if w.ready:
+                w.call(p.Reload, by=by).addCallbacks(
+                    lambda got, w=w: got["error"] and log.error("worker {i}: reload rejected: {err}", i=w.index,
+                                                                err=got["error"]),
+                    lambda f, w=w: log.warn("worker {i}: reload failed: {err}", i=w.index, err=f.getErrorMessage()))
 
     # --- reviews ------------------------------------------------------------------------
 
