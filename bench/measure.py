@@ -84,6 +84,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (a gateway's supervisor and its workers)."""
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid:  # its parent is pid
+            total += cpu_seconds(int(stat.parent.name))
+    return total
+
+
 def proc_status_kib(pid: int) -> dict[str, int]:
     """The Vm* lines of /proc/PID/status, in KiB."""
     out = {}

@@ -6,6 +6,7 @@
     .venv/bin/python bench/run.py --masking [--rounds N]         # a 1M-row result with and without masking
     .venv/bin/python bench/run.py --holds [--rounds N]           # pgbench beside 100 statements held for review
     .venv/bin/python bench/run.py --journal [--rounds N]         # what recording costs (fsync modes, all rows)
+    .venv/bin/python bench/run.py --workers [--rounds N]         # workers = 1 and 2 at c=8 and c=32
 
 Makes a throwaway PostgreSQL 15 cluster (``pgbench -i -s 10``), starts hoopd in the
 configurations of VARIANTS (no TLS, a local SCRAM user: as configured by default, without
@@ -39,7 +40,7 @@ from typing import Any, Callable, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import holds, journal, masking, measure, report, seam  # noqa: E402
+from bench import holds, journal, masking, measure, report, seam, workers  # noqa: E402
 from bench.report import CONFIGS, STREAMS, config_key  # noqa: E402
 from bench.services import (Hoopd, HoopdVariant, PgBouncer, Target, ensure_pgbouncer, new_password,  # noqa: E402
                             start_postgres, version_of)
@@ -87,6 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         " (bench/seam.py)")
     p.add_argument("--masking", action="store_true",
                    help="only a 1M-row SELECT through hoopd without and with masking rules (bench/masking.py)")
+    p.add_argument("--workers", action="store_true",
+                   help="only pgbench -S c=8 and c=32 through hoopd with workers = 1 and 2, direct and pgbouncer"
+                        " (bench/workers.py)")
     p.add_argument("--journal", action="store_true",
                    help="only what recording costs: pgbench -S c=8 and a 1M-row SELECT without and with a journal"
                         " (bench/journal.py)")
@@ -351,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                 return run_part("holds", holds, args, stack)
             if args.journal:
                 return run_part("journal", journal, args, stack)
+            if args.workers:
+                return run_part("workers", workers, args, stack)
             s = setup(args, stack)
             if args.profile:
                 profile_hoopd(s.target("hoopd"), args.profile, args.duration)

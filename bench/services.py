@@ -81,6 +81,7 @@ class HoopdVariant:
     configs: tuple[str, ...] | None = None
     streams: bool = True
     root: Path | None = None
+    gateway: dict[str, int] | None = None  # [gateway] keys (e.g. workers)
 
 
 class Hoopd:
@@ -100,7 +101,8 @@ class Hoopd:
                 + ("" if variant.policy else "[policy]\nenabled = false\n") + journal
                 + f'[[users]]\nname = "{USER}"\npassword_hash = "{make_verifier(password)}"\ngroups = ["dba"]\n'
                 + connection_toml(DBNAME, "127.0.0.1", pg_port, DBNAME, USER, password))
-        self.gateway = Gateway(folder, body)
+        self.gateway = Gateway(folder, body, gateway="".join(f"{k} = {json.dumps(v)}\n"
+                                                             for k, v in (variant.gateway or {}).items()))
         self.password = password
 
     @property
@@ -166,7 +168,7 @@ class PgBouncer:
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = scram-sha-256\nauth_file = {folder / 'userlist.txt'}\n"
-            "pool_mode = session\nmax_client_conn = 100\ndefault_pool_size = 20\n"
+            "pool_mode = session\nmax_client_conn = 100\ndefault_pool_size = 40\n"
             f"logfile = {self.log_path}\nlog_connections = 0\nlog_disconnections = 0\n")
         if os.geteuid() == 0:  # pgbouncer refuses to run as root
             for p in (folder, *folder.iterdir()):
