@@ -48,17 +48,17 @@ def run(targets: list[Target], rounds: int, duration: int, say: Callable[[str], 
     for r in range(rounds):
         for t in measure.rotated([by[n] for n in PGBENCH], r):
             assert t.pid is not None
-            c0 = measure.cpu_seconds(t.pid)
+            c0 = measure.tree_cpu_seconds(t.pid)
             res = measure.pgbench(t, "simple", 8, duration)
-            us = (measure.cpu_seconds(t.pid) - c0) * 1e6 / res.transactions
+            us = (measure.tree_cpu_seconds(t.pid) - c0) * 1e6 / res.transactions
             tps[t.name].append(res.tps)
             cpu[t.name].append(us)
             say(f"round {r + 1}/{rounds} pgbench -S c=8 {t.name:9} {res.tps:8.0f} TPS, CPU {us:.0f} us/txn")
         for t in measure.rotated([by[n] for n in STREAM], r):
             assert t.pid is not None
-            c0 = measure.cpu_seconds(t.pid)
+            c0 = measure.tree_cpu_seconds(t.pid)
             sec = measure.psql_seconds(t, SELECT)
-            used = measure.cpu_seconds(t.pid) - c0
+            used = measure.tree_cpu_seconds(t.pid) - c0
             secs[t.name].append(sec)
             scpu[t.name].append(used)
             say(f"round {r + 1}/{rounds} 1M-row SELECT {t.name:9} {sec:.3f} s, CPU {used:.2f} s")

@@ -116,27 +116,28 @@ def make_writer(folder: Path, clock: Clock | None = None, ops: Any = os, log: An
         clock.advance(T0)
     node = cfg.pop("node", "gw-1")
     anchor = cfg.pop("anchor", None)
-    in_thread = cfg.pop("in_thread", maybeDeferred)  # default: syncs run at once, on this thread
+    sync = cfg.pop("sync", None) or (lambda fd: maybeDeferred(ops.fsync, fd))  # default: at once, on this thread
     return JournalWriter(JournalConfig(dir=str(folder), **cfg), node, clock, ops=ops, log=log or Log(), anchor=anchor,
-                         in_thread=in_thread)
+                         sync=sync)
 
 
-class ManualThread:
-    """A writer's ``in_thread`` that runs each call only when the test says so."""
+class ManualSync:
+    """A writer's ``sync`` that fsyncs (through ``ops``) only when the test says so."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+    def __init__(self, ops: Any = os) -> None:
+        self.ops = ops
+        self.calls: list[tuple[int, Deferred[None]]] = []
 
-    def __call__(self, fn: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.calls.append((fn, args, d))
+    def __call__(self, fd: int) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.calls.append((fd, d))
         return d
 
     def run(self) -> int:
-        """Run the calls made so far (not those they cause); how many ran."""
+        """Run the syncs asked for so far (not those they cause); how many ran."""
         now, self.calls = self.calls, []
-        for fn, args, d in now:
-            maybeDeferred(fn, *args).chainDeferred(d)
+        for fd, d in now:
+            maybeDeferred(self.ops.fsync, fd).chainDeferred(d)
         return len(now)
 
 

@@ -15,7 +15,7 @@ from hoopd.journal import stage as stage_mod
 from hoopd.journal.stage import JournalStage, split_statements
 from hoopd.pgwire import messages as m
 from hoopd.session import Deny, SessionInfo
-from tests.test_journal_helpers import (FlakyOS, ManualThread, Talk, bind, copy_response, describe, error, execute, make_writer, parse,
+from tests.test_journal_helpers import (FlakyOS, ManualSync, Talk, bind, copy_response, describe, error, execute, make_writer, parse,
                                         records, row, row_description, session_records, tag)
 
 INT4, TEXT, BYTEA = 23, 25, 17
@@ -421,8 +421,9 @@ def relay_for(h: Harness, stages: list) -> tuple[Any, StringTransport, CheckingU
 
 
 def test_relay_forwards_only_what_is_journaled_and_synced(tmp_path: Path) -> None:
-    ops, thread = FlakyOS(), ManualThread()
-    h = Harness(tmp_path, ops=ops, fsync="always", relay=True, in_thread=thread)
+    ops = FlakyOS()
+    thread = ManualSync(ops)
+    h = Harness(tmp_path, ops=ops, fsync="always", relay=True, sync=thread)
     relay, client, upstream = relay_for(h, [Policy(), h.stage])
     synced = ops.fsyncs
     relay.client_data(m.query("select 42") + m.query("select 43"))

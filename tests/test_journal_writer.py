@@ -10,12 +10,13 @@ from typing import Any
 
 import msgpack
 import pytest
-from twisted.internet.task import Clock
+import pytest_twisted
+from twisted.internet.task import Clock, deferLater
 
 from hoopd.journal import records as r
 from hoopd.journal.verify import verify
 from hoopd.journal.writer import JournalUnavailable
-from tests.test_journal_helpers import T0, FlakyOS, Log, ManualThread, make_writer, records, segment_files
+from tests.test_journal_helpers import T0, FlakyOS, Log, ManualSync, make_writer, records, segment_files
 
 
 def rec(i: int, **kw) -> dict:
@@ -211,8 +212,9 @@ def test_fsync_never_syncs_nothing(tmp_path: Path) -> None:
 
 
 def test_group_commit_one_sync_for_what_arrived_while_one_ran(tmp_path: Path) -> None:
-    ops, thread = FlakyOS(), ManualThread()
-    w = make_writer(tmp_path, ops=ops, fsync="always", in_thread=thread)
+    ops = FlakyOS()
+    thread = ManualSync(ops)
+    w = make_writer(tmp_path, ops=ops, fsync="always", sync=thread)
     w.startService()
     assert w.durable() is None  # the header was synced on open
     before = ops.fsyncs
@@ -233,8 +235,9 @@ def test_group_commit_one_sync_for_what_arrived_while_one_ran(tmp_path: Path) ->
 
 
 def test_a_failed_sync_refuses_its_waiters_and_recording_resumes(tmp_path: Path) -> None:
-    ops, thread, log = FlakyOS(), ManualThread(), Log()
-    w = make_writer(tmp_path, ops=ops, fsync="always", in_thread=thread, log=log)
+    ops, log = FlakyOS(), Log()
+    thread = ManualSync(ops)
+    w = make_writer(tmp_path, ops=ops, fsync="always", sync=thread, log=log)
     w.startService()
     w.write(rec(1))
     got: list[Any] = []
@@ -254,8 +257,8 @@ def test_a_failed_sync_refuses_its_waiters_and_recording_resumes(tmp_path: Path)
 
 
 def test_stop_syncs_and_releases_what_waits(tmp_path: Path) -> None:
-    thread = ManualThread()
-    w = make_writer(tmp_path, fsync="always", in_thread=thread)
+    thread = ManualSync()
+    w = make_writer(tmp_path, fsync="always", sync=thread)
     w.startService()
     w.write(rec(1))
     got: list[Any] = []
@@ -404,3 +407,32 @@ def test_a_real_file_size_limit_fails_closed_and_recovers(tmp_path: Path) -> Non
     assert all(p.stat().st_size <= 16384 for p in tmp_path.glob("*.hjs"))
     assert not list(tmp_path.glob("*.open.hjs"))
     assert chain_ok(tmp_path)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_sync_process_syncs_refuses_what_it_cannot_and_comes_back(tmp_path: Path):
+    from twisted.internet import reactor
+
+    from hoopd.journal.writer import SyncProcess
+    syncer = SyncProcess(reactor)
+    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
+    r_end, w_end = os.pipe()
+    try:
+        os.write(fd, b"record")
+        assert (yield syncer(fd)) is None
+        with pytest.raises(OSError) as e:  # a pipe cannot be fsynced: the errno comes back
+            yield syncer(r_end)
+        assert e.value.errno == errno.EINVAL
+        first = syncer.child.pid
+        syncer.child.signalProcess("KILL")
+        with pytest.raises(OSError, match="sync process exited"):
+            yield syncer(fd)  # (sent before the loss was noticed, or after: refused either way)
+        for _ in range(50):  # until the loss is seen, then a new helper serves
+            if syncer._conn is None:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        assert (yield syncer(fd)) is None and syncer.child.pid != first
+    finally:
+        syncer.stop()
+        for x in (fd, r_end, w_end):
+            os.close(x)

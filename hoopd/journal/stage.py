@@ -2,7 +2,7 @@
 
 Client statements (Query, Parse, Bind, Execute, Close, FunctionCall) are written
 before ``client`` returns, and with fsync = "always" ``client`` answers a Deferred that
-fires once they are on disk (JournalWriter.durable: one sync in the writer's thread for
+fires once they are on disk (JournalWriter.durable: one sync in the syncer process for
 every statement that arrived meanwhile); when either fails the statement is refused
 with SQLSTATE 58030 and never reaches PostgreSQL.
 

@@ -8,8 +8,9 @@ segment is closed at its last complete record and the next write opens a new one
 recording resumes by itself when the disk recovers, and nothing is ever appended after
 a torn record.
 
-fsync never runs on the reactor's thread while sessions run: a sync runs in the
-writer's own thread (``in_thread``) on a duplicate of the segment's descriptor, and
+fsync never runs on the reactor's thread while sessions run: a sync runs in a helper
+process (``SyncProcess``, hoopd.journal.syncer) that gets the segment's descriptor with
+each request, and
 ``durable()`` answers a Deferred that fires once a sync that began after everything
 written so far has finished. With fsync = "always" every statement waits for that before
 it is forwarded (JournalStage); statements of all sessions that arrive while a sync is in
@@ -26,7 +27,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
+import sys
 import time
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -34,10 +38,9 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from hoopd.journal import records as r
 from hoopd.journal.anchor import Anchor, fsync_dir
@@ -51,33 +54,83 @@ class JournalUnavailable(Exception):
     """A record could not be written; whatever it describes must not happen."""
 
 
-InThread = Callable[..., "Deferred[Any]"]  # (function, *args) -> Deferred of its result
+Syncer = Callable[[int], "Deferred[None]"]  # fsync this descriptor away from the reactor; fails with OSError
 
 
-class SyncThread:
-    """The writer's one thread for fsync (a ThreadPool of one, started with the writer)."""
+class _Answers(Protocol):
+    """The reactor's end of the syncer's socket: one answer per request, in order."""
+
+    def __init__(self, owner: "SyncProcess") -> None:
+        self.owner = owner
+        self.buf = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 2:
+            answer, self.buf = self.buf[:2], self.buf[2:]
+            d = self.owner.waiting.popleft()
+            if answer[:1] == b"s":
+                d.callback(None)
+            else:
+                d.errback(OSError(answer[1], os.strerror(answer[1])))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.owner.lost(self)
+
+
+class SyncProcess:
+    """The production Syncer: fsync in a helper process (hoopd.journal.syncer), started at
+    the first sync and again after it dies; the descriptor travels with each request."""
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
-        self.pool = ThreadPool(1, 1, "hoopd-journal-sync")
+        self.waiting: deque[Deferred[None]] = deque()
+        self._conn: _Answers | None = None
+        self.child: Any = None  # the helper's process transport
 
-    def __call__(self, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
-        if not self.pool.started:
-            self.pool.start()
-        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+    def _start(self) -> _Answers:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.child = self.reactor.spawnProcess(ProcessProtocol(), sys.executable,
+                                                   [sys.executable, "-m", "hoopd.journal.syncer"],
+                                                   env=os.environ.copy(),
+                                                   childFDs={0: "w", 1: 1, 2: 2, 3: theirs.fileno()})
+            conn = _Answers(self)
+            self.reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, _Once(conn))
+        finally:
+            mine.close()
+            theirs.close()
+        return conn
+
+    def __call__(self, fd: int) -> "Deferred[None]":
+        if self._conn is None:
+            self._conn = self._start()
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        self._conn.transport.sendFileDescriptor(fd)  # type: ignore[union-attr]
+        self._conn.transport.write(b"S")  # type: ignore[union-attr]
+        return d
+
+    def lost(self, conn: _Answers) -> None:
+        if conn is not self._conn:
+            return
+        self._conn = None
+        lost, self.waiting = self.waiting, deque()  # (an errback may ask for the next sync at once)
+        for d in lost:
+            d.errback(OSError(errno.EIO, "the journal's sync process exited"))
 
     def stop(self) -> None:
-        if self.pool.started:
-            self.pool.stop()
+        if self._conn is not None:
+            self._conn.transport.loseConnection()  # type: ignore[union-attr]
+            self._conn = None
 
 
-def _sync_copy(ops: Any, fd: int) -> None:
-    """fsync a duplicate of ``fd`` (rotation may close the original meanwhile)."""
-    dup = ops.dup(fd)
-    try:
-        ops.fsync(dup)
-    finally:
-        ops.close(dup)
+class _Once(Factory):
+    def __init__(self, proto: _Answers) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> _Answers:
+        return self.proto
 
 
 class JournalWriter(Service):
@@ -87,7 +140,7 @@ class JournalWriter(Service):
 
     def __init__(self, config: JournalConfig, node: str, clock: IReactorTime, *, ops: Any = os,
                  log: Any = None, anchor: Callable[[Anchor], None] | None = None,
-                 in_thread: InThread | None = None) -> None:
+                 sync: Syncer | None = None) -> None:
         if not config.dir:
             raise ValueError("journal.dir is not set")
         self.config = config
@@ -109,10 +162,10 @@ class JournalWriter(Service):
         self._dirty = False
         self._written = 0  # records appended since start
         self._synced = 0  # of those, how many a finished sync covers
-        self._syncing = False  # a sync runs in the thread
+        self._syncing = False  # a sync runs in the syncer
         self._waiters: list[tuple[int, Deferred[None]]] = []  # durable(): (records it needs synced, its Deferred)
-        self._thread = SyncThread(clock) if in_thread is None else None
-        self._in_thread: InThread = in_thread or self._thread  # type: ignore[assignment]
+        self._process = SyncProcess(clock) if sync is None else None
+        self._sync: Syncer = sync or self._process  # type: ignore[assignment]
         self._failing = 0  # failed writes in the current episode (0: healthy)
         self._gap: str | None = None  # why the previous segment ended early (for the next header)
         self._unfinished: list[tuple[r.SegmentName, int]] = []  # abandoned .open files to close later
@@ -186,8 +239,8 @@ class JournalWriter(Service):
         self._retry_unfinished()
         self.anchor()
         self._release(None if self._synced >= self._written else JournalUnavailable("the journal stopped"))
-        if self._thread is not None:
-            self._thread.stop()
+        if self._process is not None:
+            self._process.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -266,7 +319,7 @@ class JournalWriter(Service):
 
     def durable(self) -> "Deferred[None] | None":
         """None when every record written so far is synced; else a Deferred that fires when it
-        is (after a sync in the writer's thread), or fails with JournalUnavailable."""
+        is (after a sync in the syncer), or fails with JournalUnavailable."""
         if self._synced >= self._written:
             return None
         d: Deferred[None] = Deferred()
@@ -275,7 +328,7 @@ class JournalWriter(Service):
         return d
 
     def _sync_later(self) -> None:
-        """Start a sync in the thread unless one runs (its end starts the next if needed)."""
+        """Start a sync in the syncer unless one runs (its end starts the next if needed)."""
         if self._fd is None:  # abandoned after a failure: what was not synced may be lost
             self._release(JournalUnavailable("the audit journal cannot be written"))
             return
@@ -285,7 +338,7 @@ class JournalWriter(Service):
         self._dirty = False
         covers = self._written
         seg = self._seg
-        d = self._in_thread(_sync_copy, self.ops, self._fd)
+        d = self._sync(self._fd)
 
         def done(_: Any) -> None:
             self._syncing = False
