@@ -27,7 +27,7 @@ from tests.test_control_ssh import Console, _read_until
 
 pytestmark = pytest.mark.integration
 
-TOKENS = {"dev": "dev-workers-token-0123456789"}
+TOKENS = {"dev": "dev-workers-token-0123456789", "reader": "reader-workers-token-0123456789"}
 MAX_SESSIONS = 24
 
 
@@ -46,7 +46,8 @@ def gw(pg, tmp_path_factory):
             f'[control]\nopen_metrics = true\nssh_authorized_keys = "{console.keys_file}"\n' + tokens_toml(TOKENS, role="admin")
             + '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba"]\n'
               'allow_self_approval = true\ntimeout = "60s"\n'
-            + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]))
+            + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"],
+                                             extra='grant_reviewers = ["dba"]\n'))
     g = Gateway(folder, body, gateway=f"workers = 2\nmax_sessions = {MAX_SESSIONS}\n").start()
     g.http_port = http
     g.journal = folder / "journal"
@@ -57,10 +58,10 @@ def gw(pg, tmp_path_factory):
     assert "Traceback" not in g.log()
 
 
-def api(g, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+def api(g, method: str, path: str, body: dict | None = None, who: str = "dev") -> tuple[int, dict]:
     req = urllib.request.Request(f"http://127.0.0.1:{g.http_port}{path}", method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {TOKENS['dev']}",
+                                 headers={"Authorization": f"Bearer {TOKENS[who]}",
                                           "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -216,11 +217,11 @@ def test_a_cancel_reaches_the_session_on_the_other_worker(gw) -> None:
 def test_failed_logins_count_on_every_worker(gw) -> None:
     for _ in range(3):
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-            psycopg.connect(gw.dsn("reader", password="wrong"))
+            psycopg.connect(gw.dsn("writer", password="wrong"))
     time.sleep(0.3)
     for _ in range(4):  # each lands on either worker: both refuse
         with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
-            psycopg.connect(gw.dsn("reader"))
+            psycopg.connect(gw.dsn("writer"))
 
 
 def test_a_statement_held_in_a_worker_is_approved_in_the_supervisor(gw) -> None:
@@ -244,6 +245,35 @@ def test_a_statement_held_in_a_worker_is_approved_in_the_supervisor(gw) -> None:
     t.join(10)
     assert done == [1] and any(f"#{req['id']}" in n for n in notices)
     c.close()
+
+
+def test_a_grant_approved_in_the_supervisor_counts_on_every_worker(gw) -> None:
+    def read_only() -> tuple[str, int]:
+        with psycopg.connect(gw.dsn("reader"), autocommit=True, application_name="grant-check") as c:
+            (worker,) = [s["worker"] for s in sessions(gw) if s["application_name"] == "grant-check"]
+            return c.execute("show default_transaction_read_only").fetchone()[0], worker
+    assert read_only()[0] == "on"
+    code, g = api(gw, "POST", "/api/v1/grants", {"connection": "shop", "level": "read_write", "duration": "10m",
+                                                 "reason": "fix order 7"}, who="reader")
+    assert code == 200, g
+    code, g = api(gw, "POST", f"/api/v1/grants/{g['id']}/approve", {"comment": "go"})
+    assert code == 200 and g["status"] == "active"
+    seen = {}
+    for _ in range(30):  # logins land on both workers: each reads the grant
+        value, worker = read_only()
+        seen[worker] = value
+        if len(seen) == 2:
+            break
+    assert seen == {1: "off", 2: "off"}
+    c = psycopg.connect(gw.dsn("reader"), autocommit=True)
+    code, _ = api(gw, "POST", f"/api/v1/grants/{g['id']}/revoke", {"reason": "done"})
+    assert code == 200
+    with pytest.raises(psycopg.OperationalError, match="administrator command"):
+        for _ in range(50):
+            c.execute("select 1")
+            time.sleep(0.1)
+    c.close()
+    assert read_only()[0] == "on"
 
 
 def test_each_worker_journals_its_own_stream_and_verify_checks_all(gw) -> None:
@@ -323,3 +353,47 @@ def test_bad_workers_value_is_refused_with_its_key(tmp_path: Path) -> None:
                           str(cfg)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "gateway.workers" in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_stopping_the_supervisor_stops_the_workers_after_the_grace(pg, tmp_path: Path) -> None:
+    r = {role.name: role.password for role in pg.roles}
+    g = Gateway(tmp_path, '[control]\nshutdown_grace = "1s"\n' + users_toml()
+                + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]),
+                gateway="workers = 2\n").start()
+    try:
+        c = until(lambda: _try_connect(g), "a session")
+        until(lambda: len(worker_pids(g)) == 2, "two workers")
+        pids = list(worker_pids(g).values())
+        g.signal(signal.SIGTERM)
+        with pytest.raises(psycopg.OperationalError, match="administrator command|shutting down|closed"):
+            for _ in range(100):
+                c.execute("select 1")
+                time.sleep(0.05)
+        assert g.proc.wait(20) in (0, -signal.SIGTERM)  # (twistd exits by the signal it got)
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        assert "Traceback" not in g.log()
+    finally:
+        g.stop()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(pg, tmp_path: Path) -> None:
+    r = {role.name: role.password for role in pg.roles}
+    g = Gateway(tmp_path, users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram",
+                                                         r["app_scram"]), gateway="workers = 2\n").start()
+    try:
+        until(lambda: len(worker_pids(g)) == 2, "two workers")
+        pids = list(worker_pids(g).values())
+        g.proc.kill()
+        g.proc.wait(10)
+        until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), "the workers to exit", timeout=20)
+        assert "the supervisor is gone" in g.log()
+    finally:
+        g.stop()
+
+
+def _try_connect(g) -> psycopg.Connection | None:
+    try:
+        return psycopg.connect(g.dsn("dev"), autocommit=True)
+    except psycopg.OperationalError:
+        return None
