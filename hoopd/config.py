@@ -131,6 +131,32 @@ class Config:
     masking: MaskingConfig | None = None  # [masking] (hoopd.masking.rules); None: no rules, no masking stage
     alerts: tuple[Webhook, ...] = ()  # [[alerts.webhooks]] (hoopd.alerts)
     bursts: BurstSettings | None = None  # [alerts] burst thresholds (None: the defaults)
+    mcp: "McpConfig" = field(default_factory=lambda: McpConfig())  # [mcp] (hoopd.mcp)
+
+
+@dataclass(frozen=True)
+class McpConfig:
+    """[mcp]: the Model Context Protocol endpoint at /mcp on the control port."""
+
+    enabled: bool = False
+    max_rows: int = 1000  # rows of one result returned (more: truncated = true)
+    max_result_bytes: int = 4 << 20  # bytes of row data returned per call
+    timeout: float = 300.0  # longest call (a review hold included), then it is cancelled
+    max_calls: int = 4  # calls of one identity running at once
+
+
+def _mcp(root: Table, gateway: GatewayConfig, listen: ListenConfig) -> McpConfig:
+    t = root.table("mcp")
+    d = McpConfig()
+    cfg = McpConfig(enabled=t.bool("enabled", d.enabled), max_rows=t.int("max_rows", d.max_rows, lo=1),
+                    max_result_bytes=t.size("max_result_bytes", d.max_result_bytes),
+                    timeout=t.duration("timeout", d.timeout), max_calls=t.int("max_calls", d.max_calls, lo=1))
+    t.done()
+    if cfg.enabled and not listen.http:
+        raise ConfigError("mcp.enabled", "the MCP endpoint is served on the control port: set listen.http")
+    if cfg.enabled and gateway.workers > 1:
+        raise ConfigError("mcp.enabled", "the MCP endpoint needs gateway.workers = 1 for now")
+    return cfg
 
 
 LOG_LEVELS = ("none", "critical", "error", "warn", "info", "debug", "trace")
@@ -316,6 +342,7 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
     from hoopd.alerts import parse_alerts
 
     alerts, bursts = parse_alerts(root, base)
+    mcp = _mcp(root, gateway, listen)
     root.done()
     functions = FunctionSettings(vetted, max_age)
     for rule in [*rules, *(r for c in conns.values() for r in c.rules)]:
@@ -324,7 +351,7 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
                               f" of rule {rule.name!r} ({rule.review.timeout:g}s): statements would be refused first")
     return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
                   rules, unparseable, policy_enabled, max_statement_bytes, functions,
-                  masking if masking.rules else None, alerts, bursts)
+                  masking if masking.rules else None, alerts, bursts, mcp)
 
 
 def read_toml(path: str | os.PathLike) -> dict:

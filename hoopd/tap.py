@@ -36,6 +36,8 @@ from hoopd.review.grants import Grant, Grants, GrantStore, GrantsView
 from hoopd.review.requests import Reviews, review_hint
 from hoopd.review.stage import ReviewStage
 from hoopd.masking.stage import MaskingStage
+from hoopd.mcp.server import McpEndpoint
+from hoopd.mcp.tickets import Tickets
 from hoopd.policy.stage import PolicyStage
 from hoopd.proxy.pipeline import Pipeline
 from hoopd.proxy.catalog import catalog_loader
@@ -100,6 +102,7 @@ class GatewayService(service.MultiService):
                 self.journal = JournalStage(writer, config.journal)
             view = LiveJournal(writer, reactor)
         self.pool: WorkerPool | None = None
+        self.mcp: McpEndpoint | None = None
         if worker is not None:
             worker.link.reviews.where = review_hint(config)
             self.reviews: Reviews | RemoteReviews = worker.link.reviews
@@ -125,7 +128,8 @@ class GatewayService(service.MultiService):
             self.grants.listeners.append(lambda event, g: self.alerts.event(f"grant.{event}", g.summary()))
         self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
                                     tracker=tracker, metrics=metrics,
-                                    worker_metrics=self.pool.metrics if self.pool is not None else None)
+                                    worker_metrics=self.pool.metrics if self.pool is not None else None,
+                                    mcp=self.mcp)
         if self.pool is not None and view is not None:
             self.pool.on_event = view.publish
             view.following_hooks.append(self.pool.follow)
@@ -165,6 +169,8 @@ class GatewayService(service.MultiService):
                                       alert=self.alerts.event, on_login_failed=self.alerts.login_failed)
         if worker is None:
             self._listen("postgres", config.listen.postgres, self.factory)
+            if config.mcp.enabled:
+                self._mcp(config, reactor, stages, observers, metrics, record)
             return
         link = worker.link
         self.factory.worker = worker.index
@@ -177,6 +183,22 @@ class GatewayService(service.MultiService):
         svc.setName("postgres")
         svc.setServiceParent(self)
         self._listeners["postgres"] = svc
+
+    def _mcp(self, config: Config, reactor: Any, stages: list[Stage], observers: list[Any], metrics: Metrics,
+             record: Any) -> None:
+        """The MCP endpoint's loopback listener: the same stages, logins by one-time ticket only."""
+        tickets = Tickets(reactor)
+        factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, observers),
+                                 identity=self.identity, metrics=metrics, record=record, grants=self.grants,
+                                 alert=self.alerts.event, on_login_failed=self.alerts.login_failed)
+        factory.tickets = tickets
+        self.mcp_factory = factory
+        self._listen("mcp", "tcp:0:interface=127.0.0.1", factory)
+
+        def port() -> int | None:
+            p = self._listeners["mcp"].port
+            return p.getHost().port if p is not None else None
+        self.mcp = McpEndpoint(reactor, lambda: self.config, port, tickets, self.grants)
 
     def _session_record(self, info: SessionInfo, kind: str, fields: dict[str, Any]) -> None:
         """A record of another part (a review step) into a session's journal sequence:
@@ -289,6 +311,8 @@ class GatewayService(service.MultiService):
                 self.writer.reconfigure(new.journal)
             return
         self.factory.reconfigure(new)
+        if self.mcp is not None:
+            self.mcp_factory.reconfigure(new)
         self.policy.policy = Policy.from_config(new)
         self.policy.max_statement_bytes = new.max_statement_bytes
         if self.policy.functions is not None:

@@ -19,7 +19,7 @@ from hoopd.identity.base import AuthError, Identity
 from hoopd.log import get_logger
 
 log = get_logger("hoopd.control")
-RANK = {"viewer": 0, "admin": 1}
+RANK = {"caller": -1, "viewer": 0, "admin": 1}  # caller: an identity with no control role (the MCP endpoint)
 
 
 class ApiError(Exception):
@@ -36,7 +36,7 @@ class ApiError(Exception):
 @dataclass(frozen=True)
 class Principal:
     name: str  # how admin actions are attributed: "api:<token name>" or "oidc:<user>"
-    role: str  # viewer | admin
+    role: str  # viewer | admin | caller
     user: str | None = None  # the identity behind it (an OIDC user, a token's ``user``)
     groups: frozenset[str] = frozenset()  # its OIDC groups (a token's: its user's [[users]] groups)
 
@@ -52,17 +52,21 @@ def bearer(header: bytes | None) -> str | None:
     return (value.strip() or None) if scheme.lower() == "bearer" else None
 
 
-def _oidc_role(cfg: ControlConfig, identity: Identity) -> Principal:
+def _oidc_role(cfg: ControlConfig, identity: Identity, anyone: bool) -> Principal:
     if identity.groups & cfg.admin_groups:
         return Principal(f"oidc:{identity.name}", "admin", identity.name, identity.groups)
     if identity.groups & cfg.viewer_groups:
         return Principal(f"oidc:{identity.name}", "viewer", identity.name, identity.groups)
+    if anyone:
+        return Principal(f"oidc:{identity.name}", "caller", identity.name, identity.groups)
     raise ApiError(403, "forbidden", f"oidc:{identity.name} is in none of the control admin or viewer groups")
 
 
 @defer.inlineCallbacks
-def authenticate(cfg: ControlConfig, verifier: TokenVerifier | None, header: bytes | None) -> Any:
-    """Fires with a Principal; fails with ApiError(401) for a missing or wrong token."""
+def authenticate(cfg: ControlConfig, verifier: TokenVerifier | None, header: bytes | None,
+                 anyone: bool = False) -> Any:
+    """Fires with a Principal; fails with ApiError(401) for a missing or wrong token.
+    ``anyone``: an OIDC identity outside the control groups is a "caller" (not 403)."""
     token = bearer(header)
     if token is None:
         raise ApiError(401, "unauthorized", "an Authorization: Bearer token is required")
@@ -77,5 +81,5 @@ def authenticate(cfg: ControlConfig, verifier: TokenVerifier | None, header: byt
         except Exception:
             log.failure("control API: OIDC token check failed")
         else:
-            return _oidc_role(cfg, identity)
+            return _oidc_role(cfg, identity, anyone)
     raise ApiError(401, "unauthorized", "invalid token")

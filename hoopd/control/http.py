@@ -14,7 +14,7 @@ headers and body (slowloris), and the port a cap on open connections (all in [co
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Callable
 from urllib.parse import unquote_to_bytes
@@ -49,13 +49,15 @@ class Reply:
     body: Any  # JSON-able, or bytes sent as they are
     status: int = 200
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    stream: Callable[[Request], Any] | None = None  # writes the body itself (server-sent events) and finishes
 
 
 @dataclass(frozen=True)
 class Route:
     method: str
     path: tuple[str, ...]  # segments; "{id}" matches one segment
-    access: str  # health | metrics | public | viewer | admin
+    access: str  # health | metrics | public | identity (any caller with a user: MCP) | viewer | admin
     handler: Callable[..., Any]  # (api, request, principal, *path params) -> Reply | Deferred[Reply]
 
     def match(self, segments: list[str]) -> list[str] | None:
@@ -188,6 +190,47 @@ class ControlApi:
             raise ApiError(400, "bad_parameter", f"status must be one of {', '.join(GRANT_STATES)}")
         return Reply({"grants": self.plane.grants(status)})
 
+    # --- MCP (hoopd.mcp.server) -----------------------------------------------------------
+
+    def _mcp(self, who: Principal) -> tuple[Any, Any]:
+        endpoint = self.plane.mcp
+        if endpoint is None:
+            raise ApiError(404, "not_found", "the MCP endpoint is off ([mcp] enabled = false)")
+        return endpoint, self.plane.identity_of(who)
+
+    def mcp_post(self, request: Request, who: Principal) -> Any:
+        endpoint, identity = self._mcp(who)
+        raw = request.content.read(MAX_BODY + 1) if request.content else b""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return Reply({"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}}, 400)
+        sid = (request.getHeader("mcp-session-id") or "") or None
+        stream = ("text/event-stream" in (request.getHeader("accept") or "") and isinstance(body, dict)
+                  and body.get("method") == "tools/call")
+        if not stream:
+            d = endpoint.post(identity, sid, body, None)
+            return d.addCallback(lambda a: Reply(a.body if a.body is not None else b"", a.status, headers=a.headers))
+
+        def events(req: Request) -> None:
+            def send(msg: dict[str, Any]) -> None:
+                if not req.finished and not req._disconnected:
+                    req.write(b"event: message\ndata: " + json.dumps(msg).encode() + b"\n\n")
+            d = endpoint.post(identity, sid, body, send)
+
+            def done(a: Any) -> None:
+                if a.body is not None:
+                    send(a.body)
+                if not req.finished and not req._disconnected:
+                    req.finish()
+            d.addCallback(done)
+        return Reply(None, content_type="text/event-stream", stream=events)
+
+    def mcp_delete(self, request: Request, who: Principal) -> Reply:
+        endpoint, identity = self._mcp(who)
+        status = endpoint.delete(identity, request.getHeader("mcp-session-id"))
+        return Reply(b"", status)
+
     def request_grant(self, request: Request, who: Principal) -> Reply:
         body = _body(request)
         conn, level, reason, duration = (body.get("connection"), body.get("level"), body.get("reason", ""),
@@ -243,6 +286,8 @@ ROUTES = (
     Route("GET", ("api", "v1", "reviews", "{id}"), "viewer", ControlApi.get_review),
     Route("POST", ("api", "v1", "reviews", "{id}", "approve"), "viewer", ControlApi.approve_review),
     Route("POST", ("api", "v1", "reviews", "{id}", "deny"), "viewer", ControlApi.deny_review),
+    Route("POST", ("mcp",), "identity", ControlApi.mcp_post),
+    Route("DELETE", ("mcp",), "identity", ControlApi.mcp_delete),
     Route("GET", ("api", "v1", "grants"), "viewer", ControlApi.list_grants),
     Route("POST", ("api", "v1", "grants"), "viewer", ControlApi.request_grant),
     Route("POST", ("api", "v1", "grants", "{id}", "approve"), "viewer", ControlApi.approve_grant),
@@ -280,7 +325,10 @@ class ControlResource(Resource):
         route, _ = self._route(method.decode("ascii", "replace"), _segments(path))
 
         def allowed(who: Principal | None) -> Principal | None:
-            if who is not None:
+            if who is not None and route.access == "identity":
+                if who.user is None:
+                    raise ApiError(403, "forbidden", f"{who.name} is not bound to a user (give the token a user)")
+            elif who is not None:
                 who.require("admin" if route.access == "admin" else "viewer")
             if length is not None and length > MAX_BODY:  # told only to callers who may call
                 raise ApiError(413, "too_large", f"request body of {length} bytes is over the {MAX_BODY} byte limit")
@@ -288,7 +336,7 @@ class ControlResource(Resource):
         if self._is_open(route.access):
             return defer.maybeDeferred(allowed, None)
         d = authenticate(self.plane.config.control, self.plane.token_verifier,
-                         headers.getRawHeaders(b"authorization", [None])[0])
+                         headers.getRawHeaders(b"authorization", [None])[0], anyone=route.access == "identity")
         return d.addCallback(allowed)
 
     def render(self, request: Request) -> Any:
@@ -314,10 +362,15 @@ class ControlResource(Resource):
         return (yield route.handler(self.api, request, who, *params))
 
     def _send(self, request: Request, reply: Reply) -> None:
-        body = reply.body if isinstance(reply.body, bytes) else (json.dumps(reply.body) + "\n").encode()
         request.setResponseCode(reply.status)
         request.setHeader(b"Content-Type", reply.content_type.encode())
         request.setHeader(b"Cache-Control", b"no-store")
+        for name, value in reply.headers.items():
+            request.setHeader(name.encode(), value.encode())
+        if reply.stream is not None:
+            reply.stream(request)
+            return
+        body = reply.body if isinstance(reply.body, bytes) else (json.dumps(reply.body) + "\n").encode()
         request.write(body)
         request.finish()
 

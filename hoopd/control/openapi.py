@@ -111,6 +111,19 @@ DOCUMENT: dict[str, Any] = {
             _ok("the request", _ref("Review")), (400, 401, 403, 404, 409), parameters=[_RID],
             requestBody={"required": True, "content": {_JSON: {"schema": {
                 "type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}}}}})},
+        "/mcp": {
+            "post": _op("Model Context Protocol (Streamable HTTP, JSON-RPC 2.0): initialize, tools/list,"
+                        " tools/call, ping; any identity with a user (an OIDC token, or an API token bound to one)",
+                        "mcpMessage", _ok("a JSON-RPC response (application/json), or server-sent events for"
+                                          " tools/call when the client accepts text/event-stream",
+                                          {"type": "object"}), (400, 401, 403, 404),
+                        more={"202": {"description": "a notification was accepted"}},
+                        requestBody={"required": True, "content": {_JSON: {"schema": {"type": "object"}}}},
+                        parameters=[{"name": "Mcp-Session-Id", "in": "header", "schema": {"type": "string"},
+                                     "description": "from the initialize response; required afterwards"}]),
+            "delete": _op("End an MCP session", "mcpEnd", {"description": "ended"}, (401, 403, 404),
+                          parameters=[{"name": "Mcp-Session-Id", "in": "header", "required": True,
+                                       "schema": {"type": "string"}}])},
         "/api/v1/grants": {
             "get": _op("Access grants", "listGrants",
                        _ok("grants", {"type": "object", "required": ["grants"],

@@ -14,11 +14,12 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol as TxProtocol
 
 from hoopd.config import Config
+from hoopd.control.auth import Principal
 from hoopd.control.metrics import Metrics, merge_metrics
 from hoopd.control.providers import JournalView, TokenVerifier
 from hoopd.control.summary import config_summary
 from hoopd.control.tracker import SessionTracker
-from hoopd.names import name_key
+from hoopd.identity.base import Identity
 from hoopd.log import get_logger
 from hoopd.names import name_key
 from hoopd.review.grants import Grants
@@ -59,8 +60,10 @@ class ControlPlane:
     def __init__(self, gateway: Gateway, reactor: Any, journal: JournalView | None = None,
                  token_verifier: TokenVerifier | None = None, tracker: SessionTracker | None = None,
                  metrics: Metrics | None = None,
-                 worker_metrics: Callable[[], Deferred[list[tuple[int, bytes]]]] | None = None) -> None:
+                 worker_metrics: Callable[[], Deferred[list[tuple[int, bytes]]]] | None = None,
+                 mcp: Any = None) -> None:
         self.gateway = gateway
+        self.mcp = mcp  # the MCP endpoint (hoopd.mcp.server), None when off
         self.worker_metrics = worker_metrics  # [gateway] workers: each worker's /metrics text
         self.reactor = reactor
         self.journal = journal
@@ -129,6 +132,15 @@ class ControlPlane:
         return True
 
     # --- reviews ------------------------------------------------------------------------
+
+    def identity_of(self, who: Principal) -> Identity:
+        """The identity behind a caller with a user: its OIDC groups, or its ``[[users]]`` groups."""
+        assert who.user is not None
+        groups = who.groups
+        if not groups:
+            local = self.config.users.get(name_key(who.user))
+            groups = local.groups if local is not None else frozenset()
+        return Identity(who.user, groups, "oidc" if who.name.startswith("oidc:") else "token")
 
     def reviewer(self, name: str, user: str | None, groups: frozenset[str] = frozenset()) -> Reviewer:
         """Who decides a review: ``groups`` (OIDC) or else the ``[[users]]`` groups of ``user``."""

@@ -115,6 +115,27 @@ def describe_statement(name: str) -> bytes:
     return frame(b"D", b"S" + cstr(name))
 
 
+def bind_text(params: Iterable[str | None], portal: str = "", statement: str = "") -> bytes:
+    """Bind with every parameter and every result column in text format."""
+    vals = list(params)
+    body = cstr(portal) + cstr(statement) + _I16.pack(0) + _I16.pack(len(vals))
+    for v in vals:
+        if v is None:
+            body += _I32.pack(-1)
+        else:
+            raw = v.encode()
+            body += _I32.pack(len(raw)) + raw
+    return frame(b"B", body + _I16.pack(0))
+
+
+def describe_portal(name: str = "") -> bytes:
+    return frame(b"D", b"P" + cstr(name))
+
+
+def execute(portal: str = "", max_rows: int = 0) -> bytes:
+    return frame(b"E", cstr(portal) + _I32.pack(max_rows))
+
+
 TERMINATE = frame(b"X", b"")
 SYNC = frame(b"S", b"")
 

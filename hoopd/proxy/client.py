@@ -37,6 +37,7 @@ from hoopd.proxy.relay import BufferBudget, Relay
 from hoopd.proxy.reported import login_problems, problem
 from hoopd.proxy.tls import ALPN, negotiated_alpn, server_options, tls_version
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream, send_cancel
+from hoopd.mcp.tickets import Tickets
 from hoopd.review.grants import Grants
 from hoopd.session import EndSession, SessionInfo
 
@@ -81,6 +82,7 @@ class GatewayFactory(Factory):
         self.worker: int | None = None
         self.live_sessions: Callable[[], int] = lambda: len(registry)
         self.cancel_elsewhere: Callable[[int, bytes], Deferred[bool]] | None = None
+        self.tickets: Tickets | None = None  # the MCP loopback listener: logins by one-time ticket only
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -356,7 +358,9 @@ class ClientProtocol(TwistedProtocol):
             self._auth_failed(limited)
             return
         local = cfg.users.get(name_key(user)) if chain.local_accounts else None
-        if local is not None or not chain.sources:
+        if self.gw.tickets is not None:
+            self.transport.write(m.auth_cleartext())  # (a loopback listener of this process)
+        elif local is not None or not chain.sources:
             verifier = parse_verifier(local.password_hash) if local else mock_verifier()
             self._scram = ScramServerExchange(verifier)
             self.transport.write(m.auth_sasl(["SCRAM-SHA-256"]))
@@ -418,6 +422,13 @@ class ClientProtocol(TwistedProtocol):
             self._authenticated(identity)
             return
         password = m.decode_password(body)
+        if self.gw.tickets is not None:
+            ticket = self.gw.tickets.redeem(user, password)
+            if ticket is None:
+                self._auth_failed(AuthError(f'hoopd: no valid ticket for "{user}"'))
+            else:
+                self._authenticated(ticket)
+            return
         self.state = "checking"
         d = self.gw.identity.authenticate(user, password, self.peer_host)
         d.addCallbacks(self._authenticated, lambda f: self._auth_failed(
