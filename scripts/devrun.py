@@ -102,7 +102,8 @@ def ssh_key() -> Path:
     return key
 
 
-def write_config(pg_port: int, dev_password: str, agent_password: str, api_token_hash: str) -> Path:
+def write_config(pg_port: int, dev_password: str, agent_password: str, api_token_hash: str,
+                 agent_token_hash: str) -> Path:
     """.run/hoopd.toml: local users dev (admin on shop) and agent (read_write like an AI
     coding agent might get, every write held until dev approves it, emails and phone
     numbers masked), the shop connection, the control port and the SSH console."""
@@ -131,6 +132,15 @@ name = "dev"
 role = "admin"
 token_hash = {q(api_token_hash)}
 user = "dev"                      # reviews decided with this token count as dev's (group dba)
+
+[[control.tokens]]                # the agent's MCP token: tools only, as the agent user
+name = "agent-mcp"
+role = "caller"
+token_hash = {q(agent_token_hash)}
+user = "agent"
+
+[mcp]
+enabled = true
 
 [[rules]]                         # the agent may write, but every write waits for a human
 name = "agent-writes-need-approval"
@@ -223,8 +233,12 @@ def main() -> int:
     try:
         start_cluster(cluster)
         dev_password, agent_password, api_token = secret("dev"), secret("agent"), secret("api-token")
+        agent_token = secret("agent-mcp-token")
         key = ssh_key()
-        config = write_config(cluster.port, dev_password, agent_password, hash_token(api_token))
+        config = write_config(cluster.port, dev_password, agent_password, hash_token(api_token),
+                              hash_token(agent_token))
+        mcp = json.dumps({"mcpServers": {"hoopd": {"url": f"http://127.0.0.1:{HTTP_PORT}/mcp",
+                                                   "headers": {"Authorization": f"Bearer {agent_token}"}}}})
         print(f"devrun: PostgreSQL on 127.0.0.1:{cluster.port}, gateway config {config}\n"
               f"devrun: connect with (Ctrl-C stops the gateway and the cluster):\n\n"
               f'  PGPASSWORD={dev_password} psql "host=127.0.0.1 port={LISTEN_PORT} dbname=shop user=dev"'
@@ -236,7 +250,9 @@ def main() -> int:
               f"  ssh -i {key} -p {SSH_PORT} -o StrictHostKeyChecking=no dev@127.0.0.1 approve ID\n\n"
               f"devrun: live sessions: curl -H 'Authorization: Bearer {api_token}' "
               f"http://127.0.0.1:{HTTP_PORT}/api/v1/sessions\n"
-              f"devrun: the journal: .venv/bin/hoopd journal tail -f --dir {RUN / 'journal'}\n",
+              f"devrun: the journal: .venv/bin/hoopd journal tail -f --dir {RUN / 'journal'}\n"
+              f"devrun: an MCP client (Cursor's mcp.json) reaches the database as the agent, no credential:\n"
+              f"  {mcp}\n",
               flush=True)
         return run_gateway(config)
     finally:

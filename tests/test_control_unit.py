@@ -71,7 +71,9 @@ def test_control_config_defaults_and_values(tmp_path):
 
 @pytest.mark.parametrize("control,message", [
     ({"tokens": [{"name": "x", "role": "root", "token_hash": "sha256:" + "0" * 64}]},
-     "control.tokens[0].role: expected one of viewer | admin"),
+     "control.tokens[0].role: expected one of caller | viewer | admin"),
+    ({"tokens": [{"name": "x", "role": "caller", "token_hash": "sha256:" + "0" * 64}]},
+     'control.tokens[0].user: a "caller" token'),
     ({"tokens": [{"name": "x", "role": "admin", "token_hash": "plain"}]}, "control.tokens[0].token_hash:"),
     ({"tokens": [{"name": "x", "role": "admin", "token_hash": "sha256:" + "0" * 64}] * 2},
      "control.tokens[1].name: duplicate token name"),

@@ -21,6 +21,7 @@ from tests.gateway import Gateway, connection_toml, free_port, tokens_toml, user
 pytestmark = pytest.mark.integration
 
 TOKENS = {"dev": "dev-mcp-token-0123456789", "reader": "reader-mcp-token-0123456789"}
+CALLER_TOKEN = "writer-caller-token-0123456789"  # role "caller": the MCP endpoint only
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,7 @@ def gw(pg, tmp_path_factory):
     http = free_port()
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\n[journal]\ndir = "{folder / "journal"}"\n'
             '[mcp]\nenabled = true\nmax_rows = 50\n' + tokens_toml(TOKENS)
+            + tokens_toml({"writer": CALLER_TOKEN}, role="caller")
             + '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba"]\n'
               'allow_self_approval = true\ntimeout = "60s"\n'
               '[[masking.rules]]\nname = "emails"\ncolumns = ["mcp_people.email"]\nlevels = ["read_only"]\n'
@@ -198,3 +200,17 @@ def test_request_access_files_a_grant_request(gw) -> None:
                                                        "duration": "30m", "reason": "fix order 7"})])
     grant = data(got)["grant"]
     assert grant["status"] == "pending" and grant["user"] == "reader" and grant["level"] == "read_write"
+
+
+def test_a_caller_token_reaches_the_tools_and_nothing_else(gw) -> None:
+    TOKENS["writer"] = CALLER_TOKEN
+    try:
+        _, (conns,) = sdk(gw, "writer", [("list_connections", {})])
+        assert data(conns)["connections"] == [{"name": "shop", "level": "read_write", "database": "shop"}]
+        req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}/api/v1/sessions",
+                                     headers={"Authorization": f"Bearer {CALLER_TOKEN}"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 403
+    finally:
+        del TOKENS["writer"]

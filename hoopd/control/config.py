@@ -15,7 +15,7 @@ from hoopd.confkit import ConfigError, Table
 from hoopd.filecheck import check_access_file
 from hoopd.identity.config import OIDCConfig
 
-ROLES = ("viewer", "admin")
+ROLES = ("caller", "viewer", "admin")  # caller: the MCP endpoint only (a token bound to a user)
 TOKEN_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -25,7 +25,7 @@ class ApiToken:
     """One bearer token for ``/api/``; only its hash is kept (``hoopd hash-token``)."""
 
     name: str
-    role: str  # viewer | admin
+    role: str  # caller | viewer | admin
     token_hash: str = field(repr=False)  # "sha256:<hex>"
     user: str | None = None  # the identity it acts for (reviews: its [[users]] groups decide)
 
@@ -60,7 +60,10 @@ def parse_control(t: Table, base: Path) -> ControlConfig:
         th = tt.str("token_hash", required=True)
         if not TOKEN_HASH.match(th):
             raise ConfigError(tt.key("token_hash"), 'expected "sha256:" and 64 hex digits (run `hoopd hash-token`)')
-        tokens.append(ApiToken(name, role, th, tt.str("user")))
+        user = tt.str("user")
+        if role == "caller" and user is None:
+            raise ConfigError(tt.key("user"), 'a "caller" token (the MCP endpoint only) acts as a user: name it')
+        tokens.append(ApiToken(name, role, th, user))
         tt.done()
     keys = t.str("ssh_authorized_keys")
     if keys is not None and not os.path.isabs(keys):
