@@ -47,10 +47,8 @@ def run(targets: list[Target], rounds: int, duration: int, say: Callable[[str], 
         measure.pgbench(by[n], "simple", 8, 1)  # warm-up
     for r in range(rounds):
         for t in measure.rotated([by[n] for n in PGBENCH], r):
-            assert t.pid is not None
-            c0 = measure.tree_cpu_seconds(t.pid)
-            res = measure.pgbench(t, "simple", 8, duration)
-            us = (measure.tree_cpu_seconds(t.pid) - c0) * 1e6 / res.transactions
+            res, us = measure.pgbench_cpu(t, "simple", 8, duration)
+            assert us is not None
             tps[t.name].append(res.tps)
             cpu[t.name].append(us)
             say(f"round {r + 1}/{rounds} pgbench -S c=8 {t.name:9} {res.tps:8.0f} TPS, CPU {us:.0f} us/txn")

@@ -59,6 +59,16 @@ def rotated(items: "tuple[T, ...] | list[T]", by: int) -> list[T]:
     return list(items[by:]) + list(items[:by])
 
 
+def pgbench_cpu(target: Target, mode: str, clients: int, seconds: float) -> tuple[PgbenchResult, float | None]:
+    """``pgbench`` and the CPU per transaction, in us, of the target's process and its children
+    (a gateway with workers, its fsync helper); None for a target without a process (direct)."""
+    before = tree_cpu_seconds(target.pid) if target.pid else 0.0
+    res = pgbench(target, mode, clients, seconds)
+    if not target.pid:
+        return res, None
+    return res, (tree_cpu_seconds(target.pid) - before) * 1e6 / res.transactions
+
+
 def psql_seconds(target: Target, sql: str) -> float:
     """Wall time of ``psql -c sql`` with all output discarded."""
     cmd = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", *target.pg_args(), "-d", DBNAME, "-o", "/dev/null",

@@ -42,10 +42,8 @@ def run(targets: list[Target], rounds: int, duration: int, say: Callable[[str], 
         measure.pgbench(t, "simple", 8, 1)  # warm-up
     for r in range(rounds):
         for t in targets[r % len(targets):] + targets[:r % len(targets)]:
-            assert t.pid is not None
-            before = measure.cpu_seconds(t.pid)
-            res = measure.pgbench(t, "simple", 8, duration)
-            used = (measure.cpu_seconds(t.pid) - before) * 1e6 / res.transactions
+            res, used = measure.pgbench_cpu(t, "simple", 8, duration)
+            assert used is not None
             tps[t.name].append(res.tps)
             cpu[t.name].append(used)
             say(f"round {r + 1}/{rounds} {t.name:24} {res.tps:8.0f} TPS, CPU {used:.0f} us/txn")

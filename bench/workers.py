@@ -43,12 +43,10 @@ def run(targets: list[Target], rounds: int, duration: int, say: Callable[[str], 
     for r in range(rounds):
         for c in CLIENTS:
             for t in measure.rotated(targets, r):
-                c0 = measure.tree_cpu_seconds(t.pid) if t.pid else 0.0
-                res = measure.pgbench(t, "simple", c, duration)
+                res, us = measure.pgbench_cpu(t, "simple", c, duration)
                 extra = ""
                 tps[(c, t.name)].append(res.tps)
-                if t.pid:
-                    us = (measure.tree_cpu_seconds(t.pid) - c0) * 1e6 / res.transactions
+                if us is not None:
                     cpu[(c, t.name)].append(us)
                     extra = f", CPU {us:.0f} us/txn"
                 say(f"round {r + 1}/{rounds} pgbench -S c={c:<2} {t.name:10} {res.tps:8.0f} TPS{extra}")

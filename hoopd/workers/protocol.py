@@ -41,6 +41,12 @@ def send(link: amp.AMP, peer: str, command: type[amp.Command], kw: dict[str, Any
         d.addErrback(failed)
 
 
+class Tell(amp.Command):
+    """A message that wants no answer."""
+    response: list = []
+    requiresAnswer = False
+
+
 # --- worker -> supervisor ------------------------------------------------------------
 
 class Hello(amp.Command):
@@ -49,31 +55,23 @@ class Hello(amp.Command):
     response: list = []
 
 
-class SessionStarted(amp.Command):
+class SessionStarted(Tell):
     arguments = [(b"summary", Json())]
-    response: list = []
-    requiresAnswer = False
 
 
-class SessionEnded(amp.Command):
+class SessionEnded(Tell):
     arguments = [(b"summary", Json()), (b"reason", amp.Unicode())]
-    response: list = []
-    requiresAnswer = False
 
 
-class SessionCounters(amp.Command):
+class SessionCounters(Tell):
     """Live sessions whose counters moved since the last report: [summary, ...]."""
     arguments = [(b"summaries", Json())]
-    response: list = []
-    requiresAnswer = False
 
 
-class LoginOutcome(amp.Command):
+class LoginOutcome(Tell):
     """A login that failed or succeeded, for every other worker's failed-login limiter
     (the supervisor passes it on)."""
     arguments = [(b"user", amp.Unicode()), (b"peer", amp.Unicode()), (b"ok", amp.Boolean())]
-    response: list = []
-    requiresAnswer = False
 
 
 class CancelElsewhere(amp.Command):
@@ -90,17 +88,13 @@ class OpenReview(amp.Command):
     response: list = []
 
 
-class WithdrawReview(amp.Command):
+class WithdrawReview(Tell):
     arguments = [(b"rid", amp.Unicode())]
-    response: list = []
-    requiresAnswer = False
 
 
-class JournalEvent(amp.Command):
+class JournalEvent(Tell):
     """A journal record as the live tail shows it (sent while the supervisor has followers)."""
     arguments = [(b"event", Json())]
-    response: list = []
-    requiresAnswer = False
 
 
 # --- supervisor -> worker ------------------------------------------------------------
@@ -126,30 +120,22 @@ class Metrics(amp.Command):
     response = [(b"text", amp.String()), (b"total", amp.Integer())]
 
 
-class OthersSessions(amp.Command):
+class OthersSessions(Tell):
     """How many live sessions the other workers have (for [gateway] max_sessions)."""
     arguments = [(b"count", amp.Integer())]
-    response: list = []
-    requiresAnswer = False
 
 
-class ReviewDecided(amp.Command):
+class ReviewDecided(Tell):
     """The end of a request: approved (no sqlstate) or a refusal to answer the client with."""
     arguments = [(b"rid", amp.Unicode()), (b"sqlstate", amp.Unicode(optional=True)),
                  (b"message", amp.Unicode(optional=True))]
-    response: list = []
-    requiresAnswer = False
 
 
-class Record(amp.Command):
+class Record(Tell):
     """A record of the supervisor's (a review step) for a session's journal sequence."""
     arguments = [(b"session", amp.Unicode()), (b"kind", amp.Unicode()), (b"fields", Json())]
-    response: list = []
-    requiresAnswer = False
 
 
-class Follow(amp.Command):
+class Follow(Tell):
     """Start or stop sending JournalEvents."""
     arguments = [(b"on", amp.Boolean())]
-    response: list = []
-    requiresAnswer = False
