@@ -120,6 +120,20 @@ def test_tools_through_the_sdk_with_policy_and_masking(gw) -> None:
     assert data(plan)["plan"] == "****"  # a read_only session with column rules: EXPLAIN output is masked whole
 
 
+def test_a_read_only_agent_cannot_write_through_the_tools(gw) -> None:
+    attacks = ["select set_config('default_transaction_read_only', 'off', false)",
+               "copy (select 1) to program 'id'",
+               "select set_config('standard_conforming_strings', 'off', false)",
+               "with d as (delete from mcp_people returning *) select * from d",
+               "do $$ begin delete from mcp_people; end $$"]
+    _, got = sdk(gw, "reader", [("query", {"connection": "shop", "sql": a}) for a in attacks]
+                 + [("explain", {"connection": "shop", "sql": "analyze delete from mcp_people"}),
+                    ("query", {"connection": "shop", "sql": "select count(*) from mcp_people"})])
+    *refused, count = got
+    assert all(r.is_error for r in refused), [data(r) for r in refused]
+    assert data(count)["rows"] == [[2]]  # nothing was deleted by the attempts
+
+
 def test_rows_are_capped_and_errors_carry_the_sqlstate(gw) -> None:
     _, (many, bad, plan) = sdk(gw, "dev", [
         ("query", {"connection": "shop", "sql": "select generate_series(1, 500) g"}),
