@@ -53,3 +53,19 @@ def test_expiry_ends_sessions_and_a_restart_keeps_what_is_active(tmp_path):
     later.advance(clock.seconds() + 3600)  # the gateway was down past its end
     restarted, _ = make(tmp_path, later)
     assert restarted.get(g2.id).status == "expired" and restarted.level("bob", "shop") is None
+
+
+def test_ended_grants_are_trimmed_from_memory_not_from_the_store(tmp_path, monkeypatch) -> None:
+    from hoopd.review import grants as mod
+    monkeypatch.setattr(mod, "KEEP_ENDED", 3)
+    clock = Clock()
+    store = mod.GrantStore(tmp_path / "g.sqlite")
+    g = mod.Grants(store, clock, lambda c: (("dba",), 3600.0))
+    boss = Reviewer("ssh:boss", "boss", frozenset({"dba"}))
+    ids = []
+    for i in range(6):
+        ids.append(g.request("ann", "shop", "read_write", 60, f"r{i}").id)
+        g.deny(ids[-1], boss, "no")
+    pending = g.request("ann", "shop", "read_write", 60, "keep me")
+    assert [x.id for x in g.list("denied")] == ids[-3:] and g.get(pending.id) is not None
+    assert len(store.all()) == 7

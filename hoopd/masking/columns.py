@@ -58,11 +58,11 @@ class ColumnMasks:
         if rels is None:
             return self.fallback
         for oid in rels.named(schema, relation):
-            for attnum, name in rels.by_oid[oid].columns.items():
-                if name == column:
-                    rule = self.table_rule(oid, attnum)
-                    if rule is not None:
-                        return rule
+            attnum = rels.by_oid[oid].attnums.get(column)
+            if attnum is not None:
+                rule = self.table_rule(oid, attnum)
+                if rule is not None:
+                    return rule
         return None
 
     def relation(self, schema: str | None, relation: str) -> MaskRule | None:

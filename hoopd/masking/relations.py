@@ -32,6 +32,7 @@ class Relation:
     name: str
     columns: Mapping[int, str]  # attnum -> name
     definition: str | None = None  # a view's SELECT
+    attnums: Mapping[str, int] = field(default_factory=dict)  # name -> attnum (of ``columns``)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class Relations:
                 cols.setdefault(int(oid), (schema, name, {}))[2][int(attnum)] = value
             else:
                 views[int(oid)] = value
-        by_oid = {oid: Relation(s, n, c, views.get(oid)) for oid, (s, n, c) in cols.items()}
+        by_oid = {oid: Relation(s, n, c, views.get(oid), {name: a for a, name in c.items()})
+                  for oid, (s, n, c) in cols.items()}
         by_name: dict[str, list[int]] = {}
         for oid, rel in by_oid.items():
             by_name.setdefault(rel.name, []).append(oid)

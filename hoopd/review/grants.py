@@ -47,6 +47,9 @@ class Grant:
         return asdict(self)
 
 
+KEEP_ENDED = 500  # denied, expired and revoked grants listed (in memory) besides the pending and active ones
+
+
 class GrantStore:
     """Grants in one SQLite file (created 0600 if missing)."""
 
@@ -108,7 +111,7 @@ class Grants:
         self.settings = settings
         self.end_sessions = end_sessions
         self.listeners: list[Callable[[str, Grant], None]] = []
-        self._grants = {g.id: g for g in store.all()}
+        self._grants = {g.id: g for g in store.all()}  # (oldest first: the store orders by requested)
         self._timers: dict[str, Any] = {}
         now = clock.seconds()
         for g in self._grants.values():
@@ -192,6 +195,13 @@ class Grants:
         if was_active:
             self.end_sessions(g, f"grant {g.id} ({g.level} on {g.connection}) {status}"
                                  + (f" by {by}" if by else "") + (f": {why}" if why else ""))
+        self._trim()
+
+    def _trim(self) -> None:
+        """Keep the newest KEEP_ENDED ended grants in memory (the store keeps them all)."""
+        ended = [g for g in self._grants.values() if g.status not in ("pending", "active")]
+        for g in ended[:max(0, len(ended) - KEEP_ENDED)]:
+            del self._grants[g.id]
 
     def _changed(self, event: str, g: Grant) -> None:
         try:
