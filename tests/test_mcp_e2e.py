@@ -228,3 +228,28 @@ def test_a_caller_token_reaches_the_tools_and_nothing_else(gw) -> None:
         assert e.value.code == 403
     finally:
         del TOKENS["writer"]
+
+
+def test_the_journal_report_shows_the_agents_work(gw, tmp_path) -> None:
+    import subprocess
+
+    from tests.gateway import BIN
+    out = subprocess.run([str(BIN / "hoopd"), "journal", "report", "--dir", str(gw.journal), "--format", "json",
+                          "--application", "mcp:"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["version"] == 1 and doc["integrity"]["verified"]
+    users = {a["user"]: a for a in doc["access"]}
+    assert users["reader"]["levels"] == ["read_only"] and all(a["applications"][0].startswith("mcp:")
+                                                              for a in doc["access"])
+    assert users["reader"]["denied"] >= 5  # the attacks
+    assert doc["enforcement"]["reviews"]["by_outcome"].get("approved", 0) >= 1
+    assert {m["rule"] for m in doc["enforcement"]["masked_values"]} >= {"emails"}
+    shapes = {s["shape"]: s for s in doc["workload"]["shapes"]}
+    assert any(k.startswith("select id, email, note from mcp_people where id <= $1") for k in shapes)
+    page = tmp_path / "report.html"
+    subprocess.run([str(BIN / "hoopd"), "journal", "report", "--dir", str(gw.journal), "--format", "html", "-o",
+                    str(page)], check=True, timeout=60)
+    body = page.read_text()
+    assert "<script" not in body and "http://" not in body and "https://" not in body  # opens offline
+    assert "Statements by shape" in body and "mcp_people" in body and "ada@example.com" not in body

@@ -18,7 +18,7 @@ from hoopd.config import GatewayConfig, read_toml
 from hoopd.confkit import ConfigError, Table, read_key
 from hoopd.names import name_key
 from hoopd.journal import records as r
-from hoopd.journal import render
+from hoopd.journal import render, report
 from hoopd.journal.anchor import Anchor, anchor_files, read_anchor
 from hoopd.journal.config import JournalConfig, parse_journal
 from hoopd.journal.reader import Entry, Journal, Progress
@@ -271,6 +271,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    key = None
+    if args.key_file:
+        try:
+            key = read_key(Path(args.key_file))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot use key file {args.key_file}: {e}") from None
+    elif args.config:
+        key = journal_config(args.config).hmac_key
+    j = _journal(args)
+    scope = report.Scope(parse_time(args.since) if args.since else None, parse_time(args.until) if args.until else None,
+                         args.connection, args.user, args.level, args.application)
+    try:
+        doc = report.build(j, scope, key, _anchors(args))
+    except KeyNeeded as e:
+        raise UsageError(str(e)) from None
+    text = {"text": report.text, "json": report.to_json, "html": report.html}[args.format](doc)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    _warn(j)
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     key = None
     if args.key_file:
@@ -335,7 +360,7 @@ def _run(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespac
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    j = sub.add_parser("journal", help="session journals: tail, sessions, replay, export, verify")
+    j = sub.add_parser("journal", help="session journals: tail, sessions, replay, export, report, verify")
     js = j.add_subparsers(dest="journal_command", metavar="COMMAND", required=True)
 
     def cmd(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -373,6 +398,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--until", metavar="TIME")
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     filters(e)
+
+    rpt = cmd("report", cmd_report, "evidence and insight over a time range: access, enforcement, workload,"
+                                    " integrity (text, json or one self-contained html file)")
+    rpt.add_argument("--since", metavar="TIME", help="from TIME (ISO 8601, or an age: 15m, 2h, 7d)")
+    rpt.add_argument("--until", metavar="TIME")
+    rpt.add_argument("--level", choices=("read_only", "read_write", "admin"), help="only sessions at this level")
+    rpt.add_argument("--application", metavar="PREFIX", help='only sessions whose application_name starts so (e.g. "mcp:")')
+    rpt.add_argument("--format", choices=("text", "json", "html"), default="text")
+    rpt.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    rpt.add_argument("--key-file", metavar="FILE", help="the HMAC key of a keyed journal")
+    rpt.add_argument("--anchor", action="append", default=[], metavar="FILE", help="a chain anchor; repeatable")
+    filters(rpt, session=False)
 
     v = cmd("verify", cmd_verify, "check the hash chain; prints OK or the first broken record, exits 1 if broken")
     v.add_argument("paths", nargs="*", metavar="DIR|FILE", help="journal folders or segment files")

@@ -198,6 +198,7 @@ class JournalSession:
             "database": info.database, "level": info.level,
             "peer": info.peer, "application_name": info.application_name, "tls": info.tls,
             "protocol": "%d.%d" % info.protocol, "started": r.timestamp(info.started),
+            **({"grant": info.grant} if info.grant else {}),
             **({"user_typed": ident.typed} if ident and ident.typed else {})})
         self.start_pending = False
 
