@@ -132,6 +132,7 @@ class Config:
     alerts: tuple[Webhook, ...] = ()  # [[alerts.webhooks]] (hoopd.alerts)
     bursts: BurstSettings | None = None  # [alerts] burst thresholds (None: the defaults)
     mcp: "McpConfig" = field(default_factory=lambda: McpConfig())  # [mcp] (hoopd.mcp)
+    state: ConnectionConfig | None = None  # [state]: the database several nodes share (hoopd.state)
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,15 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
 
     alerts, bursts = parse_alerts(root, base)
     mcp = _mcp(root, gateway, listen)
+    state = None
+    if root.has("state"):
+        st = root.table("state")
+        state = _connection("state", st, base)
+        if state.access or state.rules or state.grant_reviewers:
+            raise ConfigError("state", "the state database takes host, port, database, tls, ca_file, connect_timeout"
+                              " and credentials.default only")
+        if gateway.workers > 1:
+            raise ConfigError("state", "several nodes ([state]) need gateway.workers = 1 on each node for now")
     root.done()
     functions = FunctionSettings(vetted, max_age)
     for rule in [*rules, *(r for c in conns.values() for r in c.rules)]:
@@ -351,7 +361,7 @@ def parse(data: dict, base: Path = Path("."), source: str = "") -> Config:
                               f" of rule {rule.name!r} ({rule.review.timeout:g}s): statements would be refused first")
     return Config(gateway, listen, tls, logging, journal, users, conns, source, identity, control,
                   rules, unparseable, policy_enabled, max_statement_bytes, functions,
-                  masking if masking.rules else None, alerts, bursts, mcp)
+                  masking if masking.rules else None, alerts, bursts, mcp, state)
 
 
 def read_toml(path: str | os.PathLike) -> dict:

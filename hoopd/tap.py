@@ -45,6 +45,7 @@ from hoopd.proxy.client import GatewayFactory
 from hoopd.proxy.registry import SessionRegistry
 from hoopd.sdnotify import Notifier, watchdog_service
 from hoopd.session import SessionInfo, Stage
+from hoopd.state.shared import SharedState
 from hoopd.workers.child import RemoteReviews, WorkerRole, worker_node
 from hoopd.workers.supervisor import Refuse, WorkerPool
 
@@ -103,6 +104,7 @@ class GatewayService(service.MultiService):
             view = LiveJournal(writer, reactor)
         self.pool: WorkerPool | None = None
         self.mcp: McpEndpoint | None = None
+        self.shared: SharedState | None = None
         if worker is not None:
             worker.link.reviews.where = review_hint(config)
             self.reviews: Reviews | RemoteReviews = worker.link.reviews
@@ -122,6 +124,8 @@ class GatewayService(service.MultiService):
             self._data_path(config, reactor, metrics, tracker, worker)
         if worker is not None:
             return
+        if self.shared is not None:
+            self.shared.setServiceParent(self)
         if isinstance(self.reviews, Reviews):
             self.reviews.listeners.append(lambda event, req: self.alerts.event(f"review.{event}", req.summary()))
         if isinstance(self.grants, Grants):
@@ -129,7 +133,7 @@ class GatewayService(service.MultiService):
         self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
                                     tracker=tracker, metrics=metrics,
                                     worker_metrics=self.pool.metrics if self.pool is not None else None,
-                                    mcp=self.mcp)
+                                    mcp=self.mcp, shared=self.shared)
         if self.pool is not None and view is not None:
             self.pool.on_event = view.publish
             view.following_hooks.append(self.pool.follow)
@@ -162,11 +166,18 @@ class GatewayService(service.MultiService):
         self.policy.reviewing = True
         stages: list[Stage] = (([self.policy] if config.policy_enabled else []) + ([self.journal] if self.journal else [])
                                + ([self.masking] if self.masking else []) + [ReviewStage(self.reviews)])
-        observers: list[Any] = [tracker, self.alerts] + ([worker.link] if worker else [])
+        if config.state is not None and isinstance(self.reviews, Reviews):
+            self.shared = SharedState(config.state, config.gateway.node, reactor, self.registry, self.reviews,
+                                      self.identity)
+            self.identity.outcome_hooks.append(self.shared.login_outcome)
+        observers: list[Any] = ([tracker, self.alerts] + ([worker.link] if worker else [])
+                                + ([self.shared] if self.shared is not None else []))
         self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, observers),
                                       identity=self.identity,
                                       metrics=metrics, record=record, grants=self.grants,
                                       alert=self.alerts.event, on_login_failed=self.alerts.login_failed)
+        if self.shared is not None:
+            self.factory.cancel_elsewhere = self.shared.cancel
         if worker is None:
             self._listen("postgres", config.listen.postgres, self.factory)
             if config.mcp.enabled:

@@ -61,8 +61,9 @@ class ControlPlane:
                  token_verifier: TokenVerifier | None = None, tracker: SessionTracker | None = None,
                  metrics: Metrics | None = None,
                  worker_metrics: Callable[[], Deferred[list[tuple[int, bytes]]]] | None = None,
-                 mcp: Any = None) -> None:
+                 mcp: Any = None, shared: Any = None) -> None:
         self.gateway = gateway
+        self.shared = shared  # several nodes: the other nodes' sessions and requests (hoopd.state.shared)
         self.mcp = mcp  # the MCP endpoint (hoopd.mcp.server), None when off
         self.worker_metrics = worker_metrics  # [gateway] workers: each worker's /metrics text
         self.reactor = reactor
@@ -83,7 +84,8 @@ class ControlPlane:
         """Live sessions (active=True), recently ended ones (False) or both (None), oldest first."""
         found: list[dict[str, Any]] = []
         if active is not False:
-            found += sorted(({**s.info.summary(), "active": True} for s in self.gateway.registry),
+            found += sorted([*({**s.info.summary(), "active": True} for s in self.gateway.registry),
+                             *(self.shared.sessions() if self.shared is not None else ())],
                             key=lambda s: s["started"])
         if active is not True:
             found = list(self.tracker.recent) + found
@@ -94,7 +96,8 @@ class ControlPlane:
         live = self.gateway.registry.get(session_id)
         if live is not None:
             return {**live.info.summary(), "active": True}
-        return self.tracker.ended(session_id)
+        remote = self.shared.session(session_id) if self.shared is not None else None
+        return remote or self.tracker.ended(session_id)
 
     def stats(self) -> dict[str, Any]:
         live = list(self.gateway.registry)
@@ -125,7 +128,12 @@ class ControlPlane:
     def kill(self, session_id: str, reason: str, by: str) -> bool:
         """End a live session with 57P01; False when there is no such live session."""
         if self.gateway.registry.get(session_id) is None:
-            return False
+            if self.shared is None or not self.shared.kill(session_id, reason, by):
+                return False
+            log.info("admin {by}: kill session {sid} of another node ({reason})", by=by, sid=session_id,
+                     reason=reason or "no reason")
+            self._record("kill", by, session=session_id, reason=reason)
+            return True
         log.info("admin {by}: kill session {sid} ({reason})", by=by, sid=session_id, reason=reason or "no reason")
         self._record("kill", by, session=session_id, reason=reason)
         self.gateway.registry.kill(session_id, reason, by)
@@ -155,15 +163,23 @@ class ControlPlane:
         return self.gateway.reviews.listeners
 
     def reviews(self, status: str | None = None) -> list[dict[str, Any]]:
-        return [r.summary() for r in self.gateway.reviews.list(status)]
+        foreign = list(self.shared.foreign.values()) if self.shared is not None else []
+        return [r.summary() for r in self.gateway.reviews.list(status)] + [
+            r for r in foreign if status is None or r.get("status") == status]
 
     def review(self, rid: str) -> dict[str, Any] | None:
         r = self.gateway.reviews.get(rid)
+        if r is None and self.shared is not None:
+            return self.shared.foreign.get(rid)
         return r.summary() if r is not None else None
 
     def decide(self, rid: str, who: Reviewer, approve: bool, text: str) -> dict[str, Any]:
         """Approve (``text``: a comment) or deny (``text``: the reason); ReviewError says why not."""
         reviews = self.gateway.reviews
+        if reviews.get(rid) is None and self.shared is not None and rid in self.shared.foreign:
+            log.info("reviewer {by}: {what} request {rid} of another node", by=who.name,
+                     what="approve" if approve else "deny", rid=rid)
+            return self.shared.decide(rid, who, approve, text)
         req = reviews.approve(rid, who, text) if approve else reviews.deny(rid, who, text)
         log.info("reviewer {by}: {what} request {rid}", by=who.name, what="approve" if approve else "deny", rid=rid)
         return req.summary()

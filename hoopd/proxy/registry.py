@@ -58,6 +58,19 @@ class SessionRegistry:
     def by_cancel_key(self, pid: int, secret: bytes) -> Killable | None:
         return self._by_key.get(self._digest(pid, secret))
 
+    def by_digest(self, digest: bytes) -> Killable | None:
+        """The session whose cancel key hashes to ``digest`` (a key another node was sent)."""
+        return self._by_key.get(digest)
+
+    def digest_of(self, session_id: str) -> bytes | None:
+        """The digest of a live session's cancel key (what the shared state stores, never the key)."""
+        s = self._by_id.get(session_id)
+        return next((k for k, v in self._by_key.items() if v is s), None) if s is not None else None
+
+    @staticmethod
+    def digest(pid: int, secret: bytes) -> bytes:
+        return SessionRegistry._digest(pid, secret)
+
     def get(self, session_id: str) -> Killable | None:
         return self._by_id.get(session_id)
 

@@ -101,7 +101,8 @@ class Request:
                 "groups": list(self.groups), "connection": self.connection, "level": self.level,
                 "application": self.application, "peer": self.peer, "statement": self.statement,
                 "rule": self.rule, "message": self.message, "reviewers": list(self.settings.reviewers),
-                "min_approvals": self.settings.min_approvals, "approvals": list(self.approvals),
+                "min_approvals": self.settings.min_approvals, "allow_self_approval": self.settings.allow_self_approval,
+                "approvals": list(self.approvals),
                 "requested": self.requested, "expires": self.expires, "decided": self.decided,
                 "decided_by": self.decided_by, "why": self.why}
 
@@ -191,6 +192,12 @@ class Reviews:
         else:
             self._event("approval", req)
         return req
+
+    def refuse(self, rid: str, why: str) -> None:
+        """End a pending request as denied by the gateway itself (a check it depends on failed)."""
+        req = self._requests.get(rid)
+        if req is not None:
+            self._end(req, "denied", "gateway", why)
 
     def deny(self, rid: str, who: Reviewer, reason: str) -> Request:
         req = self._decidable(rid, who)
