@@ -5,7 +5,7 @@ import os
 import signal
 import sqlite3
 from pathlib import Path
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application import service
@@ -168,7 +168,7 @@ class GatewayService(service.MultiService):
                                + ([self.masking] if self.masking else []) + [ReviewStage(self.reviews)])
         if config.state is not None and isinstance(self.reviews, Reviews):
             self.shared = SharedState(config.state, config.gateway.node, reactor, self.registry, self.reviews,
-                                      self.identity)
+                                      self.identity, self.grants if isinstance(self.grants, Grants) else None)
             self.identity.outcome_hooks.append(self.shared.login_outcome)
         observers: list[Any] = ([tracker, self.alerts] + ([worker.link] if worker else [])
                                 + ([self.shared] if self.shared is not None else []))
@@ -178,6 +178,7 @@ class GatewayService(service.MultiService):
                                       alert=self.alerts.event, on_login_failed=self.alerts.login_failed)
         if self.shared is not None:
             self.factory.cancel_elsewhere = self.shared.cancel
+            self.factory.grants = _SharedGrants(self.shared) if isinstance(self.grants, Grants) else None
         if worker is None:
             self._listen("postgres", config.listen.postgres, self.factory)
             if config.mcp.enabled:
@@ -363,6 +364,16 @@ class GatewayService(service.MultiService):
             log.info("shutdown: waiting up to {s:g}s for {n} live sessions", s=seconds, n=len(self.registry))
         while len(self.registry) and self.reactor.seconds() < deadline:
             yield task.deferLater(self.reactor, min(0.1, max(deadline - self.reactor.seconds(), 0)), lambda: None)
+
+
+@dataclass(frozen=True)
+class _SharedGrants:
+    """The grants a login may use on one of several nodes (hoopd.state)."""
+
+    shared: SharedState
+
+    def level(self, user: str, connection: str) -> tuple[str, str] | None:
+        return self.shared.grant_level(user, connection)
 
 
 def _warn(config: Config) -> None:

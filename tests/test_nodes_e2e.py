@@ -22,7 +22,7 @@ from tests.gateway import Gateway, connection_toml, free_port, tokens_toml, user
 
 pytestmark = pytest.mark.integration
 
-TOKENS = {"dev": "dev-nodes-token-0123456789"}
+TOKENS = {"dev": "dev-nodes-token-0123456789", "reader": "reader-nodes-token-0123456789"}
 
 
 def _body(pg, http: int, state_port: int, folder: Path) -> str:
@@ -35,7 +35,8 @@ def _body(pg, http: int, state_port: int, folder: Path) -> str:
             + f'[state]\nhost = "127.0.0.1"\nport = {state_port}\ndatabase = "hoopd_state"\ntls = "disable"\n'
               f'connect_timeout = "2s"\n[state.credentials.default]\nuser = "app_scram"\n'
               f'password = "{r["app_scram"]}"\n'
-            + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]))
+            + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"],
+                                             extra='grant_reviewers = ["dba"]\n'))
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +86,10 @@ def dsn(port: int, user: str = "dev", password: str | None = None) -> str:
             " sslmode=disable connect_timeout=10")
 
 
-def api(g, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+def api(g, method: str, path: str, body: dict | None = None, who: str = "dev") -> tuple[int, dict]:
     req = urllib.request.Request(f"http://127.0.0.1:{g.http_port}{path}", method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {TOKENS['dev']}",
+                                 headers={"Authorization": f"Bearer {TOKENS[who]}",
                                           "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -172,6 +173,40 @@ def test_a_statement_held_on_one_node_is_approved_on_the_other(nodes) -> None:
     ended = until(lambda: (r := api(other, "GET", f"/api/v1/reviews/{req['id']}")[1]) and r.get("status") == "approved"
                   and r, "the outcome to reach the other node")
     assert "from the other node" in (ended.get("why") or "")
+
+
+def test_a_grant_approved_on_one_node_counts_on_both(nodes) -> None:
+    gws, lb = nodes
+
+    def levels() -> set[str]:
+        seen = set()
+        for _ in range(4):  # round robin: both nodes
+            with psycopg.connect(dsn(lb, "reader"), autocommit=True) as c:
+                seen.add(c.execute("show default_transaction_read_only").fetchone()[0])
+        return seen
+    assert levels() == {"on"}
+    code, g = api(gws["a"], "POST", "/api/v1/grants", {"connection": "shop", "level": "read_write",
+                                                      "duration": "10m", "reason": "fix"}, who="reader")
+    assert code == 200
+    until(lambda: any(x["id"] == g["id"] for x in api(gws["b"], "GET", "/api/v1/grants")[1]["grants"]),
+          "node b to know the request")
+    code, got = api(gws["b"], "POST", f"/api/v1/grants/{g['id']}/approve", {"comment": "ok"})
+    assert code == 200 and got["status"] == "active"
+    until(lambda: levels() == {"off"}, "both nodes to use the grant")
+    conns = [psycopg.connect(dsn(lb, "reader"), autocommit=True) for _ in range(2)]  # one on each node
+    code, _ = api(gws["a"], "POST", f"/api/v1/grants/{g['id']}/revoke", {"reason": "done"})
+    assert code == 200
+
+    def ended(c: psycopg.Connection) -> bool:
+        try:
+            c.execute("select 1")
+            return False
+        except psycopg.OperationalError:
+            return True
+    until(lambda: all(ended(c) for c in conns), "the sessions on both nodes to end")
+    for c in conns:
+        c.close()
+    assert levels() == {"on"}
 
 
 def test_failed_logins_count_on_both_nodes(nodes) -> None:

@@ -191,21 +191,26 @@ class ControlPlane:
     def request_grant(self, user: str | None, connection: str, level: str, duration: float,
                       reason: str) -> dict[str, Any]:
         """A grant request by ``user`` (ReviewError says why not)."""
-        grants = self.gateway.grants
-        if grants is None:
-            raise ReviewError(503, "access grants are off on this gateway (see its log)")
+        grants = self._shared_grants()
         if user is None:
             raise ReviewError(403, "only an identity (an OIDC token, or a token with a user) can ask for a grant")
         return grants.request(user, connection, level, duration, reason).summary()
 
     def decide_grant(self, gid: str, who: Reviewer, action: str, text: str) -> dict[str, Any]:
         """``action``: approve (``text``: a comment), deny or revoke (``text``: why)."""
+        grant = getattr(self._shared_grants(), action)(gid, who, text)
+        log.info("reviewer {by}: {what} grant {gid}", by=who.name, what=action, gid=gid)
+        return grant.summary()
+
+    def _shared_grants(self) -> Grants:
+        """The grants to change; with several nodes only while the state database is there
+        (a change no other node hears of would be undone when it comes back)."""
         grants = self.gateway.grants
         if grants is None:
             raise ReviewError(503, "access grants are off on this gateway (see its log)")
-        grant = getattr(grants, action)(gid, who, text)
-        log.info("reviewer {by}: {what} grant {gid}", by=who.name, what=action, gid=gid)
-        return grant.summary()
+        if self.shared is not None and not self.shared.available:
+            raise ReviewError(503, "the shared state database is unavailable; grants cannot change now")
+        return grants
 
     def grant_changed(self, event: str, grant: Any) -> None:
         """A Grants listener: every step of a grant is an ``admin`` journal record

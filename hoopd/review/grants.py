@@ -124,6 +124,27 @@ class Grants:
     def get(self, gid: str) -> Grant | None:
         return self._grants.get(gid)
 
+    def merge(self, g: Grant) -> None:
+        """A grant as another node changed it (hoopd.state): kept and saved here, its expiry
+        timed here, this node's sessions that used it ended when it stopped being active.
+        The listeners are not told (the node that changed it told its own)."""
+        old = self._grants.get(g.id)
+        was_active = old is not None and old.status == "active"
+        self._grants[g.id] = g
+        timer = self._timers.pop(g.id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if g.status == "active" and g.expires is not None:
+            self._timers[g.id] = self.clock.callLater(max(0.0, g.expires - self.clock.seconds()), self._expire, g)
+        try:
+            self.store.save(g)
+        except sqlite3.Error as e:
+            log.error("grant {gid} not saved ({err}): it will not survive a restart", gid=g.id, err=e)
+        if was_active and g.status != "active":
+            self.end_sessions(g, f"grant {g.id} ({g.level} on {g.connection}) {g.status}"
+                                 + (f" by {g.decided_by}" if g.decided_by else "") + (f": {g.why}" if g.why else ""))
+        self._trim()
+
     def list(self, status: str | None = None) -> list[Grant]:
         return [g for g in self._grants.values() if status is None or g.status == status]
 

@@ -32,6 +32,7 @@ from hoopd.log import get_logger
 from hoopd.pgwire.conversation import ClientMessage
 from hoopd.proxy.registry import SessionRegistry
 from hoopd.proxy.upstream import connect_upstream
+from hoopd.review.grants import Grant, Grants
 from hoopd.review.requests import Request, Reviewer, ReviewError, Reviews, check_reviewer
 from hoopd.session import Deny, SessionInfo
 from hoopd.state.client import StateConnection, StateError
@@ -45,6 +46,8 @@ KEEP_FOREIGN = 500  # other nodes' ended requests listed
 SCHEMA = ("create table if not exists hoopd_sessions (id text primary key, node text not null, summary jsonb not null,"
           " key text, updated timestamptz not null default now())",
           "create table if not exists hoopd_reviews (id text primary key, node text not null, summary jsonb not null,"
+          " updated timestamptz not null default now())",
+          "create table if not exists hoopd_grants (id text primary key, summary jsonb not null,"
           " updated timestamptz not null default now())")
 UNAVAILABLE = "the shared state database is unavailable, so no other node could decide it"
 
@@ -53,13 +56,14 @@ class SharedState(Service):
     name = "state"
 
     def __init__(self, conn: ConnectionConfig, node: str, reactor: Any, registry: SessionRegistry,
-                 reviews: Reviews, identity: IdentityChain) -> None:
+                 reviews: Reviews, identity: IdentityChain, grants: Grants | None = None) -> None:
         self.conn = conn
         self.node = node
         self.reactor = reactor
         self.registry = registry
         self.reviews = reviews
         self.identity = identity
+        self.grants = grants
         self.db: StateConnection | None = None
         self.remote: dict[str, SessionInfo] = {}  # other nodes' live sessions (summary()["node"] says which)
         self.foreign: dict[str, dict[str, Any]] = {}  # other nodes' review requests (summaries)
@@ -71,6 +75,8 @@ class SharedState(Service):
             loop.clock = reactor
         self._stopping = False
         reviews.listeners.append(self._review_event)
+        if grants is not None:
+            grants.listeners.append(self._grant_event)
 
     @property
     def available(self) -> bool:
@@ -116,6 +122,14 @@ class SharedState(Service):
                             self.node)
         for (summary,) in rows:
             self._foreign(json.loads(summary or "{}"))
+        if self.grants is not None:  # the shared grants win over this node's file; this node's add to them
+            rows = yield db.run("select summary from hoopd_grants")
+            shared = {g.id for g in (Grant(**json.loads(s)) for (s,) in rows)}
+            for (s,) in rows:
+                self.grants.merge(Grant(**json.loads(s)))
+            for g in self.grants.list():
+                if g.id not in shared:
+                    self._grant_event("known", g)
         for loop, every in zip(self._loops, (RESYNC, COUNTERS)):
             if not loop.running:
                 loop.start(every, now=False)
@@ -305,6 +319,23 @@ class SharedState(Service):
         self.publish({"t": "decide", "node": req["node"], "id": rid, "approve": approve, "text": text,
                       "who": {"name": who.name, "user": who.user, "groups": sorted(who.groups)}})
         return {**req, "forwarded_to": req["node"]}
+
+    def _on_grant(self, ev: dict[str, Any]) -> None:
+        if self.grants is not None:
+            self.grants.merge(Grant(**ev["grant"]))
+
+    def _grant_event(self, event: str, g: Grant) -> None:
+        summary = g.summary()
+        self._run("insert into hoopd_grants (id, summary) values ($1, $2::jsonb) on conflict (id)"
+                  " do update set summary = excluded.summary, updated = now()", g.id, json.dumps(summary))
+        self.publish({"t": "grant", "grant": summary})
+
+    def grant_level(self, user: str, connection: str) -> tuple[str, str] | None:
+        """Grants.level, or None while the state database is away (fail closed: another node
+        may have revoked it)."""
+        if self.grants is None or not self.available:
+            return None
+        return self.grants.level(user, connection)
 
     # --- this node's review requests (a Reviews listener) -------------------------------
 
