@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any, Callable
 from pathlib import Path
 
 from hoopd.pgwire.scram import make_verifier
@@ -110,3 +111,32 @@ class Gateway:
 
     def env(self, user: str = "dev") -> dict[str, str]:
         return {**os.environ, "PGPASSWORD": USERS[user][0]}
+
+
+def cancel_until_passed_on(connect: Any, passed_on: Callable[[], int], tries: int = 20) -> None:
+    """Cancel a running ``pg_sleep`` (each cancel a new connection, wherever it lands) until
+    ``passed_on()`` (a count in the gateways' logs) grows: a cancel that reached a session
+    another process or node serves. Each cancel must end its query with 57014."""
+    import threading
+
+    import psycopg
+    before = passed_on()
+    for _ in range(tries):
+        c = connect()
+        errors: list[Exception] = []
+
+        def run() -> None:
+            try:
+                c.execute("select pg_sleep(30)")
+            except psycopg.Error as e:
+                errors.append(e)
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.3)
+        c.cancel()
+        t.join(10)
+        assert not t.is_alive() and isinstance(errors[0], psycopg.errors.QueryCanceled)
+        c.close()
+        if passed_on() > before:
+            return
+    raise AssertionError(f"no cancel was passed on in {tries} tries")

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from hoopd.journal.records import list_segments
-from tests.gateway import BIN, Gateway, connection_toml, free_port, tokens_toml, users_toml
+from tests.gateway import BIN, Gateway, cancel_until_passed_on, connection_toml, free_port, tokens_toml, users_toml
 from tests.test_control_ssh import Console, _read_until
 
 pytestmark = pytest.mark.integration
@@ -192,26 +192,7 @@ def test_max_sessions_holds_for_all_workers_together(gw) -> None:
 
 def test_a_cancel_reaches_the_session_on_the_other_worker(gw) -> None:
     until(lambda: not sessions(gw), "no live sessions")
-    forwarded = gw.log().count("cancel request passed on by another worker")
-    for _ in range(20):  # until one cancel landed on the worker that does not serve the session
-        c = connect(gw)
-        errors: list[Exception] = []
-
-        def run() -> None:
-            try:
-                c.execute("select pg_sleep(30)")
-            except psycopg.Error as e:
-                errors.append(e)
-        t = threading.Thread(target=run)
-        t.start()
-        time.sleep(0.3)
-        c.cancel()
-        t.join(10)
-        assert not t.is_alive() and isinstance(errors[0], psycopg.errors.QueryCanceled)
-        c.close()
-        if gw.log().count("cancel request passed on by another worker") > forwarded:
-            return
-    raise AssertionError("no cancel landed on the other worker in 20 tries")
+    cancel_until_passed_on(lambda: connect(gw), lambda: gw.log().count("cancel request passed on by another worker"))
 
 
 def test_failed_logins_count_on_every_worker(gw) -> None:

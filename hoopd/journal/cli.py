@@ -271,15 +271,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    key = None
+def _key(args: argparse.Namespace) -> bytes | None:
+    """The HMAC key of a keyed journal: --key-file, else the config's hmac_key_file."""
     if args.key_file:
         try:
-            key = read_key(Path(args.key_file))
+            return read_key(Path(args.key_file))
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot use key file {args.key_file}: {e}") from None
-    elif args.config:
-        key = journal_config(args.config).hmac_key
+    return journal_config(args.config).hmac_key if args.config else None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    key = _key(args)
     j = _journal(args)
     scope = report.Scope(parse_time(args.since) if args.since else None, parse_time(args.until) if args.until else None,
                          args.connection, args.user, args.level, args.application)
@@ -297,14 +300,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    key = None
-    if args.key_file:
-        try:
-            key = read_key(Path(args.key_file))
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot use key file {args.key_file}: {e}") from None
-    elif args.config:
-        key = journal_config(args.config).hmac_key
+    key = _key(args)
     targets = [Path(p) for p in args.paths] or [_folder(args)]
     segs: list[r.SegmentName] = []
     whole = all(p.is_dir() for p in targets)

@@ -5,7 +5,6 @@ one statement (Parse, Bind, Describe, Execute, Sync, then Terminate)."""
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -17,10 +16,11 @@ from hoopd.confkit import Secret
 from hoopd.identity.base import Identity
 from hoopd.mcp.tickets import Tickets
 from hoopd.pgwire import messages as m
+from hoopd.pgwire.errors import ProtocolError
+from hoopd.pgwire.framing import take_message
 from hoopd.pgwire.types import BE
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream
 
-_I32 = struct.Struct("!i")
 TYPE_NAMES = {16: "bool", 17: "bytea", 20: "int8", 21: "int2", 23: "int4", 25: "text", 26: "oid", 114: "json",
               700: "float4", 701: "float8", 1042: "bpchar", 1043: "varchar", 1082: "date", 1083: "time",
               1114: "timestamp", 1184: "timestamptz", 1700: "numeric", 2950: "uuid", 3802: "jsonb"}
@@ -107,6 +107,15 @@ def _login_message(text: str) -> str:
     return tail or text
 
 
+def _messages(buf: bytearray, done: Deferred[Any]) -> list[tuple[int, bytes]]:
+    out = []
+    while not done.called and (got := take_message(buf)) is not None:
+        out.append(got)
+        if got[0] == BE.READY:
+            break
+    return out
+
+
 def _statement(up: UpstreamProtocol, sql: str, params: list[str | None], limits: Limits,
                on_notice: Callable[[str], None] | None) -> "Deferred[Result]":
     res = Result()
@@ -144,12 +153,14 @@ def _statement(up: UpstreamProtocol, sql: str, params: list[str | None], limits:
 
     def on_data(data: bytes) -> None:
         buf.extend(data)
-        while len(buf) >= 5 and not done.called:
-            (n,) = _I32.unpack_from(buf, 1)
-            if len(buf) < n + 1:
-                return
-            mtype, body = buf[0], bytes(buf[5:n + 1])
-            del buf[:n + 1]
+        try:
+            messages = _messages(buf, done)
+        except ProtocolError as e:
+            up.transport.abortConnection()
+            done.errback(ToolError("08P01", f"hoopd: the gateway session answered garbage: {e}"))
+            return
+        for got in messages:
+            mtype, body = got
             if mtype == BE.READY:
                 up.transport.write(m.TERMINATE)
                 up.transport.loseConnection()

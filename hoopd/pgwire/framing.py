@@ -58,6 +58,21 @@ def split_rows(data: bytes) -> list[bytes]:
     return out
 
 
+def take_message(buf: bytearray) -> tuple[int, bytes] | None:
+    """Remove the first complete typed message from ``buf``: (type, body), or None when it
+    is not all there yet. Raises ProtocolError on an impossible length."""
+    if len(buf) < 5:
+        return None
+    (n,) = _I32.unpack_from(buf, 1)
+    if n < 4:
+        raise ProtocolError(f"invalid message length {n}")
+    if len(buf) < n + 1:
+        return None
+    t, body = buf[0], bytes(buf[5:n + 1])
+    del buf[:n + 1]
+    return t, body
+
+
 def rows_end(data: bytes, count: int) -> int:
     """The offset just after the first ``count`` framed messages of ``data``."""
     pos = 0

@@ -8,7 +8,6 @@ credential (so it sees what read_only sessions see), one simple Query, then Term
 from __future__ import annotations
 
 import dataclasses
-import struct
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
@@ -17,10 +16,11 @@ from twisted.python.failure import Failure
 from hoopd.config import Config, ConnectionConfig
 from hoopd.pgwire import messages as m
 from hoopd.pgwire.conversation import Columns, columns_of
+from hoopd.pgwire.errors import ProtocolError
+from hoopd.pgwire.framing import take_message
 from hoopd.pgwire.types import BE
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream
 
-_I32 = struct.Struct("!i")
 Rows = list[tuple[str | None, ...]]
 
 
@@ -87,14 +87,15 @@ def _exchange(up: UpstreamProtocol, request: bytes, on: Callable[[int, bytes], N
 
     def on_data(data: bytes) -> None:
         buf.extend(data)
-        while len(buf) >= 5 and not done.called:
-            (n,) = _I32.unpack_from(buf, 1)
-            if n < 4 or len(buf) < n + 1:
-                if n < 4:
-                    finish(f"invalid message length {n}")
+        while not done.called:
+            try:
+                got = take_message(buf)
+            except ProtocolError as e:
+                finish(str(e))
                 return
-            mtype, body = buf[0], bytes(buf[5:n + 1])
-            del buf[:n + 1]
+            if got is None:
+                return
+            mtype, body = got
             if mtype == BE.ERROR:
                 f = m.decode_fields(body)
                 error.append(f"{f.get('C', '?')} {f.get('M', '')}")

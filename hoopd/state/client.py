@@ -3,7 +3,6 @@ login (hoopd.proxy.upstream): statements with text parameters, one at a time in 
 and LISTEN notifications as they come."""
 from __future__ import annotations
 
-import struct
 from collections import deque
 from typing import Any, Callable
 
@@ -11,10 +10,11 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from hoopd.pgwire import messages as m
+from hoopd.pgwire.errors import ProtocolError
+from hoopd.pgwire.framing import take_message
 from hoopd.pgwire.types import BE
 from hoopd.proxy.upstream import UpstreamProtocol
 
-_I32 = struct.Struct("!i")
 Rows = list[tuple[str | None, ...]]
 
 
@@ -56,12 +56,15 @@ class StateConnection:
     def _data(self, data: bytes) -> None:
         buf = self._buf
         buf.extend(data)
-        while len(buf) >= 5:
-            (n,) = _I32.unpack_from(buf, 1)
-            if len(buf) < n + 1:
+        while True:
+            try:
+                got = take_message(buf)
+            except ProtocolError:
+                self.up.transport.abortConnection()  # (lost: every statement waiting fails)
                 return
-            t, body = buf[0], bytes(buf[5:n + 1])
-            del buf[:n + 1]
+            if got is None:
+                return
+            t, body = got
             if t == BE.NOTIFICATION:
                 _, channel, payload = m.decode_notification(body)
                 self.on_notify(channel, payload)
