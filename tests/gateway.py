@@ -140,3 +140,29 @@ def cancel_until_passed_on(connect: Any, passed_on: Callable[[], int], tries: in
         if passed_on() > before:
             return
     raise AssertionError(f"no cancel was passed on in {tries} tries")
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 15) -> Any:
+    """Poll ``check`` until it answers something true; that answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def api_call(port: int, token: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """A JSON request to a gateway's control port: (status, answer)."""
+    import json
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

@@ -6,19 +6,17 @@ both; a node whose state database is unreachable refuses held statements at once
 serves the rest."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.gateway import Gateway, cancel_until_passed_on, connection_toml, free_port, tokens_toml, users_toml
+from tests.gateway import (Gateway, api_call, cancel_until_passed_on, connection_toml, free_port, tokens_toml, until,
+                           users_toml)
 
 pytestmark = pytest.mark.integration
 
@@ -87,25 +85,7 @@ def dsn(port: int, user: str = "dev", password: str | None = None) -> str:
 
 
 def api(g, method: str, path: str, body: dict | None = None, who: str = "dev") -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{g.http_port}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {TOKENS[who]}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def until(check, what: str, timeout: float = 15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return api_call(g.http_port, TOKENS[who], method, path, body)
 
 
 def test_each_node_lists_the_sessions_of_both(nodes) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +21,8 @@ import psycopg
 import pytest
 
 from hoopd.journal.records import list_segments
-from tests.gateway import BIN, Gateway, cancel_until_passed_on, connection_toml, free_port, tokens_toml, users_toml
+from tests.gateway import (BIN, Gateway, api_call, cancel_until_passed_on, connection_toml, free_port, tokens_toml,
+                           until, users_toml)
 from tests.test_control_ssh import Console, _read_until
 
 pytestmark = pytest.mark.integration
@@ -59,15 +59,7 @@ def gw(pg, tmp_path_factory):
 
 
 def api(g, method: str, path: str, body: dict | None = None, who: str = "dev") -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{g.http_port}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {TOKENS[who]}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return api_call(g.http_port, TOKENS[who], method, path, body)
 
 
 def wait_ready(g, timeout: float = 30) -> None:
@@ -81,16 +73,6 @@ def wait_ready(g, timeout: float = 30) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"the workers did not get ready:\n{g.log()}")
-
-
-def until(check, what: str, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def connect(g, user: str = "dev", **kw) -> psycopg.Connection:
