@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.gateway import USERS, Gateway, connection_toml, free_port, tokens_toml, users_toml
+from tests.gateway import USERS, Gateway, api_call, connection_toml, free_port, tokens_toml, users_toml
 from tests.test_control_ssh import Console
 
 pytestmark = pytest.mark.integration
@@ -60,14 +60,7 @@ def gw(pg, tmp_path_factory):
 
 
 def api(g, method: str, path: str, who: str = "dev", body: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{g.http_port}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {TOKENS[who]}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return api_call(g.http_port, TOKENS[who], method, path, body)
 
 
 def pending(g, n: int = 1) -> list[dict]:
