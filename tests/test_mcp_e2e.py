@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.certs import write_self_signed
 from tests.gateway import Gateway, connection_toml, free_port, tokens_toml, users_toml
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,9 @@ def gw(pg, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mcp")
     r = {role.name: role.password for role in pg.roles}
     http = free_port()
+    cert, key = write_self_signed(folder)
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\n[journal]\ndir = "{folder / "journal"}"\n'
+            f'[tls]\nmode = "require"\ncert = "{cert}"\nkey = "{key}"\n'
             '[mcp]\nenabled = true\nmax_rows = 50\n' + tokens_toml(TOKENS)
             + tokens_toml({"writer": CALLER_TOKEN}, role="caller")
             + '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba"]\n'
@@ -192,6 +195,9 @@ def test_a_review_rule_holds_the_call_and_the_client_hears_it(gw) -> None:
 
 
 def test_the_protocol_edges(gw) -> None:
+    import psycopg
+    with pytest.raises(psycopg.OperationalError, match="TLS is required"):  # wire clients need TLS; MCP calls pass
+        psycopg.connect(gw.dsn("reader"))
     assert raw(gw, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, who=None)[0] == 401
     status, _, body = raw(gw, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, sid="nope")
     assert status == 404 and json.loads(body)["error"]["code"] == -32001

