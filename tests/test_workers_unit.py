@@ -128,3 +128,19 @@ def test_grants_view_reads_what_the_supervisor_wrote(tmp_path) -> None:
     assert view.level("Ann", "shop") == ("read_write", "g1")
     clock.advance(61)
     assert view.level("ann", "shop") is None
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"gateway": {"workers": 2}, "listen": {"http": "tcp:1"}, "mcp": {"enabled": True}},
+     "mcp.enabled: the MCP endpoint needs gateway.workers = 1"),
+    ({"mcp": {"enabled": True}}, "mcp.enabled: the MCP endpoint is served on the control port"),
+    ({"mcp": {"max_rows": 0}}, "mcp.max_rows"),
+    ({"state": {"host": "db", "credentials": {"default": {"user": "u"}}, "access": {"dba": "admin"}}},
+     "state: the state database takes"),
+    ({"gateway": {"workers": 2}, "state": {"host": "db", "credentials": {"default": {"user": "u"}}}},
+     "state: several nodes ([state]) need gateway.workers = 1"),
+])
+def test_feature_combinations_and_keys_refused_with_their_key(doc: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse(doc)
+    assert str(e.value).startswith(message)
