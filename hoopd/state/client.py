@@ -24,7 +24,7 @@ class StateError(Exception):
 
 class StateConnection:
     def __init__(self, up: UpstreamProtocol, on_notify: Callable[[str, str], None],
-                 on_lost: Callable[[], None]) -> None:
+                 on_lost: Callable[["StateConnection"], None]) -> None:
         self.up = up
         self.on_notify = on_notify  # (channel, payload)
         self.lost_hook = on_lost
@@ -87,4 +87,4 @@ class StateConnection:
         waiting, self._waiting = self._waiting, deque()
         for d, _, _ in waiting:
             d.errback(StateError(f"the state database connection was lost: {reason.getErrorMessage()}"))
-        self.lost_hook()
+        self.lost_hook(self)

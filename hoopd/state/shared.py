@@ -109,6 +109,20 @@ class SharedState(Service):
     @inlineCallbacks
     def _connected(self, up: Any) -> Any:
         db = StateConnection(up, self._notified, self._lost)
+        try:
+            yield self._setup(db)
+        except Exception:
+            if self.db is db:
+                self.db = None  # (so its loss below schedules nothing: _failed retries)
+            db.close()
+            raise
+        for loop, every in zip(self._loops, (RESYNC, COUNTERS)):
+            if not loop.running:
+                loop.start(every, now=False)
+        log.info("state: connected to the shared state database as node {node}", node=self.node)
+
+    @inlineCallbacks
+    def _setup(self, db: StateConnection) -> Any:
         for sql in SCHEMA:
             yield db.run(sql)
         yield db.run(f"listen {CHANNEL}")
@@ -130,23 +144,19 @@ class SharedState(Service):
             for g in self.grants.list():
                 if g.id not in shared:
                     self._grant_event("known", g)
-        for loop, every in zip(self._loops, (RESYNC, COUNTERS)):
-            if not loop.running:
-                loop.start(every, now=False)
-        log.info("state: connected to the shared state database as node {node}", node=self.node)
 
     def _failed(self, f: Any) -> None:
         if self._stopping:
             return
         log.warn("state: cannot use the shared state database ({err}); retrying in {s:g}s",
                  err=f.getErrorMessage(), s=self._retry)
-        if self.db is not None:
-            self.db.close()
         self.db = None
         self.reactor.callLater(self._retry, self._connect)
         self._retry = min(RETRY_MAX, self._retry * 2)
 
-    def _lost(self) -> None:
+    def _lost(self, conn: StateConnection) -> None:
+        if conn is not self.db:
+            return
         self.db = None
         self.remote.clear()
         self._nodes.clear()
