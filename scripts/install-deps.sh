@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests and the bench need from outside PyPI, only when it is missing.
 #
-# Idempotent and non-interactive: Debian packages (slapd, ldap-utils, pgbouncer, haproxy,
+# Idempotent and non-interactive: Debian packages (slapd, ldap-utils, pgbouncer, haproxy, chromium,
 # openssh-client, the PostgreSQL 15 client and, if no initdb is found, the server),
 # and node-postgres into tests/node/. System services are never started: a
 # policy-rc.d that answers 101 is in place while apt-get runs. Run as root (CI is).
@@ -21,7 +21,7 @@ have_initdb() {
 }
 
 want=()
-for pkg in slapd ldap-utils pgbouncer openssh-client haproxy; do
+for pkg in slapd ldap-utils pgbouncer openssh-client haproxy chromium; do
     installed "$pkg" || want+=("$pkg")
 done
 command -v psql >/dev/null 2>&1 && command -v pgbench >/dev/null 2>&1 || want+=(postgresql-client-15)

@@ -14,6 +14,7 @@ headers and body (slowloris), and the port a cap on open connections (all in [co
 from __future__ import annotations
 
 import json
+from html import escape as html_escape
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Callable
@@ -29,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from hoopd.control.auth import ApiError, Principal, authenticate
 from hoopd.control.metrics import CONTENT_TYPE
+from hoopd.control.web import COOKIE, CSP, STYLE, Page, WebConsole
 from hoopd.control.openapi import DOCUMENT
 from hoopd.control.plane import ControlPlane
 from hoopd.log import get_logger
@@ -42,6 +44,10 @@ LINGER_SECONDS = 2.0  # after an early refusal, how long input is drained so the
 LINGER_BYTES = 1 << 20  # ...and how much of it at most
 _PENDING = object()
 _ACTIVE = {"true": True, "false": False, "all": None}
+
+
+UI_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+              "X-Frame-Options": "DENY"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class ControlApi:
 
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
+        self.web = WebConsole(plane)
 
     def healthz(self, request: Request, who: Principal | None) -> Reply:
         return Reply({"status": "ok", "node": self.plane.config.gateway.node})
@@ -189,6 +196,88 @@ class ControlApi:
         if status not in (None, *GRANT_STATES):
             raise ApiError(400, "bad_parameter", f"status must be one of {', '.join(GRANT_STATES)}")
         return Reply({"grants": self.plane.grants(status)})
+
+    # --- the web console (hoopd.control.web) ------------------------------------------------
+
+    @staticmethod
+    def _page(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+        return Reply(body, status, "text/html; charset=utf-8", headers={**UI_HEADERS, **(headers or {})})
+
+    def _ui(self, request: Request, make: Callable[[], Any]) -> Any:
+        """A console page (bytes), a redirect (a str), or the Page that says otherwise."""
+        def answer(out: Any) -> Reply:
+            if isinstance(out, str):
+                return self._page(b"", 303, {"Location": out})
+            return self._page(out)
+
+        def refused(f: Failure) -> Reply:
+            f.trap(Page)
+            p = f.value
+            if p.location:
+                return self._page(b"", p.status, {"Location": p.location})
+            return self._page(self.web.layout(None, "Refused", f"<p class='err'>{html_escape(p.text)}</p>"),
+                              p.status)
+        return defer.maybeDeferred(make).addCallbacks(answer, refused)
+
+    def ui_root(self, request: Request, who: Principal | None) -> Any:
+        return self._ui(request, lambda: "/ui/sessions")
+
+    def ui_style(self, request: Request, who: Principal | None) -> Reply:
+        return Reply(STYLE, content_type="text/css", headers=UI_HEADERS)
+
+    def ui_login_page(self, request: Request, who: Principal | None) -> Any:
+        return self._ui(request, lambda: self.web.login_page(_arg(request, "error")))
+
+    def ui_login(self, request: Request, who: Principal | None) -> Any:
+        token = (request.args.get(b"token") or [b""])[-1].decode("utf-8", "replace")
+        try:
+            sid = self.web.sign_in(token)
+        except Page as p:
+            return self._page(self.web.login_page(p.text), 401)
+        secure = "; Secure" if request.isSecure() else ""
+        return self._page(b"", 303, {"Location": "/ui/sessions",
+                                     "Set-Cookie": f"{COOKIE}={sid}; HttpOnly; SameSite=Lax; Path=/ui{secure}"})
+
+    def ui_logout(self, request: Request, who: Principal | None) -> Any:
+        def out() -> str:
+            self.web.sign_out(request)
+            return "/ui/login"
+        return self._ui(request, out).addCallback(lambda r: (r.headers.update(
+            {"Set-Cookie": f"{COOKIE}=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/ui"}), r)[1])
+
+    def ui_sessions(self, request: Request, who: Principal | None) -> Any:
+        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        return self._ui(request, lambda: self.web.sessions_page(self.web.session(request), args))
+
+    def ui_replay(self, request: Request, who: Principal | None, sid: str) -> Any:
+        return self._ui(request, lambda: self.web.replay_page(self.web.session(request), sid))
+
+    def ui_export(self, request: Request, who: Principal | None, sid: str) -> Any:
+        self_check = self.web.session  # signed in, or the redirect
+
+        def body() -> Any:
+            self_check(request)
+            return self.web.export(sid)
+        d = defer.maybeDeferred(body)
+        return d.addCallbacks(
+            lambda data: Reply(data, content_type="application/x-ndjson", headers={
+                **UI_HEADERS, "Content-Disposition": f'attachment; filename="session-{sid}.jsonl"'}),
+            lambda f: self._ui(request, lambda: f))
+
+    def ui_kill(self, request: Request, who: Principal | None, sid: str) -> Any:
+        return self._ui(request, lambda: self.web.kill(request, sid))
+
+    def ui_reviews(self, request: Request, who: Principal | None) -> Any:
+        return self._ui(request, lambda: self.web.reviews_page(self.web.session(request), _arg(request, "error")))
+
+    def ui_approve(self, request: Request, who: Principal | None, rid: str) -> Any:
+        return self._ui(request, lambda: self.web.decide(request, rid, True))
+
+    def ui_deny(self, request: Request, who: Principal | None, rid: str) -> Any:
+        return self._ui(request, lambda: self.web.decide(request, rid, False))
+
+    def ui_revoke(self, request: Request, who: Principal | None, gid: str) -> Any:
+        return self._ui(request, lambda: self.web.revoke(request, gid))
 
     # --- MCP (hoopd.mcp.server) -----------------------------------------------------------
 
@@ -286,6 +375,19 @@ ROUTES = (
     Route("GET", ("api", "v1", "reviews", "{id}"), "viewer", ControlApi.get_review),
     Route("POST", ("api", "v1", "reviews", "{id}", "approve"), "viewer", ControlApi.approve_review),
     Route("POST", ("api", "v1", "reviews", "{id}", "deny"), "viewer", ControlApi.deny_review),
+    Route("GET", ("ui",), "public", ControlApi.ui_root),
+    Route("GET", ("ui", "style.css"), "public", ControlApi.ui_style),
+    Route("GET", ("ui", "login"), "public", ControlApi.ui_login_page),
+    Route("POST", ("ui", "login"), "public", ControlApi.ui_login),
+    Route("POST", ("ui", "logout"), "public", ControlApi.ui_logout),
+    Route("GET", ("ui", "sessions"), "public", ControlApi.ui_sessions),
+    Route("GET", ("ui", "sessions", "{id}"), "public", ControlApi.ui_replay),
+    Route("GET", ("ui", "sessions", "{id}", "export"), "public", ControlApi.ui_export),
+    Route("POST", ("ui", "sessions", "{id}", "kill"), "public", ControlApi.ui_kill),
+    Route("GET", ("ui", "reviews"), "public", ControlApi.ui_reviews),
+    Route("POST", ("ui", "reviews", "{id}", "approve"), "public", ControlApi.ui_approve),
+    Route("POST", ("ui", "reviews", "{id}", "deny"), "public", ControlApi.ui_deny),
+    Route("POST", ("ui", "grants", "{id}", "revoke"), "public", ControlApi.ui_revoke),
     Route("POST", ("mcp",), "identity", ControlApi.mcp_post),
     Route("DELETE", ("mcp",), "identity", ControlApi.mcp_delete),
     Route("GET", ("api", "v1", "grants"), "viewer", ControlApi.list_grants),

@@ -1,0 +1,285 @@
+"""The web console at ``/ui`` on the control port: sessions (live and recent, filters,
+kill), a session's replay from the journal (statements, results as tables, errors,
+policy decisions, reviews; download as JSON lines), and reviews (approve, deny) and
+grants (revoke), for people who would rather look than read journal files.
+
+Server-rendered HTML, no script at all: the Content-Security-Policy allows only this
+origin's stylesheet and forms. Sign-in with an API token (``[[control.tokens]]``; its
+role decides what the pages offer); the console session is a random id in an HttpOnly,
+SameSite=Lax cookie (Secure over TLS) that ends after IDLE seconds without a request
+or at sign-out; every form that changes something carries the session's CSRF token.
+"""
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from twisted.internet import defer
+from twisted.web.server import Request
+
+from hoopd.control.auth import Principal
+from hoopd.control.tokens import matches
+from hoopd.review.requests import ReviewError
+
+IDLE = 1800.0  # seconds a console session lives without a request
+COOKIE = "hoopd_console"
+MAX_SESSIONS = 1000
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none';"
+       " base-uri 'none'")
+STYLE = b"""body{font:14px system-ui,sans-serif;margin:0;color:#222}header{background:#223;color:#fff;padding:8px 16px}
+header a,header button{color:#fff;margin-right:16px;background:none;border:0;font:inherit;cursor:pointer}
+main{padding:16px}table{border-collapse:collapse;margin:8px 0 24px}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}form.inline{display:inline}.err{color:#b00}
+.stmt{font-family:monospace;white-space:pre-wrap;background:#f6f6f6;padding:4px}.masked{background:#ffd}
+"""
+
+
+@dataclass
+class ConsoleSession:
+    principal: Principal
+    csrf: str
+    seen: float
+
+
+class Page(Exception):
+    """An answer other than a page: a redirect (``location``) or a refusal (``status``)."""
+
+    def __init__(self, status: int, location: str | None = None, text: str = "") -> None:
+        super().__init__(text)
+        self.status, self.location, self.text = status, location, text
+
+
+def e(v: Any) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+def _when(t: Any) -> str:
+    if isinstance(t, (int, float)):
+        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return str(t or "")
+
+
+class WebConsole:
+    def __init__(self, plane: Any) -> None:
+        self.plane = plane
+        self.sessions: dict[str, ConsoleSession] = {}
+
+    # --- sign-in --------------------------------------------------------------------------
+
+    def sign_in(self, token: str) -> str:
+        """A new console session for a valid API token (a cookie value); Page(401) if not."""
+        found = [t for t in self.plane.config.control.tokens if matches(token, t.token_hash)]
+        if not found or found[0].role not in ("viewer", "admin"):
+            raise Page(401, text="that token does not open the console")
+        t = found[0]
+        groups = frozenset()
+        if t.user is not None:
+            groups = self.plane.identity_of(Principal(f"web:{t.name}", t.role, t.user)).groups
+        self._expire()
+        if len(self.sessions) >= MAX_SESSIONS:
+            del self.sessions[next(iter(self.sessions))]
+        sid = os.urandom(24).hex()
+        self.sessions[sid] = ConsoleSession(Principal(f"web:{t.name}", t.role, t.user, groups), os.urandom(16).hex(),
+                                            self.plane.reactor.seconds())
+        return sid
+
+    def session(self, request: Request) -> ConsoleSession:
+        """The caller's console session, or Page(303) to the sign-in page."""
+        self._expire()
+        raw = request.getCookie(COOKIE.encode())
+        s = self.sessions.get(raw.decode("ascii", "replace")) if raw else None
+        if s is None:
+            raise Page(303, "/ui/login")
+        s.seen = self.plane.reactor.seconds()
+        return s
+
+    def _expire(self) -> None:
+        now = self.plane.reactor.seconds()
+        for k in [k for k, s in self.sessions.items() if now - s.seen > IDLE]:
+            del self.sessions[k]
+
+    def form(self, request: Request, s: ConsoleSession) -> dict[str, str]:
+        """The posted form's fields, after its CSRF token was checked (Page(403) if wrong)."""
+        fields = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        if not hmac.compare_digest(fields.get("csrf", ""), s.csrf):
+            raise Page(403, text="the form is stale or not from this console (CSRF token); reload the page")
+        return fields
+
+    def sign_out(self, request: Request) -> None:
+        s = self.session(request)
+        self.form(request, s)
+        for k in [k for k, v in self.sessions.items() if v is s]:
+            del self.sessions[k]
+
+    # --- pages ----------------------------------------------------------------------------
+
+    def layout(self, s: ConsoleSession | None, title: str, body: str) -> bytes:
+        nav = ""
+        if s is not None:
+            nav = ("<a href='/ui/sessions'>Sessions</a><a href='/ui/reviews'>Reviews</a>"
+                   f"<span>{e(s.principal.name)} ({e(s.principal.role)})</span> "
+                   f"<form class='inline' method='post' action='/ui/logout'>{self._csrf(s)}"
+                   "<button type='submit'>Sign out</button></form>")
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)} - hoopd</title>"
+                f"<link rel='stylesheet' href='/ui/style.css'></head><body><header><b>hoopd</b> {nav}</header>"
+                f"<main><h1>{e(title)}</h1>{body}</main></body></html>").encode()
+
+    @staticmethod
+    def _csrf(s: ConsoleSession) -> str:
+        return f"<input type='hidden' name='csrf' value='{e(s.csrf)}'>"
+
+    def login_page(self, error: str | None = None) -> bytes:
+        err = f"<p class='err'>{e(error)}</p>" if error else ""
+        return self.layout(None, "Sign in", err + "<form method='post' action='/ui/login'><label>API token "
+                           "<input type='password' name='token' autocomplete='off' required></label> "
+                           "<button type='submit'>Sign in</button></form>")
+
+    def sessions_page(self, s: ConsoleSession, args: dict[str, str]) -> bytes:
+        active = {"true": True, "false": False, "all": None}.get(args.get("active", "all"), None)
+        rows = self.plane.sessions(user=args.get("user") or None, connection=args.get("connection") or None,
+                                   active=active)
+        admin = s.principal.role == "admin"
+        head = ["session", "user", "connection", "level", "application", "from", "started", "statements", "state"]
+        out = ["<form method='get' action='/ui/sessions'>"
+               f"<input name='user' placeholder='user' value='{e(args.get('user'))}'> "
+               f"<input name='connection' placeholder='connection' value='{e(args.get('connection'))}'> "
+               "<select name='active'>" + "".join(
+                   f"<option value='{v}'{' selected' if args.get('active', 'all') == v else ''}>{v}</option>"
+                   for v in ("all", "true", "false")) + "</select> <button type='submit'>Filter</button></form>",
+               f"<p>{len(rows)} sessions</p><table><tr>" + "".join(f"<th>{h}</th>" for h in head)
+               + ("<th>kill</th>" if admin else "") + "</tr>"]
+        for r in reversed(rows):
+            state = "live" if r.get("active") else f"ended: {r.get('end_reason', '')}"
+            if r.get("node"):
+                state += f" (node {r['node']})"
+            out.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
+                f"<a href='/ui/sessions/{quote(r['id'])}'>{e(r['id'])}</a>", e(r.get("user")), e(r.get("connection")),
+                e(r.get("level")), e(r.get("application_name")), e(r.get("peer")), e(_when(r.get("started"))),
+                e(r.get("statements")), e(state))))
+            if admin:
+                out.append("<td>" + (f"<form class='inline' method='post' action='/ui/sessions/{quote(r['id'])}/kill'>"
+                                     f"{self._csrf(s)}<input name='reason' placeholder='reason' required> "
+                                     "<button type='submit'>Kill</button></form>" if r.get("active") else "") + "</td>")
+            out.append("</tr>")
+        out.append("</table>")
+        return self.layout(s, "Sessions", "".join(out))
+
+    @defer.inlineCallbacks
+    def replay_page(self, s: ConsoleSession, sid: str) -> Any:
+        found = self.plane.session(sid)
+        events = yield self._events(sid)
+        if found is None and not events:
+            raise Page(404, text=f"no session {sid}")
+        out = []
+        if found is not None:
+            out.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in found.items()
+                                           if k not in ("groups",)) + "</table>")
+        out.append(f"<p><a href='/ui/sessions/{quote(sid)}/export'>Download as JSON lines</a></p>")
+        for ev in events:
+            out.append(self._event(ev))
+        return self.layout(s, f"Session {sid}", "".join(out))
+
+    def _events(self, sid: str) -> Any:
+        if self.plane.journal is None:
+            return defer.succeed([])
+        return self.plane.journal.recent(session=sid, limit=10_000)
+
+    @defer.inlineCallbacks
+    def export(self, sid: str) -> Any:
+        events = yield self._events(sid)
+        return "".join(json.dumps(ev, default=str) + "\n" for ev in events).encode()
+
+    def _event(self, ev: dict[str, Any]) -> str:
+        kind, ts = ev.get("kind"), e(ev.get("ts"))
+        if kind == "statement":
+            return f"<h3>{ts} {e(ev.get('op'))}</h3><div class='stmt'>{e(ev.get('text'))}</div>" + (
+                f"<p>parameters: {e(ev.get('params'))}</p>" if ev.get("params") else "")
+        if kind == "result":
+            cols = ev.get("columns") or []
+            rows = ev.get("rows") or []
+            table = ("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in rows[:200]) + "</table>"
+                if cols else "")
+            more = f" (showing {min(len(rows), 200)} of {ev.get('rows_total')})" if ev.get("rows_total") else ""
+            us = ev.get("us")
+            return (f"<p>{e(ev.get('tag'))}{e(more)}" + (f", {us / 1000:.2f} ms" if isinstance(us, int) else "")
+                    + f"</p>{table}")
+        if kind in ("error", "denied"):
+            return f"<p class='err'>{ts} {e(kind)} {e(ev.get('sqlstate'))}: {e(ev.get('message'))}</p>"
+        if kind in ("policy", "review", "masking", "notice"):
+            detail = {k: v for k, v in ev.items() if k not in ("ts", "node", "session", "seq", "kind", "h")}
+            return f"<p>{ts} <b>{e(kind)}</b> <code>{e(json.dumps(detail, default=str)[:500])}</code></p>"
+        return ""
+
+    def reviews_page(self, s: ConsoleSession, error: str | None) -> bytes:
+        err = f"<p class='err'>{e(error)}</p>" if error else ""
+        pending = self.plane.reviews("pending")
+        out = [err, f"<h2>Pending ({len(pending)})</h2><table><tr><th>request</th><th>user</th><th>connection</th>"
+                    "<th>statement</th><th>rule</th><th>expires</th><th>decide</th></tr>"]
+        for r in pending:
+            rid = quote(r["id"])
+            out.append(
+                f"<tr><td>{e(r['id'])}</td><td>{e(r.get('user'))}</td><td>{e(r.get('connection'))}</td>"
+                f"<td><div class='stmt'>{e(r.get('statement'))}</div></td><td>{e(r.get('rule'))}</td>"
+                f"<td>{e(_when(r.get('expires')))}</td><td>"
+                f"<form method='post' action='/ui/reviews/{rid}/approve'>{self._csrf(s)}"
+                "<input name='comment' placeholder='comment'> <button type='submit'>Approve</button></form>"
+                f"<form method='post' action='/ui/reviews/{rid}/deny'>{self._csrf(s)}"
+                "<input name='reason' placeholder='reason' required> <button type='submit'>Deny</button></form>"
+                "</td></tr>")
+        out.append("</table><h2>Decided</h2><table><tr><th>request</th><th>status</th><th>user</th><th>statement</th>"
+                   "<th>by</th><th>why</th></tr>")
+        for r in [x for x in self.plane.reviews() if x.get("status") != "pending"][-50:]:
+            out.append(f"<tr><td>{e(r['id'])}</td><td>{e(r.get('status'))}</td><td>{e(r.get('user'))}</td>"
+                       f"<td><div class='stmt'>{e(r.get('statement'))}</div></td><td>{e(r.get('decided_by'))}</td>"
+                       f"<td>{e(r.get('why'))}</td></tr>")
+        out.append("</table><h2>Grants</h2><table><tr><th>grant</th><th>user</th><th>connection</th><th>level</th>"
+                   "<th>status</th><th>expires</th><th>revoke</th></tr>")
+        for g in self.plane.grants():
+            action = (f"<form method='post' action='/ui/grants/{quote(g['id'])}/revoke'>{self._csrf(s)}"
+                      "<input name='reason' placeholder='reason' required> <button type='submit'>Revoke</button>"
+                      "</form>") if g.get("status") == "active" else ""
+            out.append(f"<tr><td>{e(g['id'])}</td><td>{e(g.get('user'))}</td><td>{e(g.get('connection'))}</td>"
+                       f"<td>{e(g.get('level'))}</td><td>{e(g.get('status'))}</td>"
+                       f"<td>{e(_when(g.get('expires')))}</td><td>{action}</td></tr>")
+        out.append("</table>")
+        return self.layout(s, "Reviews and grants", "".join(out))
+
+    # --- acting ---------------------------------------------------------------------------
+
+    def decide(self, request: Request, rid: str, approve: bool) -> str:
+        """Approve or deny from a form; where to go next (the reviews page, with an error if any)."""
+        s = self.session(request)
+        fields = self.form(request, s)
+        p = s.principal
+        try:
+            self.plane.decide(rid, self.plane.reviewer(p.name, p.user, p.groups), approve,
+                              fields.get("comment" if approve else "reason", "")[:500])
+        except ReviewError as err:
+            return "/ui/reviews?" + urlencode({"error": err.message})
+        return "/ui/reviews"
+
+    def revoke(self, request: Request, gid: str) -> str:
+        s = self.session(request)
+        fields = self.form(request, s)
+        p = s.principal
+        try:
+            self.plane.decide_grant(gid, self.plane.reviewer(p.name, p.user, p.groups), "revoke",
+                                    fields.get("reason", "")[:500])
+        except ReviewError as err:
+            return "/ui/reviews?" + urlencode({"error": err.message})
+        return "/ui/reviews"
+
+    def kill(self, request: Request, sid: str) -> str:
+        s = self.session(request)
+        fields = self.form(request, s)
+        if s.principal.role != "admin":
+            raise Page(403, text="killing a session needs the admin role")
+        self.plane.kill(sid, fields.get("reason", "")[:500], s.principal.name)
+        return "/ui/sessions"

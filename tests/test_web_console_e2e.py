@@ -1,0 +1,134 @@
+"""The web console in a real headless browser (Chromium, driven by Playwright) against
+``twistd hoopd`` with a real PostgreSQL: sign in with a token, see a live psql session,
+read its replay, approve a held statement so that the client's statement runs, kill a
+session; a form without the session's CSRF token is refused; pages carry a strict CSP
+and no script; signing out ends the console session."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from tests.gateway import Gateway, connection_toml, free_port, tokens_toml, until, users_toml
+
+pytestmark = pytest.mark.integration
+
+TOKENS = {"dev": "dev-web-token-0123456789"}
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def gw(pg, tmp_path_factory):
+    pg.psql("DROP TABLE IF EXISTS wb_orders; CREATE TABLE wb_orders (id int PRIMARY KEY);"
+            "INSERT INTO wb_orders SELECT g FROM generate_series(1, 5) g; GRANT SELECT, DELETE ON wb_orders TO PUBLIC;",
+            dbname="shop")
+    folder = tmp_path_factory.mktemp("web")
+    r = {role.name: role.password for role in pg.roles}
+    http = free_port()
+    body = (f'http = "tcp:{http}:interface=127.0.0.1"\n[journal]\ndir = "{folder / "journal"}"\n'
+            + tokens_toml(TOKENS, role="admin")
+            + '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba"]\n'
+              'allow_self_approval = true\ntimeout = "60s"\n'
+            + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]))
+    g = Gateway(folder, body).start()
+    g.http_port = http
+    yield g
+    g.stop()
+    assert "Traceback" not in g.log()
+    assert TOKENS["dev"] not in g.log()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def base(g) -> str:
+    return f"http://127.0.0.1:{g.http_port}/ui"
+
+
+def signed_in(browser, g):
+    page = browser.new_context().new_page()
+    page.goto(base(g) + "/sessions")
+    assert page.url.endswith("/ui/login")  # not signed in: sent to sign in
+    page.fill("input[name=token]", TOKENS["dev"])
+    page.click("button[type=submit]")
+    assert page.url.endswith("/ui/sessions")
+    return page
+
+
+def test_sessions_replay_and_a_review_approved_in_the_browser(gw, browser) -> None:
+    page = signed_in(browser, gw)
+    with psycopg.connect(gw.dsn("dev"), autocommit=True, application_name="web-test") as c:
+        c.execute("select 'seen in the browser' as greeting")
+        page.goto(base(gw) + "/sessions?active=true")
+        row = page.locator("tr", has_text="web-test")
+        assert row.count() == 1 and "live" in row.inner_text()
+        row.locator("a").first.click()
+        until(lambda: "seen in the browser" in page.content() or page.reload() and False, "the replay")
+        assert page.locator("th", has_text="greeting").count() >= 1  # the result as a table
+        done: list[object] = []
+        t = threading.Thread(target=lambda: done.append(c.execute("delete from wb_orders where id = 1").rowcount))
+        t.start()
+        page.goto(base(gw) + "/reviews")
+        until(lambda: "delete from wb_orders where id = 1" in page.content() or page.reload() and False,
+              "the request on the reviews page")
+        page.fill("input[name=comment]", "looks fine")
+        page.locator("button", has_text="Approve").click()
+        t.join(15)
+        assert done == [1]
+        assert "approved" in page.locator("table").nth(1).inner_text()
+
+
+def test_kill_from_the_browser(gw, browser) -> None:
+    page = signed_in(browser, gw)
+    c = psycopg.connect(gw.dsn("dev"), autocommit=True, application_name="to-be-killed")
+    page.goto(base(gw) + "/sessions?active=true")
+    row = page.locator("tr", has_text="to-be-killed")
+    row.locator("input[name=reason]").fill("web test")
+    row.locator("button", has_text="Kill").click()
+    with pytest.raises(psycopg.OperationalError, match="administrator command"):
+        for _ in range(50):
+            c.execute("select 1")
+            time.sleep(0.1)
+    c.close()
+
+
+def test_headers_csrf_and_sign_out(gw, browser) -> None:
+    page = signed_in(browser, gw)
+    resp = page.goto(base(gw) + "/sessions")
+    csp = resp.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script" not in csp and "<script" not in page.content()
+    cookie = next(c for c in page.context.cookies() if c["name"] == "hoopd_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    # the same cookie, a form without its CSRF token: refused
+    req = urllib.request.Request(base(gw) + "/reviews/nope/approve", data=b"comment=x", method="POST",
+                                 headers={"Cookie": f"hoopd_console={cookie['value']}",
+                                          "Content-Type": "application/x-www-form-urlencoded"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 403 and b"CSRF" in e.value.read()
+    page.locator("button", has_text="Sign out").click()
+    assert page.url.endswith("/ui/login")
+    page.goto(base(gw) + "/sessions")
+    assert page.url.endswith("/ui/login")  # the console session is gone
+    bad = browser.new_context().new_page()
+    bad.goto(base(gw) + "/login")
+    bad.fill("input[name=token]", "not-a-token")
+    bad.click("button[type=submit]")
+    assert "does not open the console" in bad.content()
+
+
+def test_chromium_is_installed_by_the_project() -> None:
+    out = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "Chromium" in out.stdout
