@@ -250,6 +250,7 @@ def main() -> int:
               f"  ssh -i {key} -p {SSH_PORT} -o StrictHostKeyChecking=no dev@127.0.0.1 approve ID\n\n"
               f"devrun: live sessions: curl -H 'Authorization: Bearer {api_token}' "
               f"http://127.0.0.1:{HTTP_PORT}/api/v1/sessions\n"
+              f"devrun: web console: http://127.0.0.1:{HTTP_PORT}/ui (sign in with the token {api_token})\n"
               f"devrun: the journal: .venv/bin/hoopd journal tail -f --dir {RUN / 'journal'}\n"
               f"devrun: an MCP client (Cursor's mcp.json) reaches the database as the agent, no credential:\n"
               f"  {mcp}\n",
