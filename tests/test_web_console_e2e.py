@@ -90,6 +90,22 @@ def test_sessions_replay_and_a_review_approved_in_the_browser(gw, browser) -> No
         assert "approved" in page.locator("table").nth(1).inner_text()
 
 
+def test_the_live_page_shows_statements_as_they_run(gw, browser) -> None:
+    page = signed_in(browser, gw)
+    resp = page.goto(base(gw) + "/tail?user=dev")
+    assert "script-src 'self'" in resp.headers["content-security-policy"]
+    time.sleep(0.5)  # (the stream is open)
+    with psycopg.connect(gw.dsn("dev"), autocommit=True) as c:
+        for i in range(20):  # until the page shows one (the first may run before the stream is open)
+            c.execute(f"select 'live-{i}'")
+            if page.locator("#events", has_text="live-").count():
+                break
+            time.sleep(0.2)
+    assert "select 'live-" in page.inner_text("#events")
+    page.click("#pause")
+    assert page.inner_text("#pause") == "Resume"
+
+
 def test_kill_from_the_browser(gw, browser) -> None:
     page = signed_in(browser, gw)
     c = psycopg.connect(gw.dsn("dev"), autocommit=True, application_name="to-be-killed")

@@ -30,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from hoopd.control.auth import ApiError, Principal, authenticate
 from hoopd.control.metrics import CONTENT_TYPE
-from hoopd.control.web import COOKIE, CSP, STYLE, Page, WebConsole
+from hoopd.control.web import COOKIE, CSP, SCRIPT, STYLE, TAIL_CSP, Page, WebConsole
 from hoopd.control.openapi import DOCUMENT
 from hoopd.control.plane import ControlPlane
 from hoopd.log import get_logger
@@ -264,6 +264,23 @@ class ControlApi:
                 **UI_HEADERS, "Content-Disposition": f'attachment; filename="session-{sid}.jsonl"'}),
             lambda f: self._ui(request, lambda: f))
 
+    def ui_tail(self, request: Request, who: Principal | None) -> Any:
+        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        d = self._ui(request, lambda: self.web.tail_page(self.web.session(request), args))
+        return d.addCallback(lambda r: (r.headers.update({"Content-Security-Policy": TAIL_CSP}), r)[1])
+
+    def ui_script(self, request: Request, who: Principal | None) -> Reply:
+        return Reply(SCRIPT, content_type="text/javascript", headers=UI_HEADERS)
+
+    def ui_events(self, request: Request, who: Principal | None) -> Any:
+        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        try:
+            s = self.web.session(request)
+        except Page:
+            return Reply(b"", 401, "text/plain", headers=UI_HEADERS)
+        return Reply(None, content_type="text/event-stream", headers=UI_HEADERS,
+                     stream=lambda req: self.web.follow(req, s, args))
+
     def ui_kill(self, request: Request, who: Principal | None, sid: str) -> Any:
         return self._ui(request, lambda: self.web.kill(request, sid))
 
@@ -384,6 +401,9 @@ ROUTES = (
     Route("GET", ("ui", "sessions", "{id}"), "public", ControlApi.ui_replay),
     Route("GET", ("ui", "sessions", "{id}", "export"), "public", ControlApi.ui_export),
     Route("POST", ("ui", "sessions", "{id}", "kill"), "public", ControlApi.ui_kill),
+    Route("GET", ("ui", "tail"), "public", ControlApi.ui_tail),
+    Route("GET", ("ui", "tail", "events"), "public", ControlApi.ui_events),
+    Route("GET", ("ui", "console.js"), "public", ControlApi.ui_script),
     Route("GET", ("ui", "reviews"), "public", ControlApi.ui_reviews),
     Route("POST", ("ui", "reviews", "{id}", "approve"), "public", ControlApi.ui_approve),
     Route("POST", ("ui", "reviews", "{id}", "deny"), "public", ControlApi.ui_deny),

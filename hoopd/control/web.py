@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.web.server import Request
 
 from hoopd.control.auth import Principal
@@ -29,9 +30,24 @@ from hoopd.review.requests import ReviewError
 
 IDLE = 1800.0  # seconds a console session lives without a request
 COOKIE = "hoopd_console"
+HEARTBEAT = 15.0  # seconds between comments on a quiet live stream
 MAX_SESSIONS = 1000
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none';"
        " base-uri 'none'")
+TAIL_CSP = CSP + "; script-src 'self'; connect-src 'self'"  # the live tail page only: its one script file
+SCRIPT = b"""// the live tail: journal events as the gateway writes them (server-sent events)
+const box = document.getElementById("events"), toggle = document.getElementById("pause");
+let paused = false;
+toggle.addEventListener("click", () => { paused = !paused; toggle.textContent = paused ? "Resume" : "Pause"; });
+const source = new EventSource("/ui/tail/events" + window.location.search);
+source.onmessage = (ev) => {
+  if (paused) return;
+  const line = document.createElement("div");
+  line.textContent = ev.data;
+  box.prepend(line);
+  while (box.childElementCount > 500) box.lastElementChild.remove();
+};
+"""
 STYLE = b"""body{font:14px system-ui,sans-serif;margin:0;color:#222}header{background:#223;color:#fff;padding:8px 16px}
 header a,header button{color:#fff;margin-right:16px;background:none;border:0;font:inherit;cursor:pointer}
 main{padding:16px}table{border-collapse:collapse;margin:8px 0 24px}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -122,7 +138,7 @@ class WebConsole:
     def layout(self, s: ConsoleSession | None, title: str, body: str) -> bytes:
         nav = ""
         if s is not None:
-            nav = ("<a href='/ui/sessions'>Sessions</a><a href='/ui/reviews'>Reviews</a>"
+            nav = ("<a href='/ui/sessions'>Sessions</a><a href='/ui/tail'>Live</a><a href='/ui/reviews'>Reviews</a>"
                    f"<span>{e(s.principal.name)} ({e(s.principal.role)})</span> "
                    f"<form class='inline' method='post' action='/ui/logout'>{self._csrf(s)}"
                    "<button type='submit'>Sign out</button></form>")
@@ -216,6 +232,40 @@ class WebConsole:
             detail = {k: v for k, v in ev.items() if k not in ("ts", "node", "session", "seq", "kind", "h")}
             return f"<p>{ts} <b>{e(kind)}</b> <code>{e(json.dumps(detail, default=str)[:500])}</code></p>"
         return ""
+
+    def tail_page(self, s: ConsoleSession, args: dict[str, str]) -> bytes:
+        query = urlencode({k: v for k, v in args.items() if k in ("session", "user") and v})
+        return self.layout(s, "Live", (
+            "<form method='get' action='/ui/tail'>"
+            f"<input name='user' placeholder='user' value='{e(args.get('user'))}'> "
+            f"<input name='session' placeholder='session' value='{e(args.get('session'))}'> "
+            "<button type='submit'>Filter</button></form>"
+            f"<p>events {'for ' + e(query) if query else 'of every session'}, newest first "
+            "<button id='pause' type='button'>Pause</button></p><div id='events' class='stmt'></div>"
+            "<script src='/ui/console.js'></script>"))
+
+    def follow(self, request: Request, s: ConsoleSession, args: dict[str, str]) -> None:
+        """Stream the journal's live events to this request (server-sent events) until it ends."""
+        journal = self.plane.journal
+        if journal is None:
+            request.write(b"data: this gateway has no journal\n\n")
+            request.finish()
+            return
+
+        def send(ev: dict[str, Any]) -> None:
+            text = journal.format(ev).replace("\r", " ").replace("\n", " ")
+            request.write(b"data: " + text.encode() + b"\n\n")
+        stop = journal.follow(send, session=args.get("session") or None, user=args.get("user") or None)
+        beat = LoopingCall(request.write, b": still following\n\n")  # (proxies close quiet streams)
+        beat.clock = self.plane.reactor
+        beat.start(HEARTBEAT, now=False)
+
+        def ended(_: Any) -> None:
+            stop()
+            if beat.running:
+                beat.stop()
+        request.notifyFinish().addBoth(ended)
+        request.write(b": following\n\n")
 
     def reviews_page(self, s: ConsoleSession, error: str | None) -> bytes:
         err = f"<p class='err'>{e(error)}</p>" if error else ""
