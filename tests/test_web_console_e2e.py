@@ -12,6 +12,8 @@ import time
 import urllib.error
 import urllib.request
 
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -20,19 +22,24 @@ from tests.gateway import Gateway, connection_toml, free_port, tokens_toml, unti
 pytestmark = pytest.mark.integration
 
 TOKENS = {"dev": "dev-web-token-0123456789"}
+VIEWER_TOKEN = "reader-web-token-0123456789"  # role viewer, user reader: not a reviewer
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parent.parent / ".artifacts" / "web"  # screenshots, looked at by eye
 
 
 @pytest.fixture(scope="module")
 def gw(pg, tmp_path_factory):
     pg.psql("DROP TABLE IF EXISTS wb_orders; CREATE TABLE wb_orders (id int PRIMARY KEY);"
-            "INSERT INTO wb_orders SELECT g FROM generate_series(1, 5) g; GRANT SELECT, DELETE ON wb_orders TO PUBLIC;",
+            "INSERT INTO wb_orders SELECT g FROM generate_series(1, 5) g; GRANT SELECT, DELETE ON wb_orders TO PUBLIC;"
+            "DROP TABLE IF EXISTS wb_people; CREATE TABLE wb_people (id int, email text);"
+            "INSERT INTO wb_people VALUES (1, 'ada@example.com'); GRANT SELECT ON wb_people TO PUBLIC;",
             dbname="shop")
     folder = tmp_path_factory.mktemp("web")
     r = {role.name: role.password for role in pg.roles}
     http = free_port()
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\n[journal]\ndir = "{folder / "journal"}"\n'
-            + tokens_toml(TOKENS, role="admin")
+            + tokens_toml(TOKENS, role="admin") + tokens_toml({"reader": VIEWER_TOKEN}, role="viewer")
+            + '[[masking.rules]]\nname = "emails"\ncolumns = ["wb_people.email"]\nlevels = ["admin"]\n'
             + '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba"]\n'
               'allow_self_approval = true\ntimeout = "60s"\n'
             + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]))
@@ -57,32 +64,60 @@ def base(g) -> str:
     return f"http://127.0.0.1:{g.http_port}/ui"
 
 
-def signed_in(browser, g):
-    page = browser.new_context().new_page()
+def signed_in(browser, g, token: str = TOKENS["dev"]):
+    page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
     page.goto(base(g) + "/sessions")
     assert page.url.endswith("/ui/login")  # not signed in: sent to sign in
-    page.fill("input[name=token]", TOKENS["dev"])
+    page.fill("input[name=token]", token)
     page.click("button[type=submit]")
     assert page.url.endswith("/ui/sessions")
     return page
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def test_sessions_replay_and_a_review_approved_in_the_browser(gw, browser) -> None:
     page = signed_in(browser, gw)
     with psycopg.connect(gw.dsn("dev"), autocommit=True, application_name="web-test") as c:
         c.execute("select 'seen in the browser' as greeting")
+        c.execute("select id, email from wb_people")
+        c.execute("""select '<script>window.pwned = 1</script>' as x, '<img src=x onerror="window.pwned = 2">' as y""")
         page.goto(base(gw) + "/sessions?active=true")
         row = page.locator("tr", has_text="web-test")
         assert row.count() == 1 and "live" in row.inner_text()
+        shot(page, "sessions")
         row.locator("a").first.click()
-        until(lambda: "seen in the browser" in page.content() or page.reload() and False, "the replay")
+        until(lambda: "window.pwned" in page.content() or page.reload() and False, "the replay")
         assert page.locator("th", has_text="greeting").count() >= 1  # the result as a table
+        assert page.evaluate("typeof window.pwned") == "undefined"  # the payloads are text, nothing ran
+        assert "<script>window.pwned = 1</script>" in page.inner_text("main")
+        assert "ada@example.com" not in page.content()
+        assert "masked by emails" in page.inner_text(".masked")  # the masked result is marked
+        shot(page, "replay")
         done: list[object] = []
         t = threading.Thread(target=lambda: done.append(c.execute("delete from wb_orders where id = 1").rowcount))
         t.start()
         page.goto(base(gw) + "/reviews")
         until(lambda: "delete from wb_orders where id = 1" in page.content() or page.reload() and False,
               "the request on the reviews page")
+        shot(page, "reviews")
+        viewer = signed_in(browser, gw, VIEWER_TOKEN)
+        viewer.goto(base(gw) + "/reviews")
+        assert "delete from wb_orders where id = 1" in viewer.content()
+        assert viewer.locator("button", has_text="Approve").count() == 0  # no button for a non-reviewer
+        csrf = viewer.locator("input[name=csrf]").first.get_attribute("value")
+        rid = page.locator("form[action$='/approve']").first.get_attribute("action").split("/")[-2]
+        cookie = next(c for c in viewer.context.cookies() if c["name"] == "hoopd_console")["value"]
+        req = urllib.request.Request(f"{base(gw)}/reviews/{rid}/approve", data=f"csrf={csrf}".encode(), method="POST",
+                                     headers={"Cookie": f"hoopd_console={cookie}",
+                                              "Content-Type": "application/x-www-form-urlencoded"})
+        with pytest.raises(urllib.error.HTTPError) as refused:  # (the page itself may not fetch: CSP)
+            urllib.request.urlopen(req, timeout=10)
+        status = refused.value.code
+        assert status == 403 and t.is_alive()  # refused, still held
         page.fill("input[name=comment]", "looks fine")
         page.locator("button", has_text="Approve").click()
         t.join(15)

@@ -26,7 +26,7 @@ from twisted.web.server import Request
 
 from hoopd.control.auth import Principal
 from hoopd.control.tokens import matches
-from hoopd.review.requests import ReviewError
+from hoopd.review.requests import ReviewError, check_reviewer
 
 IDLE = 1800.0  # seconds a console session lives without a request
 COOKIE = "hoopd_console"
@@ -194,8 +194,9 @@ class WebConsole:
             raise Page(404, text=f"no session {sid}")
         out = []
         if found is not None:
-            out.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in found.items()
-                                           if k not in ("groups",)) + "</table>")
+            out.append("<table>" + "".join(
+                f"<tr><th>{e(k)}</th><td>{e(_when(v) if k in ('started', 'ended') else v)}</td></tr>"
+                for k, v in found.items() if k not in ("groups",)) + "</table>")
         out.append(f"<p><a href='/ui/sessions/{quote(sid)}/export'>Download as JSON lines</a></p>")
         for ev in events:
             out.append(self._event(ev))
@@ -228,7 +229,10 @@ class WebConsole:
                     + f"</p>{table}")
         if kind in ("error", "denied"):
             return f"<p class='err'>{ts} {e(kind)} {e(ev.get('sqlstate'))}: {e(ev.get('message'))}</p>"
-        if kind in ("policy", "review", "masking", "notice"):
+        if kind == "masking":
+            rules = ", ".join(f"{k} ({n})" for k, n in (ev.get("rules") or {}).items())
+            return f"<p class='masked'>{ts} values in the next result masked by {e(rules)}</p>"
+        if kind in ("policy", "review", "notice"):
             detail = {k: v for k, v in ev.items() if k not in ("ts", "node", "session", "seq", "kind", "h")}
             return f"<p>{ts} <b>{e(kind)}</b> <code>{e(json.dumps(detail, default=str)[:500])}</code></p>"
         return ""
@@ -274,6 +278,11 @@ class WebConsole:
                     "<th>statement</th><th>rule</th><th>expires</th><th>decide</th></tr>"]
         for r in pending:
             rid = quote(r["id"])
+            if not self._may_decide(s, r):
+                out.append(f"<tr><td>{e(r['id'])}</td><td>{e(r.get('user'))}</td><td>{e(r.get('connection'))}</td>"
+                           f"<td><div class='stmt'>{e(r.get('statement'))}</div></td><td>{e(r.get('rule'))}</td>"
+                           f"<td>{e(_when(r.get('expires')))}</td><td>not one of its reviewers</td></tr>")
+                continue
             out.append(
                 f"<tr><td>{e(r['id'])}</td><td>{e(r.get('user'))}</td><td>{e(r.get('connection'))}</td>"
                 f"<td><div class='stmt'>{e(r.get('statement'))}</div></td><td>{e(r.get('rule'))}</td>"
@@ -301,6 +310,16 @@ class WebConsole:
         out.append("</table>")
         return self.layout(s, "Reviews and grants", "".join(out))
 
+    def _may_decide(self, s: ConsoleSession, req: dict[str, Any]) -> bool:
+        p = s.principal
+        who = self.plane.reviewer(p.name, p.user, p.groups)
+        try:
+            check_reviewer(who, tuple(req.get("reviewers") or ()), "reviewers", req.get("user"),
+                           None if req.get("allow_self_approval") else "own")
+        except ReviewError:
+            return False
+        return True
+
     # --- acting ---------------------------------------------------------------------------
 
     def decide(self, request: Request, rid: str, approve: bool) -> str:
@@ -312,6 +331,8 @@ class WebConsole:
             self.plane.decide(rid, self.plane.reviewer(p.name, p.user, p.groups), approve,
                               fields.get("comment" if approve else "reason", "")[:500])
         except ReviewError as err:
+            if err.status == 403:
+                raise Page(403, text=err.message) from None
             return "/ui/reviews?" + urlencode({"error": err.message})
         return "/ui/reviews"
 
