@@ -18,7 +18,8 @@ def _session(w: Any, sid: str, user: str, level: str, app: str, stmts: list[tupl
              "level": level, "peer": "10.0.0.9:4000", "application_name": app, "tls": "TLSv1.3",
              "protocol": "3.0"}, **head(r.SESSION_START))
     for i, (sql, us) in enumerate(stmts, 1):
-        w.write({"stmt": i, "op": "query", "text": sql}, **head(r.STATEMENT))
+        w.write({"stmt": i, "op": "query", "text": sql, "relations": ["t"], "writes": sql.startswith("delete")},
+                **head(r.STATEMENT))
         if us is None:
             w.write({"stmt": i, "sqlstate": "42P01", "message": "no such table"}, **head(r.ERROR))
         else:
@@ -36,7 +37,7 @@ def _journal(tmp_path: Path) -> Journal:
     w = make_writer(tmp_path)
     w.startService()
     _session(w, "s-ann", "ann", "admin", "psql", [("select * from t where id = 1", 1000),
-                                                 ("select * from t where id = 2", 3000)])
+                                                 ("select * from t where id = 2", 3000), ("delete from t", 10)])
     _session(w, "s-bot", "bot", "read_only", "mcp:cursor", [("select * from nope", None)] * 6)
     w.stopService()
     return Journal(tmp_path)
@@ -46,7 +47,8 @@ def test_sections_add_up(tmp_path: Path) -> None:
     doc = build(_journal(tmp_path), Scope())
     ann, bot = doc["access"]
     assert (ann["user"], ann["sessions"], ann["statements"], ann["levels"], ann["sources"], ann["tls"]) == (
-        "ann", 1, 2, ["admin"], ["10.0.0.9"], ["TLSv1.3"])
+        "ann", 1, 3, ["admin"], ["10.0.0.9"], ["TLSv1.3"])
+    assert (ann["tables_read"], ann["tables_written"]) == (["t"], ["t"])
     assert (bot["errors"], bot["applications"]) == (6, ["mcp:cursor"])
     s = {x["shape"]: x for x in doc["workload"]["shapes"]}
     t = s[shape("select * from t where id = 1")]
@@ -71,7 +73,7 @@ def test_renderings_and_a_broken_chain(tmp_path: Path) -> None:
     j = _journal(tmp_path)
     doc = build(j, Scope())
     out = text(doc)
-    assert "ann on shop: 1 sessions, 2 statements" in out and "hash chain verified" in out
+    assert "ann on shop: 1 sessions, 3 statements" in out and "hash chain verified" in out and "wrote t" in out
     page = html(doc)
     assert page.startswith("<!doctype html>") and "<script" not in page and "src=" not in page
     seg = sorted(tmp_path.glob("*.hjs"))[0]

@@ -249,6 +249,7 @@ def test_the_journal_report_shows_the_agents_work(gw, tmp_path) -> None:
     assert users["reader"]["levels"] == ["read_only"] and all(a["applications"][0].startswith("mcp:")
                                                               for a in doc["access"])
     assert users["reader"]["denied"] >= 5  # the attacks
+    assert "mcp_people" in users["reader"]["tables_read"] and "mcp_people" in users["dev"]["tables_written"]
     assert doc["enforcement"]["reviews"]["by_outcome"].get("approved", 0) >= 1
     assert {m["rule"] for m in doc["enforcement"]["masked_values"]} >= {"emails"}
     shapes = {s["shape"]: s for s in doc["workload"]["shapes"]}

@@ -8,7 +8,8 @@ CSS bar charts) that prints.
 
 Document: ``scope``; ``access`` (per user and connection: sessions, first/last seen,
 levels, grants, source addresses, TLS versions, applications, statements, errors,
-denials); ``enforcement`` (denials by rule and reason, reviews by outcome with time to
+denials, tables read and written: the relations the policy's classification names in
+each Query/Parse, "written" when the statement writes at all, an over-approximation); ``enforcement`` (denials by rule and reason, reviews by outcome with time to
 decision, tripwires, masked values by rule); ``workload`` (statements by normalized
 shape: count, total and p95 time, rows, errors, users; statements per hour and user;
 the top shapes of each application; sessions with error bursts); ``integrity``
@@ -98,7 +99,7 @@ class _Acc:
             a = self.access[key] = {"user": key[0], "connection": key[1], "sessions": 0, "first_seen": None,
                                     "last_seen": None, "levels": set(), "grants": set(), "sources": set(),
                                     "tls": set(), "applications": set(), "statements": 0, "errors": 0,
-                                    "denied": 0}
+                                    "denied": 0, "tables_read": set(), "tables_written": set()}
         return a
 
     def add(self, rec: dict[str, Any], start: dict[str, Any]) -> None:
@@ -118,6 +119,8 @@ class _Acc:
                 a["grants"].add(rec["grant"])
         elif kind == r.STATEMENT:
             text = rec.get("text")
+            for rel in rec.get("relations") or ():
+                a["tables_written" if rec.get("writes") else "tables_read"].add(rel)
             if isinstance(text, str):
                 self.texts[(sid, rec.get("stmt"))] = text
             if rec.get("op") in _RUNS and isinstance(text, str):
@@ -186,7 +189,8 @@ def _access(acc: _Acc) -> list[dict[str, Any]]:
     out = []
     for a in sorted(acc.access.values(), key=lambda a: (a["user"], a["connection"])):
         out.append({**a, **{k: sorted(x for x in a[k] if x is not None) for k in
-                            ("levels", "grants", "sources", "tls", "applications")}})
+                            ("levels", "grants", "sources", "tls", "applications", "tables_read",
+                             "tables_written")}})
     return out
 
 
@@ -244,7 +248,9 @@ def text(doc: dict[str, Any]) -> str:
         lines.append(f"  {a['user']} on {a['connection']}: {a['sessions']} sessions, {a['statements']} statements,"
                      f" {a['errors']} errors, {a['denied']} denied; levels {', '.join(a['levels']) or '-'};"
                      f" from {', '.join(a['sources']) or '-'}; {a['first_seen']} .. {a['last_seen']}"
-                     + (f"; grants {', '.join(a['grants'])}" if a["grants"] else ""))
+                     + (f"; grants {', '.join(a['grants'])}" if a["grants"] else "")
+                     + (f"; read {', '.join(a['tables_read'])}" if a["tables_read"] else "")
+                     + (f"; wrote {', '.join(a['tables_written'])}" if a["tables_written"] else ""))
     en = doc["enforcement"]
     lines += ["", "Enforcement"]
     lines += [f"  denied {d['count']}x: {d['rule']}: {d['reason']}" for d in en["denials"]] or ["  no denials"]
@@ -307,10 +313,11 @@ def html(doc: dict[str, Any]) -> str:
                                                          for s in ig["streams"]]),
              "<h2>Access</h2>",
              _table(["user", "connection", "sessions", "statements", "errors", "denied", "levels", "grants",
-                     "sources", "TLS", "applications", "first seen", "last seen"],
+                     "sources", "TLS", "applications", "tables read", "tables written", "first seen", "last seen"],
                     [[a["user"], a["connection"], a["sessions"], a["statements"], a["errors"], a["denied"],
                       ", ".join(a["levels"]), ", ".join(a["grants"]), ", ".join(a["sources"]), ", ".join(a["tls"]),
-                      ", ".join(a["applications"]), a["first_seen"], a["last_seen"]] for a in doc["access"]]),
+                      ", ".join(a["applications"]), ", ".join(a["tables_read"]), ", ".join(a["tables_written"]),
+                      a["first_seen"], a["last_seen"]] for a in doc["access"]]),
              "<h2>Enforcement</h2><h3>Denials</h3>"]
     top = max((d["count"] for d in en["denials"]), default=0)
     parts.append(_table(["rule", "reason", "count"], [[d["rule"], d["reason"], _bar(d["count"], top)]

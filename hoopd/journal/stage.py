@@ -81,6 +81,13 @@ def _values(vals: tuple[bytes | None, ...], formats: tuple[int, ...], cap: int) 
     return out, cut
 
 
+def _touched(msg: ClientMessage) -> dict[str, Any]:
+    """What the policy's classification says a statement touches (for reports)."""
+    if msg.touched is None or not msg.touched[0]:
+        return {}
+    return {"relations": list(msg.touched[0]), "writes": msg.touched[1]}
+
+
 @dataclass
 class _Result:
     stmt: int | None
@@ -278,10 +285,11 @@ class JournalSession:
             if t == FE.QUERY:
                 text = read_sql(msg, self.info.sql_text)
                 parts = list(msg.statements) if msg.statements else split_statements(text)
-                return {"op": "query", "text": text, **({"parts": parts} if len(parts) > 1 else {})}
+                return {"op": "query", "text": text, **({"parts": parts} if len(parts) > 1 else {}), **_touched(msg)}
             if t == FE.PARSE:
                 p = read_sql(msg, self.info.sql_text)
-                return {"op": "parse", "name": p.name, "text": p.query, "param_types": list(p.param_types)}
+                return {"op": "parse", "name": p.name, "text": p.query, "param_types": list(p.param_types),
+                        **_touched(msg)}
             if t == FE.BIND:
                 b = msg.decoded()
                 params, cut = _values(b.params, b.param_formats, max_value)

@@ -81,7 +81,7 @@ def columns_of(body: bytes) -> Columns:
 class ClientMessage:
     """One client message as the stages see it. Decoders run on first use, once."""
 
-    __slots__ = ("type", "body", "seq", "_decoded", "_sql", "statements", "kinds", "review")
+    __slots__ = ("type", "body", "seq", "_decoded", "_sql", "statements", "kinds", "touched", "review")
 
     def __init__(self, mtype: int, body: bytes, seq: int) -> None:
         self.type = mtype
@@ -93,6 +93,8 @@ class ClientMessage:
         """A Query's statements, when a stage split it (the policy does; others reuse it)."""
         self.kinds: frozenset[str] | None = None
         """Query/Parse: the kinds of statement it runs, when a stage classified it (the policy)."""
+        self.touched: tuple[tuple[str, ...], bool] | None = None
+        """Query/Parse: (the relations it names, whether it writes), from the same classification."""
         self.review: Any = None
         """What must approve it before it runs, when a stage said so (the policy's review decisions)."""
 

@@ -197,6 +197,8 @@ class PolicySession:
         if msg.type == FE.QUERY and len(infos) > 1:
             msg.statements = tuple(i.text for i in infos)
         msg.kinds = infos[0].kinds if len(infos) == 1 else frozenset().union(*(i.kinds for i in infos))
+        msg.touched = ((infos[0].relations, infos[0].writes) if len(infos) == 1 else
+                       (tuple(sorted({r for i in infos for r in i.relations})), any(i.writes for i in infos)))
         lexing = self._lexing_denial(infos) if any(i.lexing for i in infos) else None
         if lexing is not None:
             return self._refuse(msg.type, lexing, "42501", infos)
