@@ -28,6 +28,8 @@ test: deps venv
 
 bench: deps venv
 	$(VPY) bench/run.py
+	$(VPY) bench/run.py --journal
+	$(VPY) bench/run.py --workers
 
 # psycopg's own test suite, directly and through hoopd (not CI: ~5 minutes)
 peer: deps venv
