@@ -1,16 +1,21 @@
 """A real OIDC identity provider for tests: twisted.web over TLS in the test reactor.
 
 Serves ``/.well-known/openid-configuration`` and ``/jwks`` for RSA and EC keys made with
-cryptography; ``mint()`` signs tokens with PyJWT. Keys can be rotated, the server can be
+cryptography, and an authorization code flow with PKCE (``/authorize`` signs in
+``sign_in_as`` at once, ``/token`` checks the client secret and the verifier); ``mint()`` signs tokens with PyJWT. Keys can be rotated, the server can be
 stopped (connection refused) or made to hang, and it counts the requests it answered.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt
 import pytest
@@ -61,7 +66,14 @@ class _Root(resource.Resource):
             idp.hung.append(request)
             return server.NOT_DONE_YET
         if path == "/.well-known/openid-configuration":
-            body = {"issuer": idp.discovery_issuer or idp.issuer, "jwks_uri": idp.issuer + "/jwks"}
+            body = {"issuer": idp.discovery_issuer or idp.issuer, "jwks_uri": idp.issuer + "/jwks",
+                    "authorization_endpoint": idp.issuer + "/authorize", "token_endpoint": idp.issuer + "/token"}
+        elif path == "/authorize":  # signs in ``idp.sign_in_as`` at once and sends the browser back
+            a = {k.decode(): v[0].decode() for k, v in request.args.items()}
+            code = os.urandom(8).hex()
+            idp.codes[code] = a
+            request.redirect(f"{a['redirect_uri']}?{urlencode({'code': code, 'state': a['state']})}".encode())
+            return b""
         elif path == "/jwks":
             body = {"keys": [k.jwk() for k in idp.keys] + idp.extra_jwks}
             if idp.cache_control:
@@ -71,6 +83,23 @@ class _Root(resource.Resource):
             return b"not found"
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(body).encode()
+
+    def render_POST(self, request: server.Request) -> Any:
+        """The token endpoint: the code once, for its client, with the PKCE verifier."""
+        idp = self.idp
+        f = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        a = idp.codes.pop(f.get("code", ""), None)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(f.get("code_verifier", "").encode()).digest())
+        ok = (a is not None and request.path == b"/token" and f.get("client_id") == a["client_id"]
+              and f.get("client_secret") == idp.client_secret and f.get("redirect_uri") == a["redirect_uri"]
+              and challenge.rstrip(b"=").decode() == a.get("code_challenge"))
+        request.setHeader(b"content-type", b"application/json")
+        if not ok:
+            request.setResponseCode(400)
+            return b'{"error": "invalid_grant"}'
+        sub, groups = idp.sign_in_as
+        token = idp.mint(sub, aud=a["client_id"], nonce=a["nonce"], groups=groups)
+        return json.dumps({"id_token": token, "access_token": "unused", "token_type": "Bearer"}).encode()
 
 
 class IdP:
@@ -91,6 +120,9 @@ class IdP:
         self.requests: list[str] = []
         self.port: Any = None
         self.issuer = ""
+        self.codes: dict[str, dict[str, str]] = {}  # authorization code -> the /authorize request
+        self.client_secret = "console-client-secret"
+        self.sign_in_as: tuple[str, list[str]] = ("alice", ["dba"])  # who /authorize signs in
 
     def listen(self, reactor: Any, port: int = 0) -> "IdP":
         self.port = reactor.listenSSL(port, server.Site(_Root(self)), self._tls, interface="127.0.0.1")

@@ -84,6 +84,12 @@ def test_control_config_defaults_and_values(tmp_path):
     ({"http_idle_timeout": "soon"}, "control.http_idle_timeout: expected a duration"),
     ({"http_max_connections": 0}, "control.http_max_connections: expected an integer >= 1"),
     ({"oidc_audience": "hoopd-api"}, "control.oidc_audience: needs [identity.oidc]"),
+    ({"web": {"client_id": "c", "client_secret_file": "/nonexistent/secret",
+              "redirect_url": "https://gw/ui/oidc/callback"}}, "control.web.client_secret_file: cannot read"),
+    ({"web": {"client_id": "c", "client_secret_file": "/etc/hostname", "redirect_url": "https://gw/ui"}},
+     "control.web.redirect_url: expected this gateway's URL of /ui/oidc/callback"),
+    ({"web": {"client_id": "c", "client_secret_file": "/etc/hostname",
+              "redirect_url": "https://gw/ui/oidc/callback"}}, "control.web: needs [identity.oidc]"),
 ])
 def test_control_config_errors(control, message):
     with pytest.raises(ConfigError) as e:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import pytest_twisted
 
 from tests.gateway import Gateway, connection_toml, free_port, tokens_toml, until, users_toml
+from tests.oidc_server import idp  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +185,42 @@ def test_headers_csrf_and_sign_out(gw, browser) -> None:
 def test_chromium_is_installed_by_the_project() -> None:
     out = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "Chromium" in out.stdout
+
+
+@pytest_twisted.inlineCallbacks
+def test_sign_in_through_the_identity_provider(pg, idp, tmp_path):
+    """Authorization code flow with PKCE against a real (test) provider, in the browser."""
+    from twisted.internet import threads
+
+    r = {role.name: role.password for role in pg.roles}
+    (tmp_path / "client.secret").write_text(idp.client_secret + "\n")
+    http = free_port()
+    body = (f'http = "tcp:{http}:interface=127.0.0.1"\n'
+            f'[control]\nadmin_groups = ["dba"]\n'
+            f'[control.web]\nclient_id = "hoopd-console"\nclient_secret_file = "client.secret"\n'
+            f'redirect_url = "http://127.0.0.1:{http}/ui/oidc/callback"\n'
+            f'[identity.oidc]\nissuer = "{idp.issuer}"\naudience = "hoopd"\nca_file = "{idp.ca_file}"\n'
+            + users_toml() + connection_toml("shop", "127.0.0.1", pg.port, "shop", "app_scram", r["app_scram"]))
+    g = Gateway(tmp_path, body).start()
+
+    def in_browser() -> tuple[str, str, str]:
+        from playwright.sync_api import sync_playwright
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--ignore-certificate-errors"])
+            page = b.new_page()
+            page.goto(f"http://127.0.0.1:{http}/ui/login")
+            page.click("text=Sign in with your identity provider")
+            page.wait_for_url("**/ui/sessions")
+            url, who = page.url, page.inner_text("header")
+            page.goto(f"http://127.0.0.1:{http}/ui/oidc/callback?code=forged&state=forged")
+            forged = page.inner_text("main")
+            b.close()
+            return url, who, forged
+    try:
+        url, who, forged = yield threads.deferToThread(in_browser)
+        assert url.endswith("/ui/sessions") and "oidc:alice (admin)" in who
+        assert "unknown or too old" in forged  # a callback nobody started is refused
+        assert "/authorize" in idp.requests and not idp.codes  # the code was used, once
+    finally:
+        g.stop()
+    assert idp.client_secret not in g.log() and "Traceback" not in g.log()

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hoopd.confkit import ConfigError, Table
+from hoopd.confkit import ConfigError, Secret, Table
 from hoopd.filecheck import check_access_file
 from hoopd.identity.config import OIDCConfig
 
@@ -44,6 +44,17 @@ class ControlConfig:
     http_idle_timeout: float = 60.0  # an HTTP connection with no request in flight is closed after this
     http_request_timeout: float = 10.0  # a request's headers and body must all arrive within this
     http_max_connections: int = 64  # concurrent HTTP connections; more are answered 503 and closed
+    web: "WebSignIn | None" = None  # [control.web]: the console's OIDC sign-in
+
+
+@dataclass(frozen=True)
+class WebSignIn:
+    """[control.web]: sign-in to the web console with the [identity.oidc] provider
+    (authorization code flow with PKCE); the ID token's audience is ``client_id``."""
+
+    client_id: str
+    client_secret: Secret = field(repr=False)
+    redirect_url: str  # where the provider sends the browser back: https://HOST:PORT/ui/oidc/callback
 
 
 def parse_control(t: Table, base: Path) -> ControlConfig:
@@ -83,6 +94,7 @@ def parse_control(t: Table, base: Path) -> ControlConfig:
         http_idle_timeout=t.duration("http_idle_timeout", d.http_idle_timeout),
         http_request_timeout=t.duration("http_request_timeout", d.http_request_timeout),
         http_max_connections=t.int("http_max_connections", d.http_max_connections, lo=1),
+        web=_web(t.table("web"), base) if t.has("web") else None,
     )
     for k in ("ready_timeout", "http_idle_timeout", "http_request_timeout"):
         if getattr(cfg, k) <= 0:
@@ -91,8 +103,25 @@ def parse_control(t: Table, base: Path) -> ControlConfig:
     return cfg
 
 
+def _web(t: Table, base: Path) -> WebSignIn:
+    path = t.str("client_secret_file", required=True)
+    p = Path(path) if os.path.isabs(path) else base / path
+    try:
+        secret = p.read_text().strip()
+    except OSError as e:
+        raise ConfigError(t.key("client_secret_file"), f"cannot read {p}: {e.strerror}") from None
+    redirect = t.str("redirect_url", required=True)
+    if not redirect.startswith(("https://", "http://")) or not redirect.endswith("/ui/oidc/callback"):
+        raise ConfigError(t.key("redirect_url"), "expected this gateway's URL of /ui/oidc/callback")
+    cfg = WebSignIn(t.str("client_id", required=True), Secret(secret, f"file {p}"), redirect)
+    t.done()
+    return cfg
+
+
 def check_oidc_audience(control: ControlConfig, oidc: OIDCConfig | None) -> None:
     """``[control].oidc_audience`` must name an audience of its own on the one OIDC issuer."""
+    if control.web is not None and oidc is None:
+        raise ConfigError("control.web", "needs [identity.oidc] (the provider the console signs in with)")
     if not control.oidc_audience:
         return
     key = "control.oidc_audience"

@@ -234,9 +234,7 @@ class ControlApi:
             sid = self.web.sign_in(token)
         except Page as p:
             return self._page(self.web.login_page(p.text), 401)
-        secure = "; Secure" if request.isSecure() else ""
-        return self._page(b"", 303, {"Location": "/ui/sessions",
-                                     "Set-Cookie": f"{COOKIE}={sid}; HttpOnly; SameSite=Lax; Path=/ui{secure}"})
+        return self._signed_in(request, sid)
 
     def ui_logout(self, request: Request, who: Principal | None) -> Any:
         def out() -> str:
@@ -244,6 +242,22 @@ class ControlApi:
             return "/ui/login"
         return self._ui(request, out).addCallback(lambda r: (r.headers.update(
             {"Set-Cookie": f"{COOKIE}=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/ui"}), r)[1])
+
+    def ui_oidc_start(self, request: Request, who: Principal | None) -> Any:
+        return self._ui(request, self.web.oidc_start)
+
+    def ui_oidc_callback(self, request: Request, who: Principal | None) -> Any:
+        code, state = _arg(request, "code") or "", _arg(request, "state") or ""
+        if _arg(request, "error"):
+            return self._page(self.web.login_page(f"the identity provider said: {_arg(request, 'error')}"), 401)
+        d = defer.maybeDeferred(self.web.oidc_callback, code, state)
+        return d.addCallbacks(lambda sid: self._signed_in(request, sid),
+                              lambda f: self._ui(request, lambda: f))
+
+    def _signed_in(self, request: Request, sid: str) -> Reply:
+        secure = "; Secure" if request.isSecure() else ""
+        return self._page(b"", 303, {"Location": "/ui/sessions",
+                                     "Set-Cookie": f"{COOKIE}={sid}; HttpOnly; SameSite=Lax; Path=/ui{secure}"})
 
     def ui_sessions(self, request: Request, who: Principal | None) -> Any:
         args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
@@ -397,6 +411,8 @@ ROUTES = (
     Route("GET", ("ui", "login"), "public", ControlApi.ui_login_page),
     Route("POST", ("ui", "login"), "public", ControlApi.ui_login),
     Route("POST", ("ui", "logout"), "public", ControlApi.ui_logout),
+    Route("GET", ("ui", "oidc", "start"), "public", ControlApi.ui_oidc_start),
+    Route("GET", ("ui", "oidc", "callback"), "public", ControlApi.ui_oidc_callback),
     Route("GET", ("ui", "sessions"), "public", ControlApi.ui_sessions),
     Route("GET", ("ui", "sessions", "{id}"), "public", ControlApi.ui_replay),
     Route("GET", ("ui", "sessions", "{id}", "export"), "public", ControlApi.ui_export),

@@ -11,6 +11,8 @@ or at sign-out; every form that changes something carries the session's CSRF tok
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import html
 import json
@@ -20,16 +22,20 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import jwt
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.web.server import Request
 
 from hoopd.control.auth import Principal
 from hoopd.control.tokens import matches
+from hoopd.identity.base import AuthError
+from hoopd.identity.http import FetchError
 from hoopd.review.requests import ReviewError, check_reviewer
 
 IDLE = 1800.0  # seconds a console session lives without a request
 COOKIE = "hoopd_console"
+FLOW_TIME = 600.0  # seconds an OIDC sign-in may take from start to callback
 HEARTBEAT = 15.0  # seconds between comments on a quiet live stream
 MAX_SESSIONS = 1000
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none';"
@@ -71,6 +77,10 @@ class Page(Exception):
         self.status, self.location, self.text = status, location, text
 
 
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
 def e(v: Any) -> str:
     return html.escape("" if v is None else str(v))
 
@@ -85,6 +95,65 @@ class WebConsole:
     def __init__(self, plane: Any) -> None:
         self.plane = plane
         self.sessions: dict[str, ConsoleSession] = {}
+        self._flows: dict[str, tuple[str, str, float]] = {}  # OIDC state -> (PKCE verifier, nonce, started)
+
+    # --- OIDC sign-in (authorization code flow with PKCE) ----------------------------------
+
+    def _oidc(self) -> tuple[Any, Any]:
+        web, oidc = self.plane.config.control.web, getattr(self.plane.token_verifier, "oidc", None)
+        if web is None or oidc is None:
+            raise Page(404, text="OIDC sign-in is not configured ([control.web])")
+        return web, oidc
+
+    @defer.inlineCallbacks
+    def oidc_start(self) -> Any:
+        """Where to send the browser: the provider's authorization endpoint."""
+        web, oidc = self._oidc()
+        doc = yield defer.Deferred.fromCoroutine(oidc.discovery())
+        now = self.plane.reactor.seconds()
+        for k in [k for k, (_, _, t) in self._flows.items() if now - t > FLOW_TIME]:
+            del self._flows[k]
+        if len(self._flows) >= MAX_SESSIONS:
+            del self._flows[next(iter(self._flows))]
+        state, nonce, verifier = os.urandom(16).hex(), os.urandom(16).hex(), _b64(os.urandom(32))
+        self._flows[state] = (verifier, nonce, now)
+        challenge = _b64(hashlib.sha256(verifier.encode()).digest())
+        return str(doc["authorization_endpoint"]) + "?" + urlencode({
+            "response_type": "code", "client_id": web.client_id, "redirect_uri": web.redirect_url,
+            "scope": "openid profile", "state": state, "nonce": nonce, "code_challenge": challenge,
+            "code_challenge_method": "S256"})
+
+    @defer.inlineCallbacks
+    def oidc_callback(self, code: str, state: str) -> Any:
+        """Trade the code for an ID token, check it (signature, issuer, audience, expiry, nonce)
+        and open a console session for its identity: the cookie value."""
+        web, oidc = self._oidc()
+        flow = self._flows.pop(state, None)
+        if flow is None or self.plane.reactor.seconds() - flow[2] > FLOW_TIME:
+            raise Page(400, text="this sign-in is unknown or too old; start again")
+        verifier, nonce, _ = flow
+        doc = yield defer.Deferred.fromCoroutine(oidc.discovery())
+        try:
+            answer, _ = yield oidc.post_form(str(doc["token_endpoint"]), {
+                "grant_type": "authorization_code", "code": code, "redirect_uri": web.redirect_url,
+                "client_id": web.client_id, "client_secret": web.client_secret.value, "code_verifier": verifier})
+        except FetchError as err:
+            raise Page(502, text=f"the identity provider refused the sign-in: {err}") from None
+        token = answer.get("id_token")
+        if not isinstance(token, str):
+            raise Page(502, text="the identity provider sent no ID token")
+        try:
+            identity = yield oidc.verify(token, audience=(web.client_id,))
+        except AuthError as err:
+            raise Page(401, text=f"the ID token was refused: {err.reason}") from None
+        if jwt.decode(token, options={"verify_signature": False}).get("nonce") != nonce:
+            raise Page(401, text="the ID token was not made for this sign-in (nonce)")
+        cfg = self.plane.config.control
+        role = ("admin" if identity.groups & cfg.admin_groups else
+                "viewer" if identity.groups & cfg.viewer_groups else None)
+        if role is None:
+            raise Page(403, text=f"{identity.name} is in none of the control admin or viewer groups")
+        return self._open(Principal(f"oidc:{identity.name}", role, identity.name, identity.groups))
 
     # --- sign-in --------------------------------------------------------------------------
 
@@ -97,12 +166,14 @@ class WebConsole:
         groups = frozenset()
         if t.user is not None:
             groups = self.plane.identity_of(Principal(f"web:{t.name}", t.role, t.user)).groups
+        return self._open(Principal(f"web:{t.name}", t.role, t.user, groups))
+
+    def _open(self, who: Principal) -> str:
         self._expire()
         if len(self.sessions) >= MAX_SESSIONS:
             del self.sessions[next(iter(self.sessions))]
         sid = os.urandom(24).hex()
-        self.sessions[sid] = ConsoleSession(Principal(f"web:{t.name}", t.role, t.user, groups), os.urandom(16).hex(),
-                                            self.plane.reactor.seconds())
+        self.sessions[sid] = ConsoleSession(who, os.urandom(16).hex(), self.plane.reactor.seconds())
         return sid
 
     def session(self, request: Request) -> ConsoleSession:
@@ -152,7 +223,9 @@ class WebConsole:
 
     def login_page(self, error: str | None = None) -> bytes:
         err = f"<p class='err'>{e(error)}</p>" if error else ""
-        return self.layout(None, "Sign in", err + "<form method='post' action='/ui/login'><label>API token "
+        oidc = ("<p><a href='/ui/oidc/start'>Sign in with your identity provider</a></p><p>or</p>"
+                if self.plane.config.control.web is not None else "")
+        return self.layout(None, "Sign in", err + oidc + "<form method='post' action='/ui/login'><label>API token "
                            "<input type='password' name='token' autocomplete='off' required></label> "
                            "<button type='submit'>Sign in</button></form>")
 

@@ -61,9 +61,12 @@ def _why(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-async def _get(client: HTTPClient, url: str) -> tuple[dict, float | None]:
+async def _get(client: HTTPClient, url: str, form: dict[str, str] | None = None) -> tuple[dict, float | None]:
     try:
-        resp = await client.get(url, headers={"Accept": "application/json"})
+        if form is None:
+            resp = await client.get(url, headers={"Accept": "application/json"})
+        else:
+            resp = await client.post(url, data=form, headers={"Accept": "application/json"})
     except CancelledError:
         raise
     except Exception as e:
@@ -93,10 +96,11 @@ async def _get(client: HTTPClient, url: str) -> tuple[dict, float | None]:
     return doc, max_age(b", ".join(cc).decode("latin-1") if cc else None)
 
 
-def get_json(client: HTTPClient, url: str, timeout: float, reactor: Any) -> Deferred[tuple[dict, float | None]]:
-    """GET a JSON object; fires with (document, Cache-Control max-age or None) or fails with
-    FetchError (including when the whole exchange takes longer than ``timeout``)."""
-    d = Deferred.fromCoroutine(_get(client, url))
+def get_json(client: HTTPClient, url: str, timeout: float, reactor: Any,
+             form: dict[str, str] | None = None) -> Deferred[tuple[dict, float | None]]:
+    """GET a JSON object (POST ``form`` when given); fires with (document, Cache-Control max-age
+    or None) or fails with FetchError (also when the exchange takes longer than ``timeout``)."""
+    d = Deferred.fromCoroutine(_get(client, url, form))
     # whatever the cancelled request failed with, a timeout is reported as one
     return d.addTimeout(timeout, reactor, onTimeoutCancel=lambda result, t: Failure(
         FetchError(f"no answer from {url} within {t:g} s")))

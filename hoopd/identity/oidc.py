@@ -163,11 +163,21 @@ class OIDCAuthenticator:
     def _get(self, url: str) -> Awaitable[tuple[dict, float | None]]:
         return get_json(self.client, url, self.cfg.timeout, self.reactor)
 
-    async def _discover(self) -> str:
+    async def discovery(self) -> dict:
+        """The provider's discovery document (its issuer checked)."""
         url = self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
         doc, _ = await self._get(url)
         if doc.get("issuer") != self.cfg.issuer:
             raise FetchError(f"{url} names issuer {doc.get('issuer')!r}, expected {self.cfg.issuer!r}")
+        return doc
+
+    def post_form(self, url: str, form: dict[str, str]) -> Deferred[tuple[dict, float | None]]:
+        """POST a form to the provider (the token endpoint); its JSON answer."""
+        return get_json(self.client, url, self.cfg.timeout, self.reactor, form)
+
+    async def _discover(self) -> str:
+        url = self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        doc = await self.discovery()
         uri = doc.get("jwks_uri")
         if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
             raise FetchError(f"{url} has no usable jwks_uri")
