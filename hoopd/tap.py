@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from hoopd.config import Config, load, warnings
 from hoopd.confkit import ConfigError
+from hoopd.control.activity import Activity
 from hoopd.control.http import ControlSite
 from hoopd.control.metrics import Metrics
 from hoopd.control.plane import ControlPlane
@@ -89,6 +90,7 @@ class GatewayService(service.MultiService):
         tracker = SessionTracker(reactor)
         self.metrics = metrics = Metrics(self.registry, tracker, identity_failures=lambda: self.identity.failures,
                                          policy_cache_stats=default_classifier.stats)
+        self.activity = metrics.activity = Activity(reactor, lambda: len(self.registry))
         self.journal: JournalStage | None = None
         self.writer: JournalWriter | None = None
         view = None
@@ -133,7 +135,7 @@ class GatewayService(service.MultiService):
         self.control = ControlPlane(self, reactor, journal=view, token_verifier=self.identity,
                                     tracker=tracker, metrics=metrics,
                                     worker_metrics=self.pool.metrics if self.pool is not None else None,
-                                    mcp=self.mcp, shared=self.shared)
+                                    mcp=self.mcp, shared=self.shared, activity=self.activity)
         if self.pool is not None and view is not None:
             self.pool.on_event = view.publish
             view.following_hooks.append(self.pool.follow)
@@ -170,7 +172,7 @@ class GatewayService(service.MultiService):
             self.shared = SharedState(config.state, config.gateway.node, reactor, self.registry, self.reviews,
                                       self.identity, self.grants if isinstance(self.grants, Grants) else None)
             self.identity.outcome_hooks.append(self.shared.login_outcome)
-        observers: list[Any] = ([tracker, self.alerts] + ([worker.link] if worker else [])
+        observers: list[Any] = ([tracker, self.alerts, self.activity] + ([worker.link] if worker else [])
                                 + ([self.shared] if self.shared is not None else []))
         self.factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, observers),
                                       identity=self.identity,

@@ -143,6 +143,23 @@ def test_the_live_page_shows_statements_as_they_run(gw, browser) -> None:
     assert page.inner_text("#pause") == "Resume"
 
 
+def test_the_overview_draws_its_charts(gw, browser) -> None:
+    with psycopg.connect(gw.dsn("dev"), autocommit=True) as c:
+        for _ in range(3):
+            c.execute("select 1")
+    page = signed_in(browser, gw)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    resp = page.goto(base(gw) + "/overview")
+    assert "script-src 'self'" in resp.headers["content-security-policy"]
+    page.wait_for_selector("body[data-drawn=yes]")
+    assert page.locator(".uplot").count() == 2  # two charts drawn by the library
+    assert "Statements per minute" in page.inner_text("main") and "segments" in page.inner_text("#journal")
+    assert page.locator("#reviews tr").count() >= 2  # the approved request of the first test
+    assert not errors, errors  # (a CSP violation would show here)
+    shot(page, "overview")
+
+
 def test_kill_from_the_browser(gw, browser) -> None:
     page = signed_in(browser, gw)
     c = psycopg.connect(gw.dsn("dev"), autocommit=True, application_name="to-be-killed")

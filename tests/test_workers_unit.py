@@ -144,3 +144,20 @@ def test_feature_combinations_and_keys_refused_with_their_key(doc: dict, message
     with pytest.raises(ConfigError) as e:
         parse(doc)
     assert str(e.value).startswith(message)
+
+
+def test_activity_counts_per_minute_and_fills_an_hour() -> None:
+    from hoopd.control.activity import Activity
+    clock = Clock()
+    clock.advance(6000 * 60)
+    live = [0]
+    a = Activity(clock, lambda: live[0])
+    a.statement("allow")
+    live[0] = 2
+    a.session_started(_info())
+    clock.advance(120)
+    a.statement("deny")
+    got = a.series()
+    assert len(got["t"]) == 60 and got["t"][-1] == 6002 * 60
+    assert got["statements"]["allow"][-3:] == [1, 0, 0] and got["statements"]["deny"][-1] == 1
+    assert got["sessions"][-3:] == [2, 2, 2]

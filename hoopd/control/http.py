@@ -30,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from hoopd.control.auth import ApiError, Principal, authenticate
 from hoopd.control.metrics import CONTENT_TYPE
-from hoopd.control.web import COOKIE, CSP, SCRIPT, STYLE, TAIL_CSP, Page, WebConsole
+from hoopd.control.web import COOKIE, CSP, SCRIPT, STATIC, STYLE, TAIL_CSP, Page, WebConsole
 from hoopd.control.openapi import DOCUMENT
 from hoopd.control.plane import ControlPlane
 from hoopd.log import get_logger
@@ -283,6 +283,17 @@ class ControlApi:
         d = self._ui(request, lambda: self.web.tail_page(self.web.session(request), args))
         return d.addCallback(lambda r: (r.headers.update({"Content-Security-Policy": TAIL_CSP}), r)[1])
 
+    def ui_overview(self, request: Request, who: Principal | None) -> Any:
+        d = self._ui(request, lambda: self.web.overview_page(self.web.session(request)))
+        return d.addCallback(lambda r: (r.headers.update({"Content-Security-Policy": TAIL_CSP}), r)[1])
+
+    def ui_overview_data(self, request: Request, who: Principal | None) -> Any:
+        try:
+            s = self.web.session(request)
+        except Page:
+            return Reply({"error": "unauthorized"}, 401, headers=UI_HEADERS)
+        return Reply(self.web.overview_data(s), headers=UI_HEADERS)
+
     def ui_script(self, request: Request, who: Principal | None) -> Reply:
         return Reply(SCRIPT, content_type="text/javascript", headers=UI_HEADERS)
 
@@ -393,6 +404,12 @@ class ControlApi:
         return Reply(self.plane.stats())
 
 
+def _static(name: str, content_type: str) -> Callable[..., Reply]:
+    """A handler for one of the console's static files (read once)."""
+    body = (STATIC / name).read_bytes()
+    return lambda api, request, who: Reply(body, content_type=content_type, headers=UI_HEADERS)
+
+
 ROUTES = (
     Route("GET", ("healthz",), "health", ControlApi.healthz),
     Route("GET", ("readyz",), "health", ControlApi.readyz),
@@ -420,6 +437,11 @@ ROUTES = (
     Route("GET", ("ui", "tail"), "public", ControlApi.ui_tail),
     Route("GET", ("ui", "tail", "events"), "public", ControlApi.ui_events),
     Route("GET", ("ui", "console.js"), "public", ControlApi.ui_script),
+    Route("GET", ("ui", "overview"), "public", ControlApi.ui_overview),
+    Route("GET", ("ui", "overview", "data"), "public", ControlApi.ui_overview_data),
+    Route("GET", ("ui", "overview.js"), "public", _static("overview.js", "text/javascript")),
+    Route("GET", ("ui", "uplot.js"), "public", _static("uplot.min.js", "text/javascript")),
+    Route("GET", ("ui", "uplot.css"), "public", _static("uplot.min.css", "text/css")),
     Route("GET", ("ui", "reviews"), "public", ControlApi.ui_reviews),
     Route("POST", ("ui", "reviews", "{id}", "approve"), "public", ControlApi.ui_approve),
     Route("POST", ("ui", "reviews", "{id}", "deny"), "public", ControlApi.ui_deny),

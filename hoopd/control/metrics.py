@@ -138,6 +138,7 @@ class Metrics:
         self.policy_cache_stats = policy_cache_stats
         self._login_failures: Counter[str] = Counter()
         self.statements: Counter[tuple[str, str]] = Counter()  # (kind, decision) -> statements
+        self.activity: Any = None  # hoopd.control.activity.Activity: per-minute counts for the console
         self.masked_values: Counter[tuple[str, str]] = Counter()  # (rule, strategy) -> spans masked
         self._upstream = Histogram("hoopd_upstream_connect_seconds", "Upstream connect and login time",
                                    ["connection"], registry=r)
@@ -171,6 +172,8 @@ class Metrics:
 
     def statement(self, kind: str, decision: str) -> None:
         self.statements[(kind, decision)] += 1
+        if self.activity is not None:
+            self.activity.statement(decision)
 
     def upstream_connected(self, connection: str, seconds: float) -> None:
         self._upstream.labels(connection).observe(seconds)

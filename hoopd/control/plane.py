@@ -61,8 +61,9 @@ class ControlPlane:
                  token_verifier: TokenVerifier | None = None, tracker: SessionTracker | None = None,
                  metrics: Metrics | None = None,
                  worker_metrics: Callable[[], Deferred[list[tuple[int, bytes]]]] | None = None,
-                 mcp: Any = None, shared: Any = None) -> None:
+                 mcp: Any = None, shared: Any = None, activity: Any = None) -> None:
         self.gateway = gateway
+        self.activity = activity  # per-minute counts for the console's overview (hoopd.control.activity)
         self.shared = shared  # several nodes: the other nodes' sessions and requests (hoopd.state.shared)
         self.mcp = mcp  # the MCP endpoint (hoopd.mcp.server), None when off
         self.worker_metrics = worker_metrics  # [gateway] workers: each worker's /metrics text

@@ -17,7 +17,9 @@ import hmac
 import html
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -40,7 +42,8 @@ HEARTBEAT = 15.0  # seconds between comments on a quiet live stream
 MAX_SESSIONS = 1000
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none';"
        " base-uri 'none'")
-TAIL_CSP = CSP + "; script-src 'self'; connect-src 'self'"  # the live tail page only: its one script file
+TAIL_CSP = CSP + "; script-src 'self'; connect-src 'self'"  # the live and overview pages: their own script files
+STATIC = Path(__file__).resolve().parent / "static"  # overview.js, and uPlot (MIT, see UPLOT-LICENSE)
 SCRIPT = b"""// the live tail: journal events as the gateway writes them (server-sent events)
 const box = document.getElementById("events"), toggle = document.getElementById("pause");
 let paused = false;
@@ -209,7 +212,8 @@ class WebConsole:
     def layout(self, s: ConsoleSession | None, title: str, body: str) -> bytes:
         nav = ""
         if s is not None:
-            nav = ("<a href='/ui/sessions'>Sessions</a><a href='/ui/tail'>Live</a><a href='/ui/reviews'>Reviews</a>"
+            nav = ("<a href='/ui/overview'>Overview</a><a href='/ui/sessions'>Sessions</a><a href='/ui/tail'>Live</a>"
+                   "<a href='/ui/reviews'>Reviews</a>"
                    f"<span>{e(s.principal.name)} ({e(s.principal.role)})</span> "
                    f"<form class='inline' method='post' action='/ui/logout'>{self._csrf(s)}"
                    "<button type='submit'>Sign out</button></form>")
@@ -309,6 +313,33 @@ class WebConsole:
             detail = {k: v for k, v in ev.items() if k not in ("ts", "node", "session", "seq", "kind", "h")}
             return f"<p>{ts} <b>{e(kind)}</b> <code>{e(json.dumps(detail, default=str)[:500])}</code></p>"
         return ""
+
+    def overview_page(self, s: ConsoleSession) -> bytes:
+        return self.layout(s, "Overview", (
+            "<link rel='stylesheet' href='/ui/uplot.css'><div id='statements'></div><div id='sessions'></div>"
+            "<h2>Refusals by user and connection</h2><table id='denials'></table>"
+            "<h2>Reviews by user and connection</h2><table id='reviews'></table>"
+            "<h2>Journal</h2><p id='journal'></p>"
+            "<script src='/ui/uplot.js'></script><script src='/ui/overview.js'></script>"))
+
+    def overview_data(self, s: ConsoleSession) -> dict[str, Any]:
+        activity = self.plane.activity
+        series = activity.series() if activity is not None else {"t": [], "statements": {}, "sessions": []}
+        denials = [{"user": u, "connection": c, "refused": n}
+                   for (u, c), n in (activity.denied.most_common(20) if activity is not None else [])]
+        by: dict[tuple[str, str], Counter[str]] = {}
+        for r in self.plane.reviews():
+            by.setdefault((r.get("user") or "?", r.get("connection") or "?"), Counter())[r.get("status")] += 1
+        reviews = [{"user": u, "connection": c, "requests": sum(n.values()), "approved": n["approved"],
+                    "denied": n["denied"], "other": sum(n.values()) - n["approved"] - n["denied"]}
+                   for (u, c), n in sorted(by.items())]
+        folder = self.plane.config.journal.dir
+        journal = None
+        if folder:
+            segs = [p for p in Path(folder).glob("*.hjs")]
+            journal = {"dir": folder, "segments": len(segs), "bytes": sum(p.stat().st_size for p in segs
+                                                                          if p.exists())}
+        return {**series, "denials": denials, "reviews": reviews, "journal": journal}
 
     def tail_page(self, s: ConsoleSession, args: dict[str, str]) -> bytes:
         query = urlencode({k: v for k, v in args.items() if k in ("session", "user") and v})
