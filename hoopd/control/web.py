@@ -108,11 +108,18 @@ class WebConsole:
             raise Page(404, text="OIDC sign-in is not configured ([control.web])")
         return web, oidc
 
+    @staticmethod
+    def _discovery(oidc: Any) -> Any:
+        def failed(f: Any) -> None:
+            f.trap(FetchError)
+            raise Page(502, text=f"the identity provider cannot be reached: {f.value}")
+        return defer.Deferred.fromCoroutine(oidc.discovery()).addErrback(failed)
+
     @defer.inlineCallbacks
     def oidc_start(self) -> Any:
         """Where to send the browser: the provider's authorization endpoint."""
         web, oidc = self._oidc()
-        doc = yield defer.Deferred.fromCoroutine(oidc.discovery())
+        doc = yield self._discovery(oidc)
         now = self.plane.reactor.seconds()
         for k in [k for k, (_, _, t) in self._flows.items() if now - t > FLOW_TIME]:
             del self._flows[k]
@@ -135,7 +142,7 @@ class WebConsole:
         if flow is None or self.plane.reactor.seconds() - flow[2] > FLOW_TIME:
             raise Page(400, text="this sign-in is unknown or too old; start again")
         verifier, nonce, _ = flow
-        doc = yield defer.Deferred.fromCoroutine(oidc.discovery())
+        doc = yield self._discovery(oidc)
         try:
             answer, _ = yield oidc.post_form(str(doc["token_endpoint"]), {
                 "grant_type": "authorization_code", "code": code, "redirect_uri": web.redirect_url,
