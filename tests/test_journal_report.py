@@ -2,10 +2,12 @@
 the three renderings, and a broken chain said plainly."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from hoopd.journal import records as r
+from hoopd.pgwire import messages as m
 from hoopd.journal.reader import Journal
 from hoopd.journal.report import Scope, build, html, shape, text
 from tests.test_journal_helpers import make_writer
@@ -23,7 +25,8 @@ def _session(w: Any, sid: str, user: str, level: str, app: str, stmts: list[tupl
         if us is None:
             w.write({"stmt": i, "sqlstate": "42P01", "message": "no such table"}, **head(r.ERROR))
         else:
-            w.write({"stmt": i, "rows_total": 1, "tag": "SELECT 1", "us": us, "formats": [], "wire": b""},
+            w.write({"stmt": i, "rows_total": 1, "tag": "SELECT 1", "us": us, "columns": ["contact"],
+                     "formats": [0], "wire": m.frame(b"D", m.encode_data_row([b"ann@example.com"]))},
                     **head(r.RESULT))
     w.write({"action": "deny", "allowed": False, "reason": "read_only does not allow delete", "rule": None},
             **head("policy"))
@@ -59,6 +62,9 @@ def test_sections_add_up(tmp_path: Path) -> None:
     assert en["denials"][0]["count"] == 2 and en["masked_values"] == [{"rule": "emails", "values": 6}]
     assert en["reviews"]["by_outcome"] == {"approved": 1} and en["reviews"]["median_seconds_to_end"] == 30.0
     assert doc["integrity"]["verified"] and doc["integrity"]["streams"][0]["head"]
+    assert en["unmasked_findings"] == [{"user": "ann", "connection": "shop", "column": "contact", "detector": "email",
+                                        "values": 3}]  # counted, the value itself nowhere
+    assert "ann@example.com" not in json.dumps(doc)
 
 
 def test_scope_filters(tmp_path: Path) -> None:

@@ -31,11 +31,13 @@ from hoopd.journal import records as r
 from hoopd.journal.anchor import Anchor
 from hoopd.journal.reader import Journal
 from hoopd.journal.verify import verify
+from hoopd.masking.detect import DETECTORS
 from hoopd.names import name_key
 
 VERSION = 1
 TOP = 20  # rows per table
 ERROR_BURST = 5  # errors in one session that make a burst
+FLAGGED = ("email", "card", "iban", "ssn", "jwt", "api_key")  # detectors with few false positives
 _RUNS = ("query", "execute", "call")  # statement ops that run something
 
 
@@ -90,6 +92,7 @@ class _Acc:
         self.tripwires: Counter[str] = Counter()
         self.masked: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()  # session -> errors
+        self.unmasked: Counter[tuple[str, str, str, str]] = Counter()  # (user, connection, column, detector)
         self.records = 0
 
     def who(self, start: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +133,9 @@ class _Acc:
                 s["users"].add(start.get("user") or "?")
                 self.hourly[(stamp[:13], start.get("user") or "?")] += 1
                 self.apps[start.get("application_name") or ""][s["shape"]] += 1
-        elif kind == r.RESULT:
+        elif kind in (r.RESULT, r.ROWS):
+            self._scan(rec, start)
+        if kind == r.RESULT:
             s = self._of(sid, rec.get("stmt"))
             if s is not None:
                 if isinstance(rec.get("us"), int):
@@ -154,6 +159,20 @@ class _Acc:
         elif kind == r.MASKING:
             for rule, n in (rec.get("rules") or {}).items():
                 self.masked[rule] += n
+
+    def _scan(self, rec: dict[str, Any], start: dict[str, Any]) -> None:
+        """Values as the client got them that a detector flags: a finding (a rule may be
+        missing), counted by column and detector, never kept."""
+        cols = rec.get("columns") or []
+        for row in rec.get("rows") or ():
+            for i, v in enumerate(row):
+                if not isinstance(v, str) or len(v) < 6:
+                    continue
+                for name in FLAGGED:
+                    if DETECTORS[name](v):
+                        col = cols[i] if i < len(cols) else f"#{i + 1}"
+                        self.unmasked[(start.get("user") or "?", start.get("connection") or "?", col, name)] += 1
+                        break
 
     def _shape(self, text: str) -> dict[str, Any]:
         key = shape(text)
@@ -209,6 +228,8 @@ def _enforcement(acc: _Acc) -> dict[str, Any]:
                                       for x in reviews[-TOP:]]},
         "tripwires": [{"setting": k, "count": n} for k, n in acc.tripwires.most_common()],
         "masked_values": [{"rule": k, "values": n} for k, n in acc.masked.most_common()],
+        "unmasked_findings": [{"user": u, "connection": c, "column": col, "detector": d, "values": n}
+                              for (u, c, col, d), n in acc.unmasked.most_common(TOP)],
     }
 
 
@@ -260,6 +281,8 @@ def text(doc: dict[str, Any]) -> str:
                     is not None else ""))
     lines += [f"  tripwire {t['setting']}: {t['count']}" for t in en["tripwires"]]
     lines += [f"  masked by {m['rule']}: {m['values']} values" for m in en["masked_values"]]
+    lines += [f"  finding: {f['values']} values of column {f['column']} that {f['user']} got on {f['connection']}"
+              f" look like {f['detector']} and were not masked" for f in en["unmasked_findings"]]
     lines += ["", "Workload (statements by shape)"]
     lines += [f"  {s['count']:6}x  p95 {s['p95_ms']:8.2f} ms  rows {s['rows']:8}  errors {s['errors']:4}  "
               f"{s['shape'][:100]}" for s in doc["workload"]["shapes"]]
@@ -330,6 +353,9 @@ def html(doc: dict[str, Any]) -> str:
                                                    "decided_by", "why")] for x in rv["requests_list"]]))
     parts.append("<h3>Masked values</h3>" + _table(["rule", "values"], [[m["rule"], m["values"]]
                                                                        for m in en["masked_values"]]))
+    parts.append("<h3>Unmasked values a detector flags (findings: a masking rule may be missing)</h3>" + _table(
+        ["user", "connection", "column", "looks like", "values"],
+        [[f["user"], f["connection"], f["column"], f["detector"], f["values"]] for f in en["unmasked_findings"]]))
     parts.append("<h3>Tripwires</h3>" + _table(["setting", "sessions ended"], [[t["setting"], t["count"]]
                                                                               for t in en["tripwires"]]))
     top = max((s["count"] for s in wl["shapes"]), default=0)
