@@ -155,8 +155,6 @@ def _mcp(root: Table, gateway: GatewayConfig, listen: ListenConfig) -> McpConfig
     t.done()
     if cfg.enabled and not listen.http:
         raise ConfigError("mcp.enabled", "the MCP endpoint is served on the control port: set listen.http")
-    if cfg.enabled and gateway.workers > 1:
-        raise ConfigError("mcp.enabled", "the MCP endpoint needs gateway.workers = 1 for now")
     return cfg
 
 

@@ -64,13 +64,13 @@ class AdoptedListener(Listener):
     """A worker's postgres listener: the socket the supervisor bound, inherited as a file
     descriptor (hoopd.workers.child.WorkerRole)."""
 
-    def __init__(self, reactor: Any, role: Any, factory: Any) -> None:
-        super().__init__(reactor, f"inherited fd {role.fd}", factory)
-        self.role = role
+    def __init__(self, reactor: Any, fd: int, family: int, factory: Any) -> None:
+        super().__init__(reactor, f"inherited fd {fd}", factory)
+        self.fd, self.family = fd, family
 
     def privilegedStartService(self) -> None:
         service.Service.privilegedStartService(self)
-        port = self.reactor.adoptStreamPort(self.role.fd, self.role.family, self.factory)
+        port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
         _one_accept_per_wakeup(port)
         self.bound = defer.succeed(port)
         self.bound.addCallbacks(self._listening, self._failed)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 from pathlib import Path
 from dataclasses import dataclass, replace
@@ -47,7 +48,7 @@ from hoopd.proxy.registry import SessionRegistry
 from hoopd.sdnotify import Notifier, watchdog_service
 from hoopd.session import SessionInfo, Stage
 from hoopd.state.shared import SharedState
-from hoopd.workers.child import RemoteReviews, WorkerRole, worker_node
+from hoopd.workers.child import RemoteReviews, RemoteTickets, WorkerRole, worker_node
 from hoopd.workers.supervisor import Refuse, WorkerPool
 
 log = get_logger("hoopd.tap")
@@ -122,6 +123,11 @@ class GatewayService(service.MultiService):
                                    lambda: self.config.control.shutdown_grace, self._workers_ready)
             self.pool.setServiceParent(self)
             self._listen("postgres", config.listen.postgres, Refuse(), accept=False)
+            if config.mcp.enabled:  # calls log in to the workers' ticket listener (fd 4), tickets redeemed here
+                self.pool.tickets = Tickets(reactor)
+                self._listen("mcp", "tcp:0:interface=127.0.0.1", Refuse(), accept=False)
+                self.pool.mcp_listening = lambda: self._listeners["mcp"].port
+                self._mcp_endpoint(reactor, self.pool.tickets)
         else:
             self._data_path(config, reactor, metrics, tracker, worker)
         if worker is not None:
@@ -184,7 +190,10 @@ class GatewayService(service.MultiService):
         if worker is None:
             self._listen("postgres", config.listen.postgres, self.factory)
             if config.mcp.enabled:
-                self._mcp(config, reactor, stages, observers, metrics, record)
+                tickets = Tickets(reactor)
+                self._listen("mcp", "tcp:0:interface=127.0.0.1",
+                             self._ticket_factory(config, reactor, stages, observers, metrics, record, tickets))
+                self._mcp_endpoint(reactor, tickets)
             return
         link = worker.link
         self.factory.worker = worker.index
@@ -193,22 +202,31 @@ class GatewayService(service.MultiService):
         self.identity.outcome_hooks.append(link.login_outcome)
         if self.writer is not None:
             self.writer.written_hooks.append(link.journal_written)
-        svc = AdoptedListener(reactor, worker, self.factory)
-        svc.setName("postgres")
-        svc.setServiceParent(self)
-        self._listeners["postgres"] = svc
+        self._adopt("postgres", worker.fd, worker.family, self.factory)
+        if worker.mcp_fd is not None:
+            mcp = self._ticket_factory(config, reactor, stages, observers, metrics, record, RemoteTickets(link))
+            mcp.worker, mcp.live_sessions = worker.index, self.factory.live_sessions
+            self._adopt("mcp", worker.mcp_fd, socket.AF_INET, mcp)
 
-    def _mcp(self, config: Config, reactor: Any, stages: list[Stage], observers: list[Any], metrics: Metrics,
-             record: Any) -> None:
-        """The MCP endpoint's loopback listener: the same stages, logins by one-time ticket only."""
-        tickets = Tickets(reactor)
+    def _adopt(self, name: str, fd: int, family: int, factory: Any) -> None:
+        svc = AdoptedListener(self.reactor, fd, family, factory)
+        svc.setName(name)
+        svc.setServiceParent(self)
+        self._listeners[name] = svc
+
+    def _ticket_factory(self, config: Config, reactor: Any, stages: list[Stage], observers: list[Any],
+                        metrics: Metrics, record: Any, tickets: Any) -> GatewayFactory:
+        """The MCP endpoint's loopback listener's factory: the same stages, logins by one-time
+        ticket only."""
         factory = GatewayFactory(config, self.registry, reactor, pipeline=Pipeline(stages, observers),
                                  identity=self.identity, metrics=metrics, record=record, grants=self.grants,
                                  alert=self.alerts.event, on_login_failed=self.alerts.login_failed)
         factory.tickets = tickets
         self.mcp_factory = factory
-        self._listen("mcp", "tcp:0:interface=127.0.0.1", factory)
+        return factory
 
+    def _mcp_endpoint(self, reactor: Any, tickets: Tickets) -> None:
+        """/mcp, whose calls log in to the "mcp" listener with ``tickets``."""
         def port() -> int | None:
             p = self._listeners["mcp"].port
             return p.getHost().port if p is not None else None

@@ -42,7 +42,7 @@ def gw(pg, tmp_path_factory):
     console = Console(folder, names=("dev",))
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\nssh = "tcp:{console.port}:interface=127.0.0.1"\n'
             f'[journal]\ndir = "{folder / "journal"}"\n'
-            '[identity]\nmax_failed_logins_per_user = 3\n'
+            '[identity]\nmax_failed_logins_per_user = 3\n[mcp]\nenabled = true\n'
             f'[control]\nopen_metrics = true\nssh_authorized_keys = "{console.keys_file}"\n' + tokens_toml(TOKENS, role="admin")
             + '[[rules]]\nname = "deletes"\naction = "review"\nkinds = ["delete"]\nreviewers = ["dba"]\n'
               'allow_self_approval = true\ntimeout = "60s"\n'
@@ -237,6 +237,31 @@ def test_a_grant_approved_in_the_supervisor_counts_on_every_worker(gw) -> None:
             time.sleep(0.1)
     c.close()
     assert read_only()[0] == "on"
+
+
+def test_mcp_calls_run_on_the_workers(gw) -> None:
+    import json as _json
+
+    def rpc(payload: dict, sid: str | None = None) -> tuple[dict, dict]:
+        headers = {"Authorization": f"Bearer {TOKENS['dev']}", "Content-Type": "application/json",
+                   "Accept": "application/json"}
+        if sid:
+            headers["Mcp-Session-Id"] = sid
+        req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}/mcp", data=_json.dumps(payload).encode(),
+                                     headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return dict(resp.headers), _json.loads(resp.read())
+    headers, _ = rpc({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "wk", "version": "1"}}})
+    sid = headers["Mcp-Session-Id"]
+    for i in range(4):  # calls land on either worker: each redeems its ticket in the supervisor
+        _, got = rpc({"jsonrpc": "2.0", "id": 2 + i, "method": "tools/call", "params": {
+            "name": "query", "arguments": {"connection": "shop", "sql": "select count(*) from wk_orders"}}}, sid)
+        assert got["result"]["structuredContent"]["rows"][0][0] >= 9, got
+    from hoopd.journal.reader import Journal
+    starts = [e for e in Journal(gw.journal).records() if e.rec.get("kind") == "session_start"
+              and e.rec.get("application_name") == "mcp:wk"]
+    assert len(starts) == 4 and {e.seg.node for e in starts} <= {"test-w1", "test-w2"}  # served by the workers
 
 
 def test_each_worker_journals_its_own_stream_and_verify_checks_all(gw) -> None:

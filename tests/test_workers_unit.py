@@ -131,8 +131,6 @@ def test_grants_view_reads_what_the_supervisor_wrote(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("doc, message", [
-    ({"gateway": {"workers": 2}, "listen": {"http": "tcp:1"}, "mcp": {"enabled": True}},
-     "mcp.enabled: the MCP endpoint needs gateway.workers = 1"),
     ({"mcp": {"enabled": True}}, "mcp.enabled: the MCP endpoint is served on the control port"),
     ({"mcp": {"max_rows": 0}}, "mcp.max_rows"),
     ({"state": {"host": "db", "credentials": {"default": {"user": "u"}}, "access": {"dba": "admin"}}},

@@ -13,7 +13,7 @@ import struct
 import uuid
 from typing import Any, Callable, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
@@ -37,7 +37,6 @@ from hoopd.proxy.relay import BufferBudget, Relay
 from hoopd.proxy.reported import login_problems, problem
 from hoopd.proxy.tls import ALPN, negotiated_alpn, server_options, tls_version
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream, send_cancel
-from hoopd.mcp.tickets import Tickets
 from hoopd.review.grants import Grants
 from hoopd.session import EndSession, SessionInfo
 
@@ -82,7 +81,7 @@ class GatewayFactory(Factory):
         self.worker: int | None = None
         self.live_sessions: Callable[[], int] = lambda: len(registry)
         self.cancel_elsewhere: Callable[[int, bytes], Deferred[bool]] | None = None
-        self.tickets: Tickets | None = None  # the MCP loopback listener: logins by one-time ticket only
+        self.tickets: Any = None  # the MCP loopback listener: logins by one-time ticket (hoopd.mcp.tickets) only
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -422,12 +421,11 @@ class ClientProtocol(TwistedProtocol):
             self._authenticated(identity)
             return
         password = m.decode_password(body)
-        if self.gw.tickets is not None:
-            ticket = self.gw.tickets.redeem(user, password)
-            if ticket is None:
-                self._auth_failed(AuthError(f'hoopd: no valid ticket for "{user}"'))
-            else:
-                self._authenticated(ticket)
+        if self.gw.tickets is not None:  # (redeemed here, or by the supervisor of workers)
+            self.state = "checking"
+            d = maybeDeferred(self.gw.tickets.redeem, user, password)
+            d.addCallback(lambda ident: self._authenticated(ident) if ident is not None
+                          else self._auth_failed(AuthError(f'hoopd: no valid ticket for "{user}"')))
             return
         self.state = "checking"
         d = self.gw.identity.authenticate(user, password, self.peer_host)

@@ -22,6 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from hoopd.identity.base import Identity
 from hoopd.journal import render
 from hoopd.journal.records import expand
 from hoopd.log import get_logger
@@ -221,3 +222,20 @@ class WorkerRole:
     fd: int
     family: int
     link: WorkerLink
+    mcp_fd: int | None = None  # the supervisor's MCP ticket listener, when [mcp] is on
+
+
+@dataclass(frozen=True)
+class RemoteTickets:
+    """MCP tickets (hoopd.mcp.tickets) as a worker redeems them: in the supervisor, which
+    minted them."""
+
+    link: WorkerLink
+
+    def redeem(self, user: str, secret: str) -> "Deferred[Identity | None]":
+        d = self.link.callRemote(p.RedeemTicket, user=user, secret=secret)
+
+        def identity(got: dict[str, Any]) -> Identity | None:
+            i = got["identity"]
+            return Identity(i["name"], frozenset(i["groups"]), i["source"]) if i else None
+        return d.addCallbacks(identity, lambda f: None)

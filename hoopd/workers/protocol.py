@@ -80,6 +80,13 @@ class CancelElsewhere(amp.Command):
     response = [(b"found", amp.Boolean())]
 
 
+class RedeemTicket(amp.Command):
+    """An MCP call's login on the worker's ticket listener: the identity the supervisor
+    minted the ticket for (null: no such ticket); the ticket is used up."""
+    arguments = [(b"user", amp.Unicode()), (b"secret", amp.Unicode())]
+    response = [(b"identity", Json())]
+
+
 class OpenReview(amp.Command):
     """A statement held for review in a worker: the supervisor keeps the request."""
     arguments = [(b"rid", amp.Unicode()), (b"session", Json()), (b"statement", amp.Unicode()),

@@ -28,6 +28,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--config", required=True)
     ap.add_argument("--index", type=int, required=True)
     ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--mcp-fd", type=int, help="the MCP ticket listener (when [mcp] is on)")
     ap.add_argument("--family", choices=sorted(FAMILIES), required=True)
     return ap.parse_args(argv)
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure(config.logging.level, config.logging.levels)
     link = WorkerLink(args.index, reactor)
-    gw = GatewayService(config, reactor, worker=WorkerRole(args.index, args.fd, FAMILIES[args.family], link))
+    gw = GatewayService(config, reactor, worker=WorkerRole(args.index, args.fd, FAMILIES[args.family], link,
+                                                           args.mcp_fd))
     link.gateway = gw
     gw.privilegedStartService()
     gw.startService()

@@ -106,6 +106,13 @@ class SupervisorLink(amp.AMP):
         self.pool.worker_ready(self.worker)
         return {}
 
+    @p.RedeemTicket.responder
+    def redeem(self, user: str, secret: str) -> dict[str, Any]:
+        tickets = self.pool.tickets
+        ident = tickets.redeem(user, secret) if tickets is not None else None
+        return {"identity": {"name": ident.name, "groups": sorted(ident.groups), "source": ident.source}
+                if ident is not None else None}
+
     @p.SessionStarted.responder
     def session_started(self, summary: dict[str, Any]) -> dict[str, Any]:
         self.pool.session_started(self.worker, SessionInfo.from_summary(summary))
@@ -217,6 +224,8 @@ class WorkerPool(service.Service):
         self.grace = grace
         self.on_ready = on_ready
         self.on_event: Callable[[dict[str, Any]], None] | None = None  # live journal events of the workers
+        self.tickets: Any = None  # MCP tickets (hoopd.mcp.tickets) the workers' ticket listeners redeem
+        self.mcp_listening: Callable[[], Any] | None = None  # the bound MCP ticket port (passed as fd 4)
         self.workers: dict[int, Worker] = {}
         self._backoff: dict[int, float] = {}
         self._holds: dict[str, tuple[Hold, Worker]] = {}
@@ -239,8 +248,12 @@ class WorkerPool(service.Service):
         w = Worker(self, index)
         args = [sys.executable, "-m", "hoopd.workers.run", "--config", self.config_path, "--index", str(index),
                 "--fd", "3", "--family", family_of(port)]
-        self.reactor.spawnProcess(w, sys.executable, args, env=os.environ.copy(),
-                                  childFDs={0: "w", 1: "r", 2: 2, 3: fd})
+        fds: dict[int, Any] = {0: "w", 1: "r", 2: 2, 3: fd}
+        mcp = self.mcp_listening() if self.mcp_listening is not None else None
+        if mcp is not None:
+            fds[4] = mcp.fileno()
+            args += ["--mcp-fd", "4"]
+        self.reactor.spawnProcess(w, sys.executable, args, env=os.environ.copy(), childFDs=fds)
         self.workers[index] = w
 
     def worker_ready(self, w: Worker) -> None:
