@@ -160,6 +160,17 @@ def test_the_overview_draws_its_charts(gw, browser) -> None:
     shot(page, "overview")
 
 
+def test_the_report_page(gw, browser) -> None:
+    page = signed_in(browser, gw)
+    resp = page.goto(base(gw) + "/report?since=1h")
+    assert "script" not in resp.headers["content-security-policy"]
+    assert "hash chain verified" in page.inner_text("body") and "Statements by shape" in page.inner_text("body")
+    assert "dev" in page.inner_text("body")
+    shot(page, "report")
+    bad = page.goto(base(gw) + "/report?since=yesterday-ish")
+    assert bad.status == 400 and "not a time" in page.inner_text("body")
+
+
 def test_kill_from_the_browser(gw, browser) -> None:
     page = signed_in(browser, gw)
     c = psycopg.connect(gw.dsn("dev"), autocommit=True, application_name="to-be-killed")

@@ -46,6 +46,7 @@ _PENDING = object()
 _ACTIVE = {"true": True, "false": False, "all": None}
 
 
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"  # (no script)
 UI_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
               "X-Frame-Options": "DENY"}
 
@@ -306,6 +307,11 @@ class ControlApi:
         return Reply(None, content_type="text/event-stream", headers=UI_HEADERS,
                      stream=lambda req: self.web.follow(req, s, args))
 
+    def ui_report(self, request: Request, who: Principal | None) -> Any:
+        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        d = self._ui(request, lambda: self.web.report(self.web.session(request), args))
+        return d.addCallback(lambda r: (r.headers.update({"Content-Security-Policy": REPORT_CSP}), r)[1])
+
     def ui_kill(self, request: Request, who: Principal | None, sid: str) -> Any:
         return self._ui(request, lambda: self.web.kill(request, sid))
 
@@ -442,6 +448,7 @@ ROUTES = (
     Route("GET", ("ui", "overview.js"), "public", _static("overview.js", "text/javascript")),
     Route("GET", ("ui", "uplot.js"), "public", _static("uplot.min.js", "text/javascript")),
     Route("GET", ("ui", "uplot.css"), "public", _static("uplot.min.css", "text/css")),
+    Route("GET", ("ui", "report"), "public", ControlApi.ui_report),
     Route("GET", ("ui", "reviews"), "public", ControlApi.ui_reviews),
     Route("POST", ("ui", "reviews", "{id}", "approve"), "public", ControlApi.ui_approve),
     Route("POST", ("ui", "reviews", "{id}", "deny"), "public", ControlApi.ui_deny),

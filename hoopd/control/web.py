@@ -220,7 +220,7 @@ class WebConsole:
         nav = ""
         if s is not None:
             nav = ("<a href='/ui/overview'>Overview</a><a href='/ui/sessions'>Sessions</a><a href='/ui/tail'>Live</a>"
-                   "<a href='/ui/reviews'>Reviews</a>"
+                   "<a href='/ui/reviews'>Reviews</a><a href='/ui/report'>Report</a>"
                    f"<span>{e(s.principal.name)} ({e(s.principal.role)})</span> "
                    f"<form class='inline' method='post' action='/ui/logout'>{self._csrf(s)}"
                    "<button type='submit'>Sign out</button></form>")
@@ -347,6 +347,27 @@ class WebConsole:
             journal = {"dir": folder, "segments": len(segs), "bytes": sum(p.stat().st_size for p in segs
                                                                           if p.exists())}
         return {**series, "denials": denials, "reviews": reviews, "journal": journal}
+
+    def report(self, s: ConsoleSession, args: dict[str, str]) -> Any:
+        """The journal report (hoopd.journal.report) of the last day, or ``since``: its own
+        self-contained HTML page (read on a thread: it reads every segment of the range)."""
+        from twisted.internet import threads
+
+        from hoopd.journal import report
+        from hoopd.journal.cli import UsageError, parse_time
+        from hoopd.journal.reader import Journal
+        folder = self.plane.config.journal.dir
+        if not folder:
+            raise Page(404, text="this gateway has no journal")
+        try:
+            since = parse_time(args.get("since") or "24h")
+        except UsageError as err:
+            raise Page(400, text=f"since: {err}") from None
+        scope = report.Scope(since=since, user=args.get("user") or None, connection=args.get("connection") or None)
+        key = self.plane.config.journal.hmac_key
+        d = threads.deferToThreadPool(self.plane.reactor, self.plane.reactor.getThreadPool(), report.build,
+                                      Journal(Path(folder)), scope, key)
+        return d.addCallback(lambda doc: report.html(doc).encode())
 
     def tail_page(self, s: ConsoleSession, args: dict[str, str]) -> bytes:
         query = urlencode({k: v for k, v in args.items() if k in ("session", "user") and v})

@@ -117,7 +117,7 @@ class _Acc:
             a["levels"].add(rec.get("level"))
             a["sources"].add((rec.get("peer") or "").rsplit(":", 1)[0])
             a["tls"].add(rec.get("tls") or "none")
-            a["applications"].add(rec.get("application_name") or "")
+            a["applications"].add(rec.get("application_name") or "(none)")
             if rec.get("grant"):
                 a["grants"].add(rec["grant"])
         elif kind == r.STATEMENT:
