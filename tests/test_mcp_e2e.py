@@ -240,6 +240,9 @@ def test_the_journal_report_shows_the_agents_work(gw, tmp_path) -> None:
     import subprocess
 
     from tests.gateway import BIN
+    sdk(gw, "reader", [("query", {"connection": "shop", "sql": "select id, email, note from mcp_people where id <= $1",
+                                  "params": [2]}),
+                       ("query", {"connection": "shop", "sql": "insert into mcp_people values (9, 'x', 'y')"})])
     out = subprocess.run([str(BIN / "hoopd"), "journal", "report", "--dir", str(gw.journal), "--format", "json",
                           "--application", "mcp:"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -248,10 +251,9 @@ def test_the_journal_report_shows_the_agents_work(gw, tmp_path) -> None:
     users = {a["user"]: a for a in doc["access"]}
     assert users["reader"]["levels"] == ["read_only"] and all(a["applications"][0].startswith("mcp:")
                                                               for a in doc["access"])
-    assert users["reader"]["denied"] >= 5  # the attacks
-    assert "mcp_people" in users["reader"]["tables_read"] and "mcp_people" in users["dev"]["tables_written"]
-    assert doc["enforcement"]["reviews"]["by_outcome"].get("approved", 0) >= 1
+    assert users["reader"]["denied"] >= 1 and "mcp_people" in users["reader"]["tables_read"]
     assert {m["rule"] for m in doc["enforcement"]["masked_values"]} >= {"emails"}
+    assert not [f for f in doc["enforcement"]["unmasked_findings"] if f["user"] == "reader"]  # masked for reader
     shapes = {s["shape"]: s for s in doc["workload"]["shapes"]}
     assert any(k.startswith("select id, email, note from mcp_people where id <= $1") for k in shapes)
     page = tmp_path / "report.html"
