@@ -226,6 +226,7 @@ def test_sign_in_through_the_identity_provider(pg, idp, tmp_path):
     (tmp_path / "client.secret").write_text(idp.client_secret + "\n")
     http = free_port()
     body = (f'http = "tcp:{http}:interface=127.0.0.1"\n'
+            '[logging]\nlevel = "debug"\n'  # (the control port logs each request at debug)
             f'[control]\nadmin_groups = ["dba"]\n'
             f'[control.web]\nclient_id = "hoopd-console"\nclient_secret_file = "client.secret"\n'
             f'redirect_url = "http://127.0.0.1:{http}/ui/oidc/callback"\n'
@@ -254,3 +255,4 @@ def test_sign_in_through_the_identity_provider(pg, idp, tmp_path):
     finally:
         g.stop()
     assert idp.client_secret not in g.log() and "Traceback" not in g.log()
+    assert "code=" not in g.log()  # (the callback's URI is logged without its code)

@@ -740,5 +740,11 @@ class ControlSite(Site):
 
     def log(self, request: Request) -> None:
         log.debug("http {peer} {method} {uri} -> {code} by {who}", peer=getattr(request.getClientAddress(), "host", "?"),
-                  method=request.method.decode("ascii", "replace"), uri=request.uri.decode("utf-8", "replace"),
+                  method=request.method.decode("ascii", "replace"), uri=_logged_uri(request.uri),
                   code=request.code, who=getattr(request, "hoopd_who", "-"))
+
+
+def _logged_uri(uri: bytes) -> str:
+    """A request's URI for the log: the OIDC callback's code and state left out."""
+    text = uri.decode("utf-8", "replace")
+    return text.split("?", 1)[0] + "?(redacted)" if text.startswith("/ui/oidc/callback?") else text
