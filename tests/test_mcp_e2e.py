@@ -262,3 +262,18 @@ def test_the_journal_report_shows_the_agents_work(gw, tmp_path) -> None:
     body = page.read_text()
     assert "<script" not in body and "http://" not in body and "https://" not in body  # opens offline
     assert "Statements by shape" in body and "mcp_people" in body and "ada@example.com" not in body
+
+
+def test_a_client_name_cannot_smuggle_startup_parameters(gw) -> None:
+    status, headers, _ = raw(gw, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "evil\x00options\x00-c default_transaction_read_only=off", "version": "1"}}})
+    sid = headers["Mcp-Session-Id"]
+    _, _, body = raw(gw, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "query", "arguments": {"connection": "shop", "sql": "select current_setting('default_transaction_read_only')"}}},
+        sid=sid)
+    got = json.loads(body)["result"]["structuredContent"]
+    assert got["rows"] == [["on"]]  # still read_only
+    from hoopd.journal.reader import Journal
+    apps = {e.rec.get("application_name") for e in Journal(gw.journal).records() if e.rec.get("kind") == "session_start"}
+    assert not any(a and "\x00" in a for a in apps) and "mcp:eviloptions-c default_transaction_read_onlyoff" in apps

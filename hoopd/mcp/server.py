@@ -133,7 +133,8 @@ class McpEndpoint:
     def _initialize(self, identity: Identity, rid: Any, params: dict[str, Any]) -> Answer:
         asked = params.get("protocolVersion")
         version = asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
-        client = str((params.get("clientInfo") or {}).get("name") or "client")[:64]
+        raw = (params.get("clientInfo") or {}).get("name") if isinstance(params.get("clientInfo"), dict) else None
+        client = "".join(ch for ch in str(raw or "client") if ch.isalnum() or ch in "._-@ ")[:64] or "client"
         if len(self.sessions) >= MAX_SESSIONS:  # the oldest goes
             del self.sessions[next(iter(self.sessions))]
         s = McpSession(os.urandom(16).hex(), identity, client, version)

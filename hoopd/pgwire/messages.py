@@ -27,7 +27,11 @@ def frame(mtype: bytes, body: bytes) -> bytes:
 
 
 def cstr(s: str | bytes) -> bytes:
+    """A NUL-terminated protocol string; a NUL inside would end it early and let the rest
+    pass for the next field (a startup parameter, say), so it is refused."""
     b = s.encode() if isinstance(s, str) else s
+    if b"\0" in b:
+        raise ValueError("a protocol string cannot contain NUL")
     return b + b"\0"
 
 
