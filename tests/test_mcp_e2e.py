@@ -274,6 +274,9 @@ def test_a_client_name_cannot_smuggle_startup_parameters(gw) -> None:
         sid=sid)
     got = json.loads(body)["result"]["structuredContent"]
     assert got["rows"] == [["on"]]  # still read_only
+    _, _, body = raw(gw, {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "query", "arguments": {"connection": "shop\x00", "sql": "select 1\x00; drop table x"}}}, sid=sid)
+    assert json.loads(body)["result"]["structuredContent"]["sqlstate"] == "22021"
     from hoopd.journal.reader import Journal
     apps = {e.rec.get("application_name") for e in Journal(gw.journal).records() if e.rec.get("kind") == "session_start"}
     assert not any(a and "\x00" in a for a in apps) and "mcp:eviloptions-c default_transaction_read_onlyoff" in apps

@@ -215,6 +215,8 @@ class McpEndpoint:
 
     def _sql(self, s: McpSession, connection: str, sql: str, params: list[str | None],
              notify: Callable[[dict[str, Any]], None] | None, max_rows: Any = None) -> "Deferred[Result]":
+        if "\0" in sql or "\0" in connection:
+            raise ToolError("22021", "hoopd: a statement or connection name cannot contain NUL")
         cfg = self.config().mcp
         port = self.port()
         if port is None:
