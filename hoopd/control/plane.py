@@ -166,12 +166,13 @@ class ControlPlane:
     def reviews(self, status: str | None = None) -> list[dict[str, Any]]:
         foreign = list(self.shared.foreign.values()) if self.shared is not None else []
         return [r.summary() for r in self.gateway.reviews.list(status)] + [
-            r for r in foreign if status is None or r.get("status") == status]
+            dict(r) for r in foreign if status is None or r.get("status") == status]  # (copies: callers edit them)
 
     def review(self, rid: str) -> dict[str, Any] | None:
         r = self.gateway.reviews.get(rid)
         if r is None and self.shared is not None:
-            return self.shared.foreign.get(rid)
+            found = self.shared.foreign.get(rid)
+            return dict(found) if found is not None else None  # (a copy: show-review rewrites its approvals)
         return r.summary() if r is not None else None
 
     def decide(self, rid: str, who: Reviewer, approve: bool, text: str) -> dict[str, Any]:
