@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from hoopd.control.config import ControlConfig
+from hoopd.control.config import ApiToken, ControlConfig
 from hoopd.control.providers import TokenVerifier
 from hoopd.control.tokens import matches
 from hoopd.identity.base import AuthError, Identity
@@ -52,7 +52,14 @@ def bearer(header: bytes | None) -> str | None:
     return (value.strip() or None) if scheme.lower() == "bearer" else None
 
 
-def _oidc_role(cfg: ControlConfig, identity: Identity, anyone: bool) -> Principal:
+def find_token(cfg: ControlConfig, token: str) -> ApiToken | None:
+    """The ``[[control.tokens]]`` entry a bearer token is, if any."""
+    return next((t for t in cfg.tokens if matches(token, t.token_hash)), None)
+
+
+def oidc_principal(cfg: ControlConfig, identity: Identity, anyone: bool = False) -> Principal:
+    """An OIDC identity's role from the control groups; ApiError(403) when it has none
+    (``anyone``: then a "caller")."""
     if identity.groups & cfg.admin_groups:
         return Principal(f"oidc:{identity.name}", "admin", identity.name, identity.groups)
     if identity.groups & cfg.viewer_groups:
@@ -70,9 +77,9 @@ def authenticate(cfg: ControlConfig, verifier: TokenVerifier | None, header: byt
     token = bearer(header)
     if token is None:
         raise ApiError(401, "unauthorized", "an Authorization: Bearer token is required")
-    found = [t for t in cfg.tokens if matches(token, t.token_hash)]
-    if found:
-        return Principal(f"api:{found[0].name}", found[0].role, found[0].user)
+    found = find_token(cfg, token)
+    if found is not None:
+        return Principal(f"api:{found.name}", found.role, found.user)
     if verifier is not None and token.count(".") == 2:
         try:
             identity = yield verifier.verify(token, audience=cfg.oidc_audience or None)
@@ -81,5 +88,5 @@ def authenticate(cfg: ControlConfig, verifier: TokenVerifier | None, header: byt
         except Exception:
             log.failure("control API: OIDC token check failed")
         else:
-            return _oidc_role(cfg, identity, anyone)
+            return oidc_principal(cfg, identity, anyone)
     raise ApiError(401, "unauthorized", "invalid token")

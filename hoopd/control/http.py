@@ -30,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from hoopd.control.auth import ApiError, Principal, authenticate
 from hoopd.control.metrics import CONTENT_TYPE
-from hoopd.control.web import COOKIE, CSP, SCRIPT, STATIC, STYLE, TAIL_CSP, Page, WebConsole
+from hoopd.control.web import COOKIE, CSP, SCRIPT, STATIC, STYLE, TAIL_CSP, Page, WebConsole, request_args
 from hoopd.control.openapi import DOCUMENT
 from hoopd.control.plane import ControlPlane
 from hoopd.log import get_logger
@@ -204,20 +204,23 @@ class ControlApi:
     def _page(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
         return Reply(body, status, "text/html; charset=utf-8", headers={**UI_HEADERS, **(headers or {})})
 
-    def _ui(self, request: Request, make: Callable[[], Any]) -> Any:
-        """A console page (bytes), a redirect (a str), or the Page that says otherwise."""
+    def _ui(self, request: Request, make: Callable[[], Any], headers: dict[str, str] | None = None) -> Any:
+        """A console page (bytes), a redirect (a str), or the Page that says otherwise;
+        ``headers`` go with any of them."""
+        more = headers or {}
+
         def answer(out: Any) -> Reply:
             if isinstance(out, str):
-                return self._page(b"", 303, {"Location": out})
-            return self._page(out)
+                return self._page(b"", 303, {"Location": out, **more})
+            return self._page(out, headers=more)
 
         def refused(f: Failure) -> Reply:
             f.trap(Page)
             p = f.value
             if p.location:
-                return self._page(b"", p.status, {"Location": p.location})
+                return self._page(b"", p.status, {"Location": p.location, **more})
             return self._page(self.web.layout(None, "Refused", f"<p class='err'>{html_escape(p.text)}</p>"),
-                              p.status)
+                              p.status, more)
         return defer.maybeDeferred(make).addCallbacks(answer, refused)
 
     def ui_root(self, request: Request, who: Principal | None) -> Any:
@@ -230,7 +233,7 @@ class ControlApi:
         return self._ui(request, lambda: self.web.login_page(_arg(request, "error")))
 
     def ui_login(self, request: Request, who: Principal | None) -> Any:
-        token = (request.args.get(b"token") or [b""])[-1].decode("utf-8", "replace")
+        token = request_args(request).get("token", "")
         try:
             sid = self.web.sign_in(token)
         except Page as p:
@@ -241,8 +244,7 @@ class ControlApi:
         def out() -> str:
             self.web.sign_out(request)
             return "/ui/login"
-        return self._ui(request, out).addCallback(lambda r: (r.headers.update(
-            {"Set-Cookie": f"{COOKIE}=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/ui"}), r)[1])
+        return self._ui(request, out, {"Set-Cookie": f"{COOKIE}=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/ui"})
 
     def ui_oidc_start(self, request: Request, who: Principal | None) -> Any:
         return self._ui(request, self.web.oidc_start)
@@ -261,7 +263,7 @@ class ControlApi:
                                      "Set-Cookie": f"{COOKIE}={sid}; HttpOnly; SameSite=Lax; Path=/ui{secure}"})
 
     def ui_sessions(self, request: Request, who: Principal | None) -> Any:
-        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        args = request_args(request)
         return self._ui(request, lambda: self.web.sessions_page(self.web.session(request), args))
 
     def ui_replay(self, request: Request, who: Principal | None, sid: str) -> Any:
@@ -280,13 +282,13 @@ class ControlApi:
             lambda f: self._ui(request, lambda: f))
 
     def ui_tail(self, request: Request, who: Principal | None) -> Any:
-        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
-        d = self._ui(request, lambda: self.web.tail_page(self.web.session(request), args))
-        return d.addCallback(lambda r: (r.headers.update({"Content-Security-Policy": TAIL_CSP}), r)[1])
+        args = request_args(request)
+        return self._ui(request, lambda: self.web.tail_page(self.web.session(request), args),
+                        {"Content-Security-Policy": TAIL_CSP})
 
     def ui_overview(self, request: Request, who: Principal | None) -> Any:
-        d = self._ui(request, lambda: self.web.overview_page(self.web.session(request)))
-        return d.addCallback(lambda r: (r.headers.update({"Content-Security-Policy": TAIL_CSP}), r)[1])
+        return self._ui(request, lambda: self.web.overview_page(self.web.session(request)),
+                        {"Content-Security-Policy": TAIL_CSP})
 
     def ui_overview_data(self, request: Request, who: Principal | None) -> Any:
         try:
@@ -299,7 +301,7 @@ class ControlApi:
         return Reply(SCRIPT, content_type="text/javascript", headers=UI_HEADERS)
 
     def ui_events(self, request: Request, who: Principal | None) -> Any:
-        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        args = request_args(request)
         try:
             s = self.web.session(request)
         except Page:
@@ -308,9 +310,9 @@ class ControlApi:
                      stream=lambda req: self.web.follow(req, s, args))
 
     def ui_report(self, request: Request, who: Principal | None) -> Any:
-        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
-        d = self._ui(request, lambda: self.web.report(self.web.session(request), args))
-        return d.addCallback(lambda r: (r.headers.update({"Content-Security-Policy": REPORT_CSP}), r)[1])
+        args = request_args(request)
+        return self._ui(request, lambda: self.web.report(self.web.session(request), args),
+                        {"Content-Security-Policy": REPORT_CSP})
 
     def ui_kill(self, request: Request, who: Principal | None, sid: str) -> Any:
         return self._ui(request, lambda: self.web.kill(request, sid))

@@ -29,8 +29,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.web.server import Request
 
-from hoopd.control.auth import Principal
-from hoopd.control.tokens import matches
+from hoopd.control.auth import ApiError, Principal, find_token, oidc_principal
 from hoopd.identity.base import AuthError
 from hoopd.identity.http import FetchError
 from hoopd.review.requests import ReviewError, check_reviewer
@@ -78,6 +77,11 @@ class Page(Exception):
     def __init__(self, status: int, location: str | None = None, text: str = "") -> None:
         super().__init__(text)
         self.status, self.location, self.text = status, location, text
+
+
+def request_args(request: Request) -> dict[str, str]:
+    """A request's query or form fields (the last value of each)."""
+    return {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
 
 
 def _b64(raw: bytes) -> str:
@@ -158,21 +162,18 @@ class WebConsole:
             raise Page(401, text=f"the ID token was refused: {err.reason}") from None
         if jwt.decode(token, options={"verify_signature": False}).get("nonce") != nonce:
             raise Page(401, text="the ID token was not made for this sign-in (nonce)")
-        cfg = self.plane.config.control
-        role = ("admin" if identity.groups & cfg.admin_groups else
-                "viewer" if identity.groups & cfg.viewer_groups else None)
-        if role is None:
-            raise Page(403, text=f"{identity.name} is in none of the control admin or viewer groups")
-        return self._open(Principal(f"oidc:{identity.name}", role, identity.name, identity.groups))
+        try:
+            return self._open(oidc_principal(self.plane.config.control, identity))
+        except ApiError as err:
+            raise Page(403, text=err.message) from None
 
     # --- sign-in --------------------------------------------------------------------------
 
     def sign_in(self, token: str) -> str:
         """A new console session for a valid API token (a cookie value); Page(401) if not."""
-        found = [t for t in self.plane.config.control.tokens if matches(token, t.token_hash)]
-        if not found or found[0].role not in ("viewer", "admin"):
+        t = find_token(self.plane.config.control, token)
+        if t is None or t.role not in ("viewer", "admin"):
             raise Page(401, text="that token does not open the console")
-        t = found[0]
         groups = frozenset()
         if t.user is not None:
             groups = self.plane.identity_of(Principal(f"web:{t.name}", t.role, t.user)).groups
@@ -203,7 +204,7 @@ class WebConsole:
 
     def form(self, request: Request, s: ConsoleSession) -> dict[str, str]:
         """The posted form's fields, after its CSRF token was checked (Page(403) if wrong)."""
-        fields = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        fields = request_args(request)
         if not hmac.compare_digest(fields.get("csrf", ""), s.csrf):
             raise Page(403, text="the form is stale or not from this console (CSRF token); reload the page")
         return fields
