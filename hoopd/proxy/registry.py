@@ -86,3 +86,24 @@ class SessionRegistry:
             return False
         s.kill(reason, by)
         return True
+
+
+class CounterWatch:
+    """Which live sessions' counters (statements, bytes, transaction status) moved since the
+    last look: what a worker or a node reports elsewhere every few seconds."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int, int, str]] = {}
+
+    def moved(self, registry: SessionRegistry) -> list[SessionInfo]:
+        out = []
+        for s in registry:
+            info = s.info
+            now = (info.statements, info.bytes_in, info.bytes_out, info.transaction_status)
+            if self._seen.get(info.id) != now:
+                self._seen[info.id] = now
+                out.append(info)
+        return out
+
+    def forget(self, session_id: str) -> None:
+        self._seen.pop(session_id, None)

@@ -30,7 +30,7 @@ from hoopd.config import ConnectionConfig
 from hoopd.identity.chain import IdentityChain
 from hoopd.log import get_logger
 from hoopd.pgwire.conversation import ClientMessage
-from hoopd.proxy.registry import SessionRegistry
+from hoopd.proxy.registry import CounterWatch, SessionRegistry
 from hoopd.proxy.upstream import connect_upstream
 from hoopd.review.grants import Grant, Grants
 from hoopd.review.requests import Request, Reviewer, ReviewError, Reviews, check_reviewer
@@ -68,7 +68,7 @@ class SharedState(Service):
         self.remote: dict[str, SessionInfo] = {}  # other nodes' live sessions (summary()["node"] says which)
         self.foreign: dict[str, dict[str, Any]] = {}  # other nodes' review requests (summaries)
         self._nodes: dict[str, str] = {}  # remote session id -> its node
-        self._reported: dict[str, tuple[int, int, int, str]] = {}
+        self._watch = CounterWatch()
         self._retry = RETRY_FIRST
         self._loops = [LoopingCall(self._resync), LoopingCall(self._counters)]
         for loop in self._loops:
@@ -268,7 +268,7 @@ class SharedState(Service):
                   info.id, self.node, json.dumps(info.summary()), digest.hex() if digest else None)
 
     def session_ended(self, info: SessionInfo, reason: str) -> None:
-        self._reported.pop(info.id, None)
+        self._watch.forget(info.id)
         self._run("delete from hoopd_sessions where id = $1", info.id)
         self.publish({"t": "ended", "id": info.id})
 
@@ -276,13 +276,9 @@ class SharedState(Service):
         pass
 
     def _counters(self) -> None:
-        for s in self.registry:
-            info = s.info
-            now = (info.statements, info.bytes_in, info.bytes_out, info.transaction_status)
-            if self._reported.get(info.id) != now:
-                self._reported[info.id] = now
-                self._run("update hoopd_sessions set summary = $2::jsonb, updated = now() where id = $1",
-                          info.id, json.dumps(info.summary()))
+        for info in self._watch.moved(self.registry):
+            self._run("update hoopd_sessions set summary = $2::jsonb, updated = now() where id = $1",
+                      info.id, json.dumps(info.summary()))
 
     def login_outcome(self, user: str, peer: str, ok: bool) -> None:
         self.publish({"t": "login", "user": user, "peer": peer, "ok": ok})

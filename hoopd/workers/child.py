@@ -28,6 +28,7 @@ from hoopd.journal.records import expand
 from hoopd.log import get_logger
 from hoopd.pgwire.conversation import ClientMessage
 from hoopd.policy.rules import ReviewSettings
+from hoopd.proxy.registry import CounterWatch
 from hoopd.review.requests import notice
 from hoopd.session import Deny, Hold, SessionInfo
 from hoopd.workers import protocol as p
@@ -56,7 +57,7 @@ class WorkerLink(amp.AMP):
         self.reviews = RemoteReviews(self)
         self.others = 0  # live sessions of the other workers
         self.following = False
-        self._reported: dict[str, tuple[int, int, int, str]] = {}
+        self._watch = CounterWatch()
         self._counters = LoopingCall(self._report_counters)
         self._counters.clock = reactor
         self._metrics: tuple[float, bytes] | None = None
@@ -83,7 +84,7 @@ class WorkerLink(amp.AMP):
         self.send(p.SessionStarted, summary=session.summary())
 
     def session_ended(self, session: SessionInfo, reason: str) -> None:
-        self._reported.pop(session.id, None)
+        self._watch.forget(session.id)
         self.send(p.SessionEnded, summary=session.summary(), reason=reason)
 
     def message_denied(self, session: SessionInfo, msg: ClientMessage, deny: Deny) -> None:
@@ -106,13 +107,7 @@ class WorkerLink(amp.AMP):
         self.send(p.JournalEvent, event=event)
 
     def _report_counters(self) -> None:
-        moved = []
-        for s in self.gateway.registry:
-            info = s.info
-            now = (info.statements, info.bytes_in, info.bytes_out, info.transaction_status)
-            if self._reported.get(info.id) != now:
-                self._reported[info.id] = now
-                moved.append(info.summary())
+        moved = [info.summary() for info in self._watch.moved(self.gateway.registry)]
         for i in range(0, len(moved), _PER_REPORT):
             self.send(p.SessionCounters, summaries=moved[i:i + _PER_REPORT])
 
