@@ -16,9 +16,8 @@ from hoopd.confkit import Secret
 from hoopd.identity.base import Identity
 from hoopd.mcp.tickets import Tickets
 from hoopd.pgwire import messages as m
-from hoopd.pgwire.errors import ProtocolError
-from hoopd.pgwire.framing import take_message
 from hoopd.pgwire.types import BE
+from hoopd.proxy.catalog import AnswerError, GarbageError, exchange
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream
 
 TYPE_NAMES = {16: "bool", 17: "bytea", 20: "int8", 21: "int2", 23: "int4", 25: "text", 26: "oid", 114: "json",
@@ -107,27 +106,11 @@ def _login_message(text: str) -> str:
     return tail or text
 
 
-def _messages(buf: bytearray, done: Deferred[Any]) -> list[tuple[int, bytes]]:
-    out = []
-    while not done.called and (got := take_message(buf)) is not None:
-        out.append(got)
-        if got[0] == BE.READY:
-            break
-    return out
-
-
 def _statement(up: UpstreamProtocol, sql: str, params: list[str | None], limits: Limits,
                on_notice: Callable[[str], None] | None) -> "Deferred[Result]":
     res = Result()
-    buf = bytearray()
-    errors: list[dict[str, str]] = []
     size = [0]
     types: list[int] = []
-
-    def cancel(_: Deferred) -> None:  # (the timeout): the gateway sees the client leave and cancels
-        up.transport.abortConnection()
-
-    done: Deferred[Result] = Deferred(cancel)
 
     def on(mtype: int, body: bytes) -> None:
         if mtype == BE.ROW_DESCRIPTION:
@@ -148,36 +131,15 @@ def _statement(up: UpstreamProtocol, sql: str, params: list[str | None], limits:
             res.notices.append(text)
             if on_notice is not None:
                 on_notice(text)
-        elif mtype == BE.ERROR:
-            errors.append(m.decode_fields(body))
 
-    def on_data(data: bytes) -> None:
-        buf.extend(data)
-        try:
-            messages = _messages(buf, done)
-        except ProtocolError as e:
-            up.transport.abortConnection()
-            done.errback(ToolError("08P01", f"hoopd: the gateway session answered garbage: {e}"))
-            return
-        for got in messages:
-            mtype, body = got
-            if mtype == BE.READY:
-                up.transport.write(m.TERMINATE)
-                up.transport.loseConnection()
-                if errors:
-                    done.errback(ToolError(errors[0].get("C", "XX000"), errors[0].get("M", "")))
-                else:
-                    done.callback(res)
-                return
-            on(mtype, body)
-
-    def lost(reason: Failure) -> None:
-        if not done.called:
-            done.errback(ToolError("08006", "hoopd: the gateway session ended before the answer"))
-
-    up.on_data, up.on_lost = on_data, lost
-    up.transport.write(m.parse_message("", sql) + m.bind_text(params) + m.describe_portal() + m.execute() + m.SYNC)
-    early = up.take_early_data()
-    if early:
-        on_data(early)
-    return done
+    def failed(f: Failure) -> Failure:
+        if f.check(AnswerError):
+            raise ToolError(f.value.sqlstate, f.value.text)
+        if f.check(GarbageError):
+            raise ToolError("08P01", f"hoopd: the gateway session answered garbage ({f.value})")
+        if f.check(UpstreamError):
+            raise ToolError("08006", "hoopd: the gateway session ended before the answer")
+        return f
+    # (cancelled by the timeout, the exchange drops the connection: the gateway sees the client leave)
+    request = m.parse_message("", sql) + m.bind_text(params) + m.describe_portal() + m.execute() + m.SYNC
+    return exchange(up, request, on, lambda: res).addErrback(failed)

@@ -57,7 +57,7 @@ def query_rows(up: UpstreamProtocol, sql: str) -> Deferred[Rows]:
         if mtype == BE.DATA_ROW:
             rows.append(tuple(None if v is None else v.decode("utf-8", "replace") for v in m.decode_data_row(body)))
 
-    return _exchange(up, m.query(sql), on, lambda: rows)
+    return exchange(up, m.query(sql), on, lambda: rows)
 
 
 def describe_columns(up: UpstreamProtocol, sql: str) -> Deferred[Columns | None]:
@@ -69,16 +69,29 @@ def describe_columns(up: UpstreamProtocol, sql: str) -> Deferred[Columns | None]
         if mtype == BE.ROW_DESCRIPTION:
             found.append(columns_of(body))
 
-    return _exchange(up, m.parse_message("", sql) + m.describe_statement("") + m.SYNC, on,
+    return exchange(up, m.parse_message("", sql) + m.describe_statement("") + m.SYNC, on,
                      lambda: found[0] if found else None)
 
 
-def _exchange(up: UpstreamProtocol, request: bytes, on: Callable[[int, bytes], None],
-              result: Callable[[], Any]) -> Deferred[Any]:
-    """Send ``request``, hand each server message to ``on`` until ReadyForQuery, then
-    Terminate; fire with ``result()``, or fail with the server's first error."""
+class AnswerError(UpstreamError):
+    """The server answered the request with an ErrorResponse (its first one)."""
+
+    def __init__(self, sqlstate: str, text: str) -> None:
+        super().__init__(f"the server answered {sqlstate} {text}", sqlstate)
+        self.text = text
+
+
+class GarbageError(UpstreamError):
+    """The answer was not the protocol."""
+
+
+def exchange(up: UpstreamProtocol, request: bytes, on: Callable[[int, bytes], None],
+             result: Callable[[], Any]) -> Deferred[Any]:
+    """Send ``request``, hand each server message but errors to ``on`` until ReadyForQuery,
+    then Terminate; fire with ``result()``, or fail with AnswerError (the server's first
+    error), GarbageError, or UpstreamError (the connection closed first)."""
     buf = bytearray()
-    error: list[str] = []
+    error: list[UpstreamError] = []
 
     def cancel(_: Deferred) -> None:
         up.transport.abortConnection()
@@ -91,26 +104,27 @@ def _exchange(up: UpstreamProtocol, request: bytes, on: Callable[[int, bytes], N
             try:
                 got = take_message(buf)
             except ProtocolError as e:
-                finish(str(e))
+                error[:0] = [GarbageError(f"the server answered garbage: {e}")]
+                finish()
                 return
             if got is None:
                 return
             mtype, body = got
             if mtype == BE.ERROR:
                 f = m.decode_fields(body)
-                error.append(f"{f.get('C', '?')} {f.get('M', '')}")
+                error.append(AnswerError(f.get("C", "?"), f.get("M", "")))
             elif mtype == BE.READY:
-                finish(error[0] if error else None)
+                finish()
             else:
                 on(mtype, body)
 
-    def finish(err: str | None) -> None:
+    def finish() -> None:
         up.transport.write(m.TERMINATE)
         up.transport.loseConnection()
-        if err is None:
-            done.callback(result())
+        if error:
+            done.errback(error[0])
         else:
-            done.errback(UpstreamError(f"the server answered {err}"))
+            done.callback(result())
 
     def lost(reason: Failure) -> None:
         if not done.called:
