@@ -19,10 +19,12 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 
+from hoopd.confkit import parse_duration
 from hoopd.identity.base import Identity
 from hoopd.log import get_logger
 from hoopd.mcp.calls import Limits, Result, ToolError, run
 from hoopd.mcp.tickets import Tickets
+from hoopd.review.grants import session_level
 from hoopd.review.requests import ReviewError
 
 log = get_logger("hoopd.mcp")
@@ -233,16 +235,12 @@ class McpEndpoint:
     def _connections(self, identity: Identity) -> list[dict[str, Any]]:
         out = []
         for conn in sorted(self.config().connections.values(), key=lambda c: c.name):
-            level = conn.level_for(identity.groups)
-            granted = self.grants.level(identity.name, conn.name) if self.grants is not None else None
-            if granted is not None:
-                level = granted[0] if level is None else max(level, granted[0], key=_rank)
+            level, _ = session_level(conn, identity, self.grants)
             if level is not None:
                 out.append({"name": conn.name, "level": level, "database": conn.database})
         return out
 
     def _request_access(self, identity: Identity, args: dict[str, Any]) -> dict[str, Any]:
-        from hoopd.confkit import parse_duration
         if self.grants is None:
             raise ToolError("55000", "hoopd: access grants are off on this gateway")
         try:
@@ -254,11 +252,6 @@ class McpEndpoint:
         except ReviewError as e:
             raise ToolError("42501", e.message) from None
         return {"grant": g.summary()}
-
-
-def _rank(level: str) -> int:
-    from hoopd.levels import LEVEL_RANK
-    return LEVEL_RANK[level]
 
 
 def _str(args: dict[str, Any], key: str) -> str:

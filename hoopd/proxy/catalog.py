@@ -4,6 +4,7 @@ allowlist (hoopd.policy.functions), its relations and columns for masking
 
 One short upstream connection per load, logged in with the connection's read_only
 credential (so it sees what read_only sessions see), one simple Query, then Terminate.
+``exchange`` (one request, its answer, Terminate) also runs an MCP call (hoopd.mcp.calls).
 """
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ from hoopd.config import WILDCARD, Config
 from hoopd.identity.base import AuthError, Identity
 from hoopd.names import name_key
 from hoopd.identity.chain import IdentityChain
-from hoopd.levels import LEVEL_RANK
 from hoopd.log import get_logger
 from hoopd.pgwire import errors as pe
 from hoopd.pgwire import messages as m
@@ -37,7 +36,7 @@ from hoopd.proxy.relay import BufferBudget, Relay
 from hoopd.proxy.reported import login_problems, problem
 from hoopd.proxy.tls import ALPN, negotiated_alpn, server_options, tls_version
 from hoopd.proxy.upstream import UpstreamError, UpstreamProtocol, connect_upstream, send_cancel
-from hoopd.review.grants import Grants
+from hoopd.review.grants import Grants, session_level
 from hoopd.session import EndSession, SessionInfo
 
 log = get_logger("hoopd.proxy")
@@ -444,10 +443,9 @@ class ClientProtocol(TwistedProtocol):
         if conn is None:
             self._refuse_login(pe.INVALID_CATALOG, f'hoopd: no connection named "{name}"', "unknown_connection")
             return
-        level = conn.level_for(identity.groups)
-        granted = self.gw.grants.level(identity.name, conn.name) if self.gw.grants is not None else None
-        if granted is not None and (level is None or LEVEL_RANK[granted[0]] > LEVEL_RANK[level]):
-            level, self.info.grant = granted
+        level, grant = session_level(conn, identity, self.gw.grants)
+        if grant is not None:
+            self.info.grant = grant
         if level is None:
             self._refuse_login(pe.INVALID_AUTHORIZATION,
                                f'hoopd: user "{identity.name}" has no access to connection "{conn.name}"', "no_access")

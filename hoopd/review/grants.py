@@ -85,6 +85,16 @@ def best_grant(grants: Iterable[Grant], user: str, connection: str, now: float) 
     return (best.level, best.id) if best is not None else None
 
 
+def session_level(conn: Any, identity: Any, grants: Any) -> tuple[str | None, str | None]:
+    """(level, grant id or None) a login of ``identity`` gets on ``conn`` (a ConnectionConfig):
+    its groups' level, raised by an active grant of ``grants`` (anything with ``level()``)."""
+    level = conn.level_for(identity.groups)
+    granted = grants.level(identity.name, conn.name) if grants is not None else None
+    if granted is not None and (level is None or LEVEL_RANK[granted[0]] > LEVEL_RANK[level]):
+        return granted
+    return level, None
+
+
 class GrantsView:
     """The grants as a worker process reads them (``[gateway] workers``): straight from
     the store the supervisor's Grants keep, at each login, so an approval or a revoke
