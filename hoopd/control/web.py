@@ -20,7 +20,6 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -32,6 +31,8 @@ from twisted.web.server import Request
 from hoopd.control.auth import ApiError, Principal, find_token, oidc_principal
 from hoopd.identity.base import AuthError
 from hoopd.identity.http import FetchError
+from hoopd.journal.records import timestamp
+from hoopd.journal.render import whole_seconds
 from hoopd.review.requests import ReviewError, check_reviewer
 
 IDLE = 1800.0  # seconds a console session lives without a request
@@ -93,9 +94,7 @@ def e(v: Any) -> str:
 
 
 def _when(t: Any) -> str:
-    if isinstance(t, (int, float)):
-        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return str(t or "")
+    return whole_seconds(timestamp(t)) if isinstance(t, (int, float)) else str(t or "")
 
 
 class WebConsole:

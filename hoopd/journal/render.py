@@ -24,6 +24,11 @@ def rfc3339(ts: datetime) -> str:
     return ts.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def whole_seconds(ts: datetime) -> str:
+    """2026-12-03T17:54:56Z"""
+    return ts.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def short_time(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 

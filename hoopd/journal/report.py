@@ -30,6 +30,7 @@ from pglast.parser import ParseError, normalize
 from hoopd.journal import records as r
 from hoopd.journal.anchor import Anchor
 from hoopd.journal.reader import Journal
+from hoopd.journal.render import whole_seconds
 from hoopd.journal.verify import verify
 from hoopd.masking.detect import DETECTORS
 from hoopd.names import name_key
@@ -62,7 +63,7 @@ class Scope:
 
 
 def _iso(t: datetime | None) -> str | None:
-    return t.isoformat(timespec="seconds").replace("+00:00", "Z") if t is not None else None
+    return whole_seconds(t) if t is not None else None
 
 
 def shape(text: str) -> str:
