@@ -22,6 +22,12 @@ _NAMES_KEPT = 10_000
 log = get_logger("hoopd.journal")
 
 
+def live_event(rec: dict[str, Any]) -> Event:
+    """A record just written, as followers get it (rows decoded, JSON-friendly); the
+    writer's own dict is left as it is."""
+    return render.jsonable(r.expand(dict(rec)) if "wire" in rec else rec)
+
+
 class LiveJournal:
     """One per gateway, over its JournalWriter."""
 
@@ -105,7 +111,7 @@ class LiveJournal:
             if rec.get("kind") == r.SESSION_START:
                 self._remember(rec["session"], rec.get("user"))
             return
-        self.publish(render.jsonable(r.expand(dict(rec)) if "wire" in rec else rec))
+        self.publish(live_event(rec))
 
     def publish(self, event: Event) -> None:
         """Hand an event (a record as ``render.jsonable`` makes it: this writer's, or a

@@ -286,11 +286,15 @@ class SharedState(Service):
     # --- what the control plane asks ----------------------------------------------------
 
     def sessions(self) -> list[dict[str, Any]]:
-        return [{**info.summary(), "node": self._nodes.get(sid), "active": True} for sid, info in self.remote.items()]
+        return [self._summary(info) for info in self.remote.values()]
 
     def session(self, sid: str) -> dict[str, Any] | None:
         info = self.remote.get(sid)
-        return {**info.summary(), "node": self._nodes.get(sid), "active": True} if info is not None else None
+        return self._summary(info) if info is not None else None
+
+    def _summary(self, info: SessionInfo) -> dict[str, Any]:
+        """Another node's live session as the control plane lists it (``node`` names it)."""
+        return {**info.summary(), "node": self._nodes.get(info.id), "active": True}
 
     def kill(self, sid: str, reason: str, by: str) -> bool:
         node = self._nodes.get(sid)

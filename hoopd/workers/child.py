@@ -23,8 +23,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from hoopd.identity.base import Identity
-from hoopd.journal import render
-from hoopd.journal.records import expand
+from hoopd.journal.view import live_event
 from hoopd.log import get_logger
 from hoopd.pgwire.conversation import ClientMessage
 from hoopd.policy.rules import ReviewSettings
@@ -100,7 +99,7 @@ class WorkerLink(amp.AMP):
     def journal_written(self, rec: dict[str, Any], nbytes: int, seconds: float) -> None:
         if not self.following or rec.get("session") is None:
             return
-        event = render.jsonable(expand(dict(rec)) if "wire" in rec else rec)
+        event = live_event(rec)
         if len(str(event)) > p.MAX_EVENT:
             event.pop("rows", None)
             event["rows_left_out"] = True
