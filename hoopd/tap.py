@@ -73,6 +73,10 @@ class GatewayService(service.MultiService):
     are bound; ``reload`` re-reads the config (SIGHUP, console, API); stopping first
     closes the postgres listener, gives live sessions ``[control].shutdown_grace``, ends
     the rest with 57P01, then stops every child (journal last to first).
+
+    Three shapes: one process (the default); with ``[gateway] workers`` > 1 the supervisor
+    (the control plane, reviews, grants, the sockets; no data path: hoopd.workers) and, in
+    each worker process, the data path without the control plane (``worker``).
     """
 
     def __init__(self, config: Config, reactor: Any, notifier: Notifier | None = None,
