@@ -10,6 +10,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from hoopd.policy import functions
 from hoopd.policy.functions import (BUILTINS, BUILTINS_QUERY, SQL_EXECUTORS, VETTED_VOLATILE, FunctionCatalogs,
                                     UserFunctions, read_only_refusal, unresolved)
 from tests.gateway import Gateway, connection_toml, users_toml
@@ -87,6 +88,26 @@ def test_operators():
     assert "operator fx.###" in refusal(operators=[("fx", "###")])
     assert refusal(operators=[(None, "~~~")]) is None  # immutable
     assert "could not be read" in refusal(operators=[(None, "+")], user=None)
+
+
+def test_hidden_uses_are_worked_out_lazily_once_and_fail_closed(monkeypatch):
+    user = UserFunctions.from_rows([
+        ("f", "fx", "loop", "s"), ("S", "fx", "loop", "select fx.loop()", None),  # recursive: no refusal by itself
+        ("f", "fx", "loop2", "s"), ("S", "fx", "loop2", "select fx.loop2() + pg_advisory_lock(1)", None),
+        ("V", "public", "v", "SELECT 1 FROM (garbage", None),  # unparseable: refuses
+        ("V", "fx", "v", "SELECT 1", None), ("C", "fx", "d", "(VALUE > 0)", None),
+        ("V", "other", "w", "SELECT fx.loop2()", None),
+    ])
+    assert refusal((None, "loop"), user=user) is None
+    assert "fx.loop2() (it uses function pg_advisory_lock()" in refusal(("fx", "loop2"), user=user)
+    assert "could not be parsed" in read_only_refusal((), (), user, relations=["v"])  # any schema's v
+    assert read_only_refusal((), (), user, relations=["fx.v"], types=[(None, "d")]) is None
+    parsed = []
+    real = functions.statements_of
+    monkeypatch.setattr(functions, "statements_of", lambda sql: parsed.append(sql) or real(sql))
+    for _ in range(3):
+        assert "relation other.w" in read_only_refusal((), (), user, relations=["other.w"])
+    assert parsed == ["SELECT fx.loop2()"]  # the view once; fx.loop2's body was worked out above
 
 
 def test_unreadable_catalog_refuses_every_call():
@@ -173,6 +194,34 @@ CREATE FUNCTION fx.lower(text) RETURNS text VOLATILE LANGUAGE sql AS 'INSERT INT
 CREATE FUNCTION fx.vetted() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT 41 + 1';
 CREATE FUNCTION fx.addhit(int, int) RETURNS int VOLATILE LANGUAGE sql AS 'INSERT INTO fx.hits VALUES ($1) RETURNING $2';
 CREATE OPERATOR fx.### (LEFTARG = int, RIGHTARG = int, FUNCTION = fx.addhit);
+-- what runs without being named: every one of these takes an advisory lock (an effect a
+-- read-only transaction does not stop) through a function the statement does not show
+CREATE VIEW fx.v_lock AS SELECT pg_try_advisory_lock(42) AS locked;
+CREATE VIEW fx.v_outer AS SELECT * FROM fx.v_lock;
+CREATE FUNCTION fx.sneaky() RETURNS bool STABLE LANGUAGE sql AS 'SELECT pg_try_advisory_lock(43)';
+CREATE VIEW fx.v_sneaky AS SELECT fx.sneaky() AS locked;
+CREATE FUNCTION fx.atomic() RETURNS bool STABLE LANGUAGE sql BEGIN ATOMIC SELECT pg_try_advisory_lock(44); END;
+CREATE FUNCTION fx.dflt(x bool DEFAULT pg_try_advisory_lock(45)) RETURNS bool IMMUTABLE LANGUAGE sql AS 'SELECT $1';
+CREATE TABLE fx.guarded (n int);
+INSERT INTO fx.guarded VALUES (1);
+ALTER TABLE fx.guarded ENABLE ROW LEVEL SECURITY;
+ALTER TABLE fx.guarded FORCE ROW LEVEL SECURITY;
+CREATE POLICY sneaky ON fx.guarded FOR SELECT USING (pg_try_advisory_lock(46));
+CREATE DOMAIN fx.locked_int AS int CHECK (pg_try_advisory_lock(47));
+CREATE DOMAIN fx.locked_too AS fx.locked_int;
+CREATE TYPE fx.pair AS (a bool);
+CREATE FUNCTION fx.to_pair(int) RETURNS fx.pair STABLE LANGUAGE sql AS 'SELECT ROW(pg_try_advisory_lock(48))::fx.pair';
+CREATE CAST (int AS fx.pair) WITH FUNCTION fx.to_pair(int);
+CREATE FUNCTION fx.eq_lock(int, int) RETURNS bool STABLE LANGUAGE sql AS 'SELECT pg_try_advisory_lock(49) AND $1 = $2';
+CREATE OPERATOR fx.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = fx.eq_lock);
+CREATE FUNCTION fx.step(int, int) RETURNS int STABLE LANGUAGE sql AS 'SELECT $1 + $2 + pg_try_advisory_lock(50)::int';
+CREATE AGGREGATE fx.total(int) (SFUNC = fx.step, STYPE = int, INITCOND = '0');
+-- and harmless ones, which pass
+CREATE VIEW fx.v_ok AS SELECT fx.price(n) AS p FROM fx.hits;
+CREATE DOMAIN fx.positive AS int CHECK (VALUE > 0);
+CREATE TABLE fx.open_rows (n int);
+ALTER TABLE fx.open_rows ENABLE ROW LEVEL SECURITY;
+CREATE POLICY fine ON fx.open_rows FOR SELECT USING (n > 0);
 RESET ROLE;
 """
 
@@ -235,6 +284,45 @@ def test_read_only_calls_only_functions_without_effect(fgw, pg, prepare):
         conn.execute("SET search_path = fx, pg_catalog")
         assert "operator ###" in _refused(conn, "SELECT 1 ### 2")
     assert _hits(pg) == before  # nothing of it ran
+
+
+HIDDEN_FORMS = [
+    ("SELECT * FROM fx.v_lock", "relation fx.v_lock"),
+    ("SELECT locked FROM fx.v_outer", "relation fx.v_outer"),  # a view of a view
+    ("WITH x AS (SELECT * FROM fx.v_sneaky) SELECT * FROM x", "fx.sneaky()"),  # view -> stable SQL function
+    ("SELECT fx.sneaky()", "function fx.sneaky() (it uses"),  # a stable function's body
+    ("SELECT fx.atomic()", "function fx.atomic() (it uses"),  # BEGIN ATOMIC body
+    ("SELECT fx.dflt()", "function fx.dflt() (it uses"),  # an argument's default
+    ("SELECT count(*) FROM fx.guarded", "relation fx.guarded"),  # a row security policy
+    ("SELECT 1::fx.locked_int", "type fx.locked_int"),  # a domain's CHECK
+    ("SELECT CAST(1 AS fx.locked_too)", "uses type fx.locked_int"),  # a domain over it
+    ("SELECT (1::fx.pair).a", "type fx.pair"),  # a cast's function
+    ("SELECT 1 OPERATOR(fx.===) 1", "operator fx.=== (it uses function fx.eq_lock()"),  # a stable operator function's body
+    ("SELECT fx.total(n) FROM fx.hits", "function fx.total()"),  # an aggregate's transition function
+]
+
+
+def _advisory_locks(pg) -> int:
+    with psycopg.connect(pg.superuser_dsn("shop")) as su:
+        return su.execute("select count(*) from pg_locks where locktype = 'advisory'").fetchone()[0]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
+def test_read_only_sees_what_views_types_policies_and_bodies_run(fgw, pg, prepare):
+    """Views (and views of views), row security policies, domain CHECKs, casts, SQL
+    function bodies and defaults, operator and aggregate functions run functions the
+    statement does not name: each is refused, and no advisory lock was taken."""
+    with psycopg.connect(fgw.dsn("reader")) as conn:
+        for sql, name in HIDDEN_FORMS:
+            msg = _refused(conn, sql, prepare)
+            assert name in msg and "pg_try_advisory_lock" in msg, (sql, msg)
+            assert _advisory_locks(pg) == 0, sql
+        assert conn.execute("SELECT count(*) FROM fx.v_ok", prepare=prepare).fetchone() == (0,)
+        assert conn.execute("SELECT 3::fx.positive", prepare=prepare).fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM fx.open_rows", prepare=prepare).fetchone() == (0,)
+    with psycopg.connect(fgw.dsn("dev"), autocommit=True) as dev:  # admin: PostgreSQL runs it
+        assert dev.execute("SELECT locked, pg_advisory_unlock(42) FROM fx.v_lock").fetchone() == (True, True)
 
 
 @pytest.mark.integration

@@ -57,7 +57,8 @@ def _normalize(sql: str) -> str:
     return _pg.normalize(sql)
 
 
-def _statements(sql: str) -> tuple[StatementInfo, ...]:
+def statements_of(sql: str) -> tuple[StatementInfo, ...]:
+    """Classify ``sql`` uncached (pglast's errors propagate)."""
     tree = json.loads(_parse_json(sql))
     stmts = tree.get("stmts", [])
     if len(stmts) == 1:
@@ -162,7 +163,7 @@ class Classifier:
                     self.shape_hits += 1
                     return (_new_info(StatementInfo, hit[:2] + (sql.strip(),) + hit[3:]),), True
             self.parses += 1
-            infos = _statements(sql)
+            infos = statements_of(sql)
         except _pg.ParseError as e:
             return (unparseable(sql, str(e)),), False
         except (UnicodeError, ValueError) as e:

@@ -93,7 +93,7 @@ def level_denial(info: StatementInfo, level: str, functions: UserFunctions | Non
     if info.server_files:
         return f"server-side files or programs ({info.command})"
     if level == "read_only":
-        why = read_only_refusal(info.calls, info.operators, functions, vetted)
+        why = read_only_refusal(info.calls, info.operators, functions, vetted, info.relations, info.types)
         if why is not None:
             return why
     for f in info.side_effect_functions:

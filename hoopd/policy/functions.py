@@ -16,6 +16,13 @@ known to have no effect (docs/decisions.md, "Functions"):
 An unqualified name may resolve through search_path to any schema that has it (a session
 may put pg_catalog after its own schemas), so all of them count. A name found nowhere is
 refused, naming it. User-defined operators are checked the same way by their function.
+
+What a statement runs without naming it counts too (``UserFunctions.hidden``): a view's
+definition and the row security policies of a relation it reads, the CHECK expressions,
+input functions and casts of a type it converts to (and of a domain's base), a SQL
+function's body and argument defaults, an aggregate's support functions, an operator's
+function. Definitions are read as text from the catalog and walked like a statement,
+lazily and once per snapshot; one that cannot be parsed refuses what uses it.
 """
 from __future__ import annotations
 
@@ -25,19 +32,67 @@ from typing import Any, Callable, Iterable, Mapping
 
 from hoopd.catalogs import Catalogs
 from hoopd.policy.catalog import SQL_EXECUTORS
+from hoopd.policy.classify import statements_of
 
 
 BUILTINS_FILE = Path(__file__).with_name("pg_builtins.tsv")
 BUILTINS_QUERY = ("select proname, max(provolatile::text) from pg_proc where oid < 16384"
                   " and pronamespace = 'pg_catalog'::regnamespace group by 1 order by proname collate \"C\"")
-CATALOG_QUERY = (
+_NS = "join pg_namespace {0}n on {0}n.oid = {0}.{1}namespace"
+CATALOG_QUERY = " union all ".join((
     # every function and operator that is not a built-in of pg_catalog, per (schema, name)
-    "select 'f', n.nspname, p.proname, max(p.provolatile::text) from pg_proc p"
-    " join pg_namespace n on n.oid = p.pronamespace"
-    " where p.oid >= 16384 or n.nspname <> 'pg_catalog' group by 2, 3"
-    " union all select 'o', n.nspname, o.oprname, max(p.provolatile::text) from pg_operator o"
-    " join pg_namespace n on n.oid = o.oprnamespace join pg_proc p on p.oid = o.oprcode"
-    " where o.oid >= 16384 group by 2, 3")
+    "select 'f', pn.nspname, p.proname, max(p.provolatile::text), null from pg_proc p {pn}"
+    " where p.oid >= 16384 or pn.nspname <> 'pg_catalog' group by 2, 3",
+    "select 'o', on_.nspname, o.oprname, max(p.provolatile::text), null from pg_operator o"
+    " join pg_namespace on_ on on_.oid = o.oprnamespace join pg_proc p on p.oid = o.oprcode"
+    " where o.oid >= 16384 group by 2, 3",
+    # what runs without being named (see UserFunctions.hidden): (kind, schema, name, a, b)
+    "select 'R', on_.nspname, o.oprname, pn.nspname, p.proname from pg_operator o"
+    " join pg_namespace on_ on on_.oid = o.oprnamespace join pg_proc p on p.oid = o.oprcode {pn}"
+    " where o.oid >= 16384",
+    "select 'V', cn.nspname, c.relname, pg_get_viewdef(c.oid)::text, null from pg_class c {cn}"
+    " where c.relkind = 'v' and c.oid >= 16384",
+    "select 'P', cn.nspname, c.relname, pg_get_expr(y.polqual, y.polrelid)::text, null"
+    " from pg_policy y join pg_class c on c.oid = y.polrelid {cn}"
+    " where y.polqual is not null and y.polcmd in ('r', '*')",
+    "select 'C', tn.nspname, t.typname, pg_get_expr(k.conbin, 0)::text, null"
+    " from pg_constraint k join pg_type t on t.oid = k.contypid {tn} where k.contype = 'c'",
+    "select 'B', tn.nspname, t.typname, bn.nspname, b.typname from pg_type t {tn}"
+    " join pg_type b on b.oid = t.typbasetype join pg_namespace bn on bn.oid = b.typnamespace"
+    " where t.typtype = 'd' and t.typbasetype >= 16384",
+    "select 'T', tn.nspname, t.typname, pn.nspname, p.proname from pg_type t {tn}"
+    " join pg_proc p on p.oid in (t.typinput, t.typreceive) {pn} where t.oid >= 16384",
+    "select 'T', tn.nspname, t.typname, pn.nspname, p.proname from pg_cast k"
+    " join pg_type t on t.oid = k.casttarget {tn} join pg_proc p on p.oid = k.castfunc {pn}"
+    " where k.oid >= 16384",
+    "select 'S', pn.nspname, p.proname, pg_get_functiondef(p.oid)::text, null from pg_proc p {pn}"
+    " where p.oid >= 16384 and p.prokind <> 'a' and (p.prosqlbody is not null or p.proargdefaults is not null)",
+    "select 'S', pn.nspname, p.proname, p.prosrc::text, null from pg_proc p {pn}"
+    " where p.oid >= 16384 and p.prosqlbody is null"
+    " and p.prolang = (select oid from pg_language where lanname = 'sql')",
+    "select 'A', pn.nspname, p.proname, fn.nspname, f.proname from pg_aggregate a"
+    " join pg_proc p on p.oid = a.aggfnoid {pn} join pg_proc f on f.oid in (a.aggtransfn,"
+    " a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn, a.aggmtransfn,"
+    " a.aggminvtransfn, a.aggmfinalfn) join pg_namespace fn on fn.oid = f.pronamespace"
+    " where p.oid >= 16384",
+    "select 'Y', pn.nspname, p.proname, tn.nspname, t.typname from pg_proc p {pn}"
+    " join pg_type t on t.oid = any(p.proargtypes) {tn} where p.oid >= 16384 and t.oid >= 16384",
+)).format(pn=_NS.format("p", "pro"), cn=_NS.format("c", "rel"), tn=_NS.format("t", "typ"))
+"""Rows (kind, schema, name, a, b): 'f'/'o' with a = the most volatile overload's
+provolatile; the rest feed UserFunctions.hidden (see _HIDDEN)."""
+
+_HIDDEN = {
+    # row kind -> (what uses it: relation r, type t, function f, operator o; what the row holds)
+    "V": ("r", "sql"),   # a view's definition
+    "P": ("r", "expr"),  # a SELECT (or ALL) row security policy's USING expression
+    "C": ("t", "expr"),  # a domain's CHECK expression
+    "B": ("t", "type"),  # a domain's base domain (its checks run too)
+    "T": ("t", "call"),  # an input/receive function, or a cast's function, of the type
+    "S": ("f", "sql"),   # a function's definition (argument defaults, SQL body) or SQL body text
+    "A": ("f", "call"),  # an aggregate's support function
+    "Y": ("f", "type"),  # a function's argument type (arguments are converted to it)
+    "R": ("o", "call"),  # an operator's function
+}
 
 
 def _load_builtins() -> dict[str, str]:
@@ -94,20 +149,71 @@ WAL record and a slot in the commit log) to a transaction that would otherwise h
 
 
 
+Hidden = tuple[tuple[str, str, "str | None"], ...]  # (call | type | sql | expr, a, b)
+
+
 @dataclass(frozen=True)
 class UserFunctions:
-    """One database's functions and operators that are not pg_catalog built-ins."""
+    """One database's functions and operators that are not pg_catalog built-ins, and what
+    its relations, types, functions and operators run without being named (``hidden``:
+    kind r/t/f/o -> name -> schema -> what runs)."""
 
     functions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> schema -> volatility
     operators: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> schema -> its function's
+    hidden: Mapping[str, Mapping[str, Mapping[str, Hidden]]] = field(default_factory=dict)
+    _found: dict[tuple[frozenset[str], str, str, str], str | None] = field(default_factory=dict, compare=False,
+                                                                         repr=False)
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[Any, ...]]) -> "UserFunctions":
-        """From CATALOG_QUERY's rows: (f | o, schema, name, volatility)."""
+        """From CATALOG_QUERY's rows: (kind, schema, name, a[, b])."""
         by: dict[str, dict[str, dict[str, str]]] = {"f": {}, "o": {}}
-        for what, schema, name, vol in rows:
-            by[what].setdefault(name, {})[schema] = vol
-        return cls(by["f"], by["o"])
+        hidden: dict[str, dict[str, dict[str, Hidden]]] = {}
+        for what, schema, name, a, *rest in rows:
+            if what in by:
+                by[what].setdefault(name, {})[schema] = a
+            elif what in _HIDDEN and a is not None:
+                kind, holds = _HIDDEN[what]
+                per = hidden.setdefault(kind, {}).setdefault(name, {})
+                per[schema] = per.get(schema, ()) + ((holds, a, rest[0] if rest else None),)
+        return cls(by["f"], by["o"], hidden)
+
+    def hidden_refusal(self, kind: str, obj: "Call", vetted: frozenset[str]) -> str | None:
+        """Why what ``obj`` (a relation, type, function or operator, as written) runs
+        without being named is not for read_only, or None. Worked out once per snapshot;
+        a cycle (a recursive SQL function) counts only its other paths."""
+        for schema, items in _candidates(obj, self.hidden.get(kind, {})):
+            key = (vetted, kind, schema, obj[1])
+            if key not in self._found:
+                self._found[key] = None
+                self._found[key] = self._items_refusal(items, vetted)
+            if self._found[key] is not None:
+                return self._found[key]
+        return None
+
+    def _items_refusal(self, items: Hidden, vetted: frozenset[str]) -> str | None:
+        for what, a, b in items:
+            if what == "call":
+                why = _function_refusal((a, b or ""), self, vetted)
+            elif what == "type":
+                why = self.hidden_refusal("t", (a, b or ""), vetted)
+                why = why and f"type {a}.{b} (converting to it uses {why})"
+            else:
+                why = self._text_refusal(f"select {a}" if what == "expr" else a, vetted)
+            if why is not None:
+                return why
+        return None
+
+    def _text_refusal(self, sql: str, vetted: frozenset[str]) -> str | None:
+        try:
+            infos = statements_of(sql)
+        except Exception:  # noqa: BLE001 - pglast's ParseError and friends: fail closed
+            return "its definition could not be parsed"
+        for i in infos:
+            why = read_only_refusal(i.calls, i.operators, self, vetted, i.relations, i.types)
+            if why is not None:
+                return why
+        return None
 
 
 EMPTY = UserFunctions()
@@ -127,10 +233,12 @@ def _written(call: Call) -> str:
 
 
 def read_only_refusal(calls: Iterable[Call], operators: Iterable[Call], user: UserFunctions | None,
-                      vetted: frozenset[str] = frozenset()) -> str | None:
-    """Why a read_only session may not make these calls (a phrase for "does not allow ..."),
-    or None. ``user`` None: the database's catalog could not be read, so only statements
-    without function calls pass. ``vetted``: "schema.name" of volatile functions allowed."""
+                      vetted: frozenset[str] = frozenset(), relations: Iterable[str] = (),
+                      types: Iterable[Call] = ()) -> str | None:
+    """Why a read_only session may not make these calls, read these relations or convert
+    to these types (a phrase for "does not allow ..."), or None. ``user`` None: the
+    database's catalog could not be read, so only statements without function calls or
+    operators pass. ``vetted``: "schema.name" of volatile functions allowed."""
     for call in calls:
         why = _function_refusal(call, user, vetted)
         if why is not None:
@@ -141,6 +249,20 @@ def read_only_refusal(calls: Iterable[Call], operators: Iterable[Call], user: Us
         for schema, vol in _candidates(op, user.operators):
             if vol == "v":
                 return f"operator {_written(op)} (its function in schema {schema} is volatile: it may change data)"
+        why = user.hidden_refusal("o", op, vetted)
+        if why is not None:
+            return f"operator {_written(op)} (it uses {why})"
+    if user is None or not user.hidden:
+        return None
+    for rel in relations:
+        schema, _, name = rel.rpartition(".")
+        why = user.hidden_refusal("r", (schema or None, name), vetted)
+        if why is not None:
+            return f"relation {rel} (its definition or row security policy uses {why})"
+    for t in types:
+        why = user.hidden_refusal("t", t, vetted)
+        if why is not None:
+            return f"type {_written(t)} (converting to it uses {why})"
     return None
 
 
@@ -173,6 +295,9 @@ def _function_refusal(call: Call, user: UserFunctions | None, vetted: frozenset[
                     " [policy] read_only_functions can vet it)")
     if not found:
         return f"function {written}() (not found in the database's catalog)"
+    why = user.hidden_refusal("f", call, vetted)
+    if why is not None:
+        return f"function {written}() (it uses {why})"
     return None
 
 

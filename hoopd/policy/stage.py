@@ -203,7 +203,8 @@ class PolicySession:
         if lexing is not None:
             return self._refuse(msg.type, lexing, "42501", infos)
         functions = stage.functions
-        if session.level == "read_only" and functions is not None and any(i.calls or i.operators for i in infos):
+        if session.level == "read_only" and functions is not None and any(
+                i.calls or i.operators or i.relations or i.types for i in infos):
             key = (session.connection or "", session.database or "")
             missing = unresolved((c for i in infos for c in i.calls), functions.snapshot(*key))
             if functions.needs_load(*key, missing=missing):

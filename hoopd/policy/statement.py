@@ -21,6 +21,7 @@ class StatementInfo(NamedTuple):
     side_effect_functions: tuple[str, ...] = ()  # the called functions known to have side effects
     calls: tuple[tuple[str | None, str], ...] = ()  # functions called: (schema as written or None, name)
     operators: tuple[tuple[str | None, str], ...] = ()  # operators used, the same way
+    types: tuple[tuple[str | None, str], ...] = ()  # types named (casts), the same way; not pg_catalog's
     has_where: bool | None = None  # UPDATE/DELETE (also nested): False if any lacks a WHERE
     locks: bool = False            # SELECT ... FOR UPDATE/SHARE, LOCK stronger than ACCESS SHARE
     privilege_change: str | None = None  # "role" | "session_authorization" | "read_write" | "unknown"
@@ -47,6 +48,7 @@ class StatementInfo(NamedTuple):
             side_effect_functions=_union(self.side_effect_functions, other.side_effect_functions),
             calls=_union(self.calls, other.calls),
             operators=_union(self.operators, other.operators),
+            types=_union(self.types, other.types),
             has_where=merged_where(self.has_where, other.has_where),
             locks=self.locks or other.locks,
             privilege_change=self.privilege_change or other.privilege_change,

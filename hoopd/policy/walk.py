@@ -65,6 +65,7 @@ class Walker:
         self.side_effects: dict[str, None] = {}
         self.calls: dict[tuple[str | None, str], None] = {}
         self.operators: dict[tuple[str | None, str], None] = {}
+        self.types: dict[tuple[str | None, str], None] = {}
         self.has_where: bool | None = None
         self.privilege: str | None = None
         self.ddl_temp: list[bool] = []
@@ -103,6 +104,8 @@ class Walker:
             _func_call(self, d, scope)
         elif "ctes" in d:
             self.with_clause(d, scope)
+        elif "names" in d and "typemod" in d:
+            _type_name(self, d, scope)
         else:
             self.fields(d, scope)
 
@@ -166,6 +169,7 @@ class Walker:
         self.side_effects.update(w.side_effects)
         self.calls.update(w.calls)
         self.operators.update(w.operators)
+        self.types.update(w.types)
         if w.privilege:
             self.privilege_change(w.privilege)
         self.const_dependent = self.const_dependent or w.const_dependent
@@ -188,7 +192,8 @@ class Walker:
             kind=kind, command=command, text=text, kinds=frozenset(self.kinds or {kind}),
             reads=self.reads, writes=self.writes, relations=tuple(self.relations),
             functions=tuple(self.functions), side_effect_functions=tuple(self.side_effects),
-            calls=tuple(self.calls), operators=tuple(self.operators), has_where=self.has_where, locks=self.locks, privilege_change=self.privilege,
+            calls=tuple(self.calls), operators=tuple(self.operators), types=tuple(self.types),
+            has_where=self.has_where, locks=self.locks, privilege_change=self.privilege,
             temp_only=bool(self.ddl_temp) and all(self.ddl_temp), server_files=self.server_files,
             opaque=self.opaque or bool(self.executes), prepared_name=self.prepared_name,
             executes=tuple(self.executes), body=self.body, lexing=tuple(self.lexing),
@@ -258,6 +263,15 @@ def _operator(w: Walker, f: dict, scope: frozenset[str]) -> None:
     parts = _names(f.get("name", ()))
     if parts:
         w.operators[_qualified(parts)] = None
+    w.fields(f, scope)
+
+
+def _type_name(w: Walker, f: dict, scope: frozenset[str]) -> None:
+    """A type named in a cast or a declaration: converting a value to it may run its
+    input function, a cast's function or a domain's CHECK expressions."""
+    parts = _names(f.get("names", ()))
+    if parts and parts[0] != "pg_catalog":
+        w.types[_qualified(parts)] = None
     w.fields(f, scope)
 
 
@@ -426,6 +440,7 @@ _HANDLERS = {
     "RangeVar": _range_var,
     "FuncCall": _func_call,
     "A_Expr": _operator,
+    "TypeName": _type_name,
     "VariableSetStmt": _variable_set,
     "TransactionStmt": _transaction,
     "ExplainStmt": _explain,
