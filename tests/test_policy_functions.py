@@ -100,7 +100,7 @@ def test_hidden_uses_are_worked_out_lazily_once_and_fail_closed(monkeypatch):
     ])
     assert refusal((None, "loop"), user=user) is None
     assert "fx.loop2() (it uses function pg_advisory_lock()" in refusal(("fx", "loop2"), user=user)
-    assert "could not be parsed" in read_only_refusal((), (), user, relations=["v"])  # any schema's v
+    assert "could not parse" in read_only_refusal((), (), user, relations=["v"])  # any schema's v
     assert read_only_refusal((), (), user, relations=["fx.v"], types=[(None, "d")]) is None
     parsed = []
     real = functions.statements_of
@@ -108,6 +108,22 @@ def test_hidden_uses_are_worked_out_lazily_once_and_fail_closed(monkeypatch):
     for _ in range(3):
         assert "relation other.w" in read_only_refusal((), (), user, relations=["other.w"])
     assert parsed == ["SELECT fx.loop2()"]  # the view once; fx.loop2's body was worked out above
+
+
+def test_plpgsql_bodies_and_other_languages():
+    body = ("CREATE FUNCTION fx.f(x int) RETURNS int STABLE LANGUAGE plpgsql AS $$ DECLARE a int[]; c refcursor; r int := lower('a');"
+            " BEGIN r = x + 1; PERFORM upper('b'); IF x > 0 THEN RETURN (SELECT count(*) FROM t); END IF;"
+            " RETURN r; END $$")
+    texts, dynamic = functions.plpgsql_statements(body)
+    assert not dynamic and texts == ["select lower('a')", "select  x + 1", "SELECT upper('b')", "select x > 0",
+                                     "select (SELECT count(*) FROM t)"]
+    for dyn in ("EXECUTE 'select 1'", "FOR r IN EXECUTE 'select 1' LOOP END LOOP", "OPEN c FOR EXECUTE 'x'"):
+        assert functions.plpgsql_statements(body.replace("PERFORM upper('b')", dyn))[1], dyn
+    with pytest.raises(ValueError):  # a subscripted target: not taken apart, so refused
+        functions.plpgsql_statements(body.replace("r = x + 1", "a[f()] := 1"))
+    user = UserFunctions.from_rows([("f", "fx", "py", "s"), ("G", "fx", "py", "plpython3u", None)])
+    assert "language plpython3u" in refusal(("fx", "py"), user=user)
+    assert refusal(("fx", "py"), user=user, vetted=frozenset({"fx.py"})) is None
 
 
 def test_unreadable_catalog_refuses_every_call():
@@ -216,7 +232,15 @@ CREATE FUNCTION fx.eq_lock(int, int) RETURNS bool STABLE LANGUAGE sql AS 'SELECT
 CREATE OPERATOR fx.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = fx.eq_lock);
 CREATE FUNCTION fx.step(int, int) RETURNS int STABLE LANGUAGE sql AS 'SELECT $1 + $2 + pg_try_advisory_lock(50)::int';
 CREATE AGGREGATE fx.total(int) (SFUNC = fx.step, STYPE = int, INITCOND = '0');
+CREATE FUNCTION fx.pl_perform() RETURNS bool STABLE LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_try_advisory_lock(51); RETURN true; END $$;
+CREATE FUNCTION fx.pl_assign() RETURNS bool STABLE LANGUAGE plpgsql AS $$
+DECLARE b bool; BEGIN b := pg_try_advisory_lock(52); RETURN b; END $$;
+CREATE FUNCTION fx.pl_dynamic() RETURNS bool STABLE LANGUAGE plpgsql AS $$
+DECLARE b bool; BEGIN EXECUTE 'SELECT pg_try_advisory_' || 'lock(53)' INTO b; RETURN b; END $$;
 -- and harmless ones, which pass
+CREATE FUNCTION fx.pl_ok(x int) RETURNS int STABLE LANGUAGE plpgsql AS $$
+DECLARE y int := x * 2; BEGIN y := y + 1; IF y > 2 THEN RETURN fx.price(y); END IF; RETURN 0; END $$;
 CREATE VIEW fx.v_ok AS SELECT fx.price(n) AS p FROM fx.hits;
 CREATE DOMAIN fx.positive AS int CHECK (VALUE > 0);
 CREATE TABLE fx.open_rows (n int);
@@ -299,6 +323,9 @@ HIDDEN_FORMS = [
     ("SELECT (1::fx.pair).a", "type fx.pair"),  # a cast's function
     ("SELECT 1 OPERATOR(fx.===) 1", "operator fx.=== (it uses function fx.eq_lock()"),  # a stable operator function's body
     ("SELECT fx.total(n) FROM fx.hits", "function fx.total()"),  # an aggregate's transition function
+    ("SELECT fx.pl_perform()", "function fx.pl_perform() (it uses"),  # PL/pgSQL: PERFORM
+    ("SELECT fx.pl_assign()", "function fx.pl_assign() (it uses"),  # PL/pgSQL: an assignment
+    ("SELECT fx.pl_dynamic()", "fx.pl_dynamic() (it uses dynamic SQL (EXECUTE)"),  # what it runs is not known
 ]
 
 
@@ -316,10 +343,10 @@ def test_read_only_sees_what_views_types_policies_and_bodies_run(fgw, pg, prepar
     with psycopg.connect(fgw.dsn("reader")) as conn:
         for sql, name in HIDDEN_FORMS:
             msg = _refused(conn, sql, prepare)
-            assert name in msg and "pg_try_advisory_lock" in msg, (sql, msg)
+            assert name in msg and ("pg_try_advisory_lock" in msg or "dynamic" in msg), (sql, msg)
             assert _advisory_locks(pg) == 0, sql
         assert conn.execute("SELECT count(*) FROM fx.v_ok", prepare=prepare).fetchone() == (0,)
-        assert conn.execute("SELECT 3::fx.positive", prepare=prepare).fetchone() == (3,)
+        assert conn.execute("SELECT 3::fx.positive, fx.pl_ok(1)", prepare=prepare).fetchone() == (3, 6)
         assert conn.execute("SELECT count(*) FROM fx.open_rows", prepare=prepare).fetchone() == (0,)
     with psycopg.connect(fgw.dsn("dev"), autocommit=True) as dev:  # admin: PostgreSQL runs it
         assert dev.execute("SELECT locked, pg_advisory_unlock(42) FROM fx.v_lock").fetchone() == (True, True)

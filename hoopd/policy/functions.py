@@ -19,16 +19,22 @@ refused, naming it. User-defined operators are checked the same way by their fun
 
 What a statement runs without naming it counts too (``UserFunctions.hidden``): a view's
 definition and the row security policies of a relation it reads, the CHECK expressions,
-input functions and casts of a type it converts to (and of a domain's base), a SQL
-function's body and argument defaults, an aggregate's support functions, an operator's
-function. Definitions are read as text from the catalog and walked like a statement,
-lazily and once per snapshot; one that cannot be parsed refuses what uses it.
+input functions and casts of a type it converts to (and of a domain's base), a
+function's argument defaults and its SQL or PL/pgSQL body (each statement and expression;
+dynamic SQL refuses; a body in another language refuses), an aggregate's support
+functions, an operator's function. Definitions are read as text from the catalog and
+walked like a statement, lazily and once per snapshot; one that cannot be parsed refuses
+what uses it. ``[policy] read_only_functions`` vets a function whole.
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
+from pglast.parser import parse_plpgsql_json
 
 from hoopd.catalogs import Catalogs
 from hoopd.policy.catalog import SQL_EXECUTORS
@@ -70,6 +76,11 @@ CATALOG_QUERY = " union all ".join((
     "select 'S', pn.nspname, p.proname, p.prosrc::text, null from pg_proc p {pn}"
     " where p.oid >= 16384 and p.prosqlbody is null"
     " and p.prolang = (select oid from pg_language where lanname = 'sql')",
+    "select 'L', pn.nspname, p.proname, pg_get_functiondef(p.oid)::text, null from pg_proc p {pn}"
+    " join pg_language l on l.oid = p.prolang where p.oid >= 16384 and l.lanname = 'plpgsql'",
+    "select 'G', pn.nspname, p.proname, l.lanname::text, null from pg_proc p {pn}"
+    " join pg_language l on l.oid = p.prolang"
+    " where p.oid >= 16384 and l.lanname not in ('internal', 'c', 'sql', 'plpgsql')",
     "select 'A', pn.nspname, p.proname, fn.nspname, f.proname from pg_aggregate a"
     " join pg_proc p on p.oid = a.aggfnoid {pn} join pg_proc f on f.oid in (a.aggtransfn,"
     " a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn, a.aggmtransfn,"
@@ -89,6 +100,8 @@ _HIDDEN = {
     "B": ("t", "type"),  # a domain's base domain (its checks run too)
     "T": ("t", "call"),  # an input/receive function, or a cast's function, of the type
     "S": ("f", "sql"),   # a function's definition (argument defaults, SQL body) or SQL body text
+    "L": ("f", "plpgsql"),  # a PL/pgSQL function's definition: its body's statements and expressions
+    "G": ("f", "language"),  # a function in another procedural language (its body is not read)
     "A": ("f", "call"),  # an aggregate's support function
     "Y": ("f", "type"),  # a function's argument type (arguments are converted to it)
     "R": ("o", "call"),  # an operator's function
@@ -183,6 +196,8 @@ class UserFunctions:
         without being named is not for read_only, or None. Worked out once per snapshot;
         a cycle (a recursive SQL function) counts only its other paths."""
         for schema, items in _candidates(obj, self.hidden.get(kind, {})):
+            if kind == "f" and f"{schema}.{obj[1]}" in vetted:
+                continue  # [policy] read_only_functions: vetted whole
             key = (vetted, kind, schema, obj[1])
             if key not in self._found:
                 self._found[key] = None
@@ -198,22 +213,69 @@ class UserFunctions:
             elif what == "type":
                 why = self.hidden_refusal("t", (a, b or ""), vetted)
                 why = why and f"type {a}.{b} (converting to it uses {why})"
+            elif what == "language":
+                why = f"a body in language {a}, which the gateway cannot read ([policy] read_only_functions can vet it)"
             else:
-                why = self._text_refusal(f"select {a}" if what == "expr" else a, vetted)
+                why = self._text_refusal(a, what, vetted)
             if why is not None:
                 return why
         return None
 
-    def _text_refusal(self, sql: str, vetted: frozenset[str]) -> str | None:
+    def _text_refusal(self, text: str, what: str, vetted: frozenset[str]) -> str | None:
         try:
-            infos = statements_of(sql)
+            if what == "plpgsql":
+                texts, dynamic = plpgsql_statements(text)
+                if dynamic:
+                    return "dynamic SQL (EXECUTE), which the gateway cannot see ([policy] read_only_functions can vet it)"
+            else:
+                texts = [f"select {text}" if what == "expr" else text]
+            infos = [i for t in texts for i in statements_of(t)]
         except Exception:  # noqa: BLE001 - pglast's ParseError and friends: fail closed
-            return "its definition could not be parsed"
+            return "a definition the gateway could not parse"
         for i in infos:
             why = read_only_refusal(i.calls, i.operators, self, vetted, i.relations, i.types)
             if why is not None:
                 return why
         return None
+
+
+_DYNAMIC = frozenset({"PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors"})
+_ASSIGNED = re.compile(r'\s*[\w$."]+\s*:?=(.*)', re.S)  # "target := expr" (no subscripts in the target)
+
+
+def plpgsql_statements(definition: str) -> tuple[list[str], bool]:
+    """The SQL a PL/pgSQL function's body runs (each expression as a SELECT), and whether
+    it runs dynamic SQL (EXECUTE, OPEN/RETURN QUERY ... EXECUTE). ``definition``: its
+    CREATE FUNCTION text. Raises ValueError for an assignment it cannot take apart."""
+    texts: list[str] = []
+    dynamic = False
+
+    def walk(v: Any, key: str, stmt: str) -> None:
+        nonlocal dynamic
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if k == "PLpgSQL_expr":
+                    dynamic = dynamic or stmt in _DYNAMIC or key == "dynquery"
+                    texts.append(_expression_sql(x.get("query", ""), x.get("parseMode", 0)))
+                else:
+                    walk(x, k, k if k.startswith("PLpgSQL_stmt") else stmt)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x, key, stmt)
+
+    walk(json.loads(parse_plpgsql_json(definition)), "", "")
+    return texts, dynamic
+
+
+def _expression_sql(query: str, mode: int) -> str:
+    if mode == 0:  # a whole statement
+        return query
+    if mode == 2:  # an expression
+        return f"select {query}"
+    assigned = _ASSIGNED.fullmatch(query)  # modes 3-5: an assignment
+    if assigned is None:
+        raise ValueError(f"PL/pgSQL assignment {query!r}")
+    return f"select {assigned.group(1)}"
 
 
 EMPTY = UserFunctions()
